@@ -1,0 +1,8 @@
+// Subcommands of the origami command line. Each takes argv starting at its own name.
+#pragma once
+
+namespace origami::cli {
+
+int doctor(int argc, char** argv);
+
+}  // namespace origami::cli

@@ -1,0 +1,54 @@
+// The origami command line.
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <string>
+
+#include "launcher/commands.h"
+#include "runtime/error.h"
+
+namespace {
+
+void print_help() {
+  std::printf(
+      "origami %s - train and serve transformer language models across many ranks\n"
+      "\n"
+      "usage: origami [--help] [--version] COMMAND [ARGS...]\n"
+      "\n"
+      "commands:\n"
+      "  doctor      print devices, library versions and a quick compute check\n"
+      "\n"
+      "options:\n"
+      "  -h, --help     show this help and exit\n"
+      "  -V, --version  print the version and exit\n"
+      "\n"
+      "Run 'origami COMMAND --help' for the options of a command.\n",
+      ORIGAMI_VERSION);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    print_help();
+    return 2;
+  }
+  const std::string cmd = argv[1];
+  if (cmd == "-h" || cmd == "--help" || cmd == "help") {
+    print_help();
+    return 0;
+  }
+  if (cmd == "-V" || cmd == "--version") {
+    std::printf("origami %s\n", ORIGAMI_VERSION);
+    return 0;
+  }
+  try {
+    if (cmd == "doctor") return origami::cli::doctor(argc - 1, argv + 1);
+  } catch (const origami::Error& e) {
+    std::fprintf(stderr, "origami %s: error: %s\n", cmd.c_str(), e.what());
+    return 1;
+  }
+  std::fprintf(stderr, "origami: unknown command '%s'; run 'origami --help' for the list\n",
+               cmd.c_str());
+  return 2;
+}

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Installs everything origami needs to build, test and run on a Debian 12 machine.
+# Idempotent: run it as often as you like. Needs root (or sudo) for apt-get.
+#
+#   scripts/setup.sh            install Debian packages + the test-time Python venv
+#
+# Runtime dependencies come from Debian packages only. Test-time Python tools
+# (PyTorch from Debian, a pinned `transformers` from PyPI) live in .venv, made
+# with --system-site-packages so it sees Debian's python3-torch.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "setup.sh: not root and no sudo; run it as root to install packages" >&2; exit 1
+  fi
+fi
+
+packages=(
+  # toolchain
+  build-essential cmake ninja-build pkg-config git clang-format
+  # host collectives, process bootstrap, point-to-point transfers
+  openmpi-bin libopenmpi-dev libucx-dev
+  # configs, HTTP, tests, CPU GEMM, NVMe I/O, tokenizers
+  libprotobuf-dev protobuf-compiler libboost-dev libgtest-dev libgmock-dev
+  libdnnl-dev liburing-dev libsentencepiece-dev
+  # test-time references (never linked into origami)
+  python3 python3-venv python3-torch python3-numpy
+  # demo corpus for the main job
+  fortunes
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup.sh: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  echo "setup.sh: all Debian packages present"
+fi
+
+# Test-time Python environment: Debian's interpreter and torch, plus pinned PyPI tools.
+venv="$here/.venv"
+pins=(transformers==4.38.2 tokenizers==0.15.2 safetensors==0.4.2)
+if [ ! -x "$venv/bin/python" ]; then
+  echo "setup.sh: creating $venv"
+  /usr/bin/python3 -m venv --system-site-packages "$venv"
+fi
+if ! "$venv/bin/python" -c "import transformers, tokenizers, safetensors, torch" >/dev/null 2>&1; then
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check "${pins[@]}"
+fi
+"$venv/bin/python" -c "import torch, transformers; print('setup.sh: torch', torch.__version__, 'transformers', transformers.__version__)"
