@@ -25,7 +25,9 @@ packages=(
   openmpi-bin libopenmpi-dev libucx-dev
   # configs, HTTP, tests, CPU GEMM, NVMe I/O, tokenizers
   libprotobuf-dev protobuf-compiler libboost-dev libgtest-dev libgmock-dev
-  libdnnl-dev liburing-dev libsentencepiece-dev
+  libdnnl-dev liburing-dev libsentencepiece-dev nlohmann-json3-dev libpcre2-dev
+  # libFuzzer for the ORIGAMI_FUZZ=ON build
+  clang libclang-rt-14-dev
   # test-time references (never linked into origami)
   python3 python3-venv python3-torch python3-numpy
   # demo corpus for the main job
