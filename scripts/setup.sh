@@ -25,7 +25,7 @@ packages=(
   openmpi-bin libopenmpi-dev libucx-dev
   # configs, HTTP, tests, CPU GEMM, NVMe I/O, tokenizers
   libprotobuf-dev protobuf-compiler libboost-dev libgtest-dev libgmock-dev
-  libdnnl-dev liburing-dev libsentencepiece-dev nlohmann-json3-dev libpcre2-dev
+  libdnnl-dev liburing-dev libsentencepiece-dev nlohmann-json3-dev libpcre2-dev zlib1g-dev
   # libFuzzer for the ORIGAMI_FUZZ=ON build
   clang libclang-rt-14-dev
   # test-time references (never linked into origami)
