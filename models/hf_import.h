@@ -1,0 +1,44 @@
+// Hugging Face import and export: config.json <-> ModelSpec for LlamaForCausalLM,
+// MixtralForCausalLM and Qwen2MoeForCausalLM, and safetensors checkpoints (single file or
+// sharded with model.safetensors.index.json) <-> a ParameterBuffer.
+//
+// Tensor names are Hugging Face's; the per-expert tensors of a checkpoint
+// (model.layers.{i}.block_sparse_moe.experts.{e}.w1.weight, model.layers.{i}.mlp.experts.{e}.
+// gate_proj.weight, ...) are joined into the stacked [E, ...] parameters on import and split
+// again on export.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+#include "models/model_spec.h"
+#include "models/parameters.h"
+#include "runtime/safetensors.h"
+
+namespace origami::models {
+
+// Reads `path` (a config.json or the folder holding it). Throws origami::Error naming the file
+// and the field for unsupported architectures or options.
+ModelSpec spec_from_hf_config(const std::string& path);
+// The same from the JSON text; `label` names it in messages.
+ModelSpec spec_from_hf_config_text(const std::string& json_text, const std::string& label);
+// config.json text for the spec (LlamaForCausalLM, MixtralForCausalLM or Qwen2MoeForCausalLM);
+// torch_dtype names `dtype`.
+std::string hf_config_json(const ModelSpec& spec, DType dtype = DType::f32);
+
+// The Hugging Face tensors of a parameter buffer, in layout order: views (no copies); stacked
+// experts become one [F,H] / [H,F] view per expert. Works for a gradient buffer the same way.
+NamedTensors to_hf_tensors(const ParameterBuffer& params);
+
+// Copies every tensor of the checkpoint at `path` (folder, index file or .safetensors file) into
+// `params` (any dtype / device; F64, F32, BF16, F16 sources converted). Every parameter must be
+// present exactly once and with its shape; names the checkpoint has and the model does not are an
+// error, except rotary inv_freq buffers and a tied lm_head.weight. The messages name the tensors.
+void load_hf_weights(const std::string& path, ParameterBuffer& params);
+
+// Writes config.json and the weights (as `dtype`) into `dir`: model.safetensors, or shards of at
+// most `max_shard_bytes` with model.safetensors.index.json, as save_pretrained does.
+void export_hf(const std::string& dir, const ModelSpec& spec, const ParameterBuffer& params,
+               DType dtype = DType::f32, size_t max_shard_bytes = size_t(5) << 30);
+
+}  // namespace origami::models

@@ -1,0 +1,189 @@
+#include "models/parameters.h"
+
+#include <cmath>
+
+#include "runtime/error.h"
+
+namespace origami::models {
+
+ModelParamNames param_names(const ModelSpec& s) {
+  ModelParamNames n;
+  n.embed = "model.embed_tokens.weight";
+  n.final_norm = "model.norm.weight";
+  n.lm_head = s.tie_embeddings ? "" : "lm_head.weight";
+  for (int64_t l = 0; l < s.layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    LayerParamNames y;
+    y.input_norm = p + "input_layernorm.weight";
+    y.q = p + "self_attn.q_proj.weight";
+    y.k = p + "self_attn.k_proj.weight";
+    y.v = p + "self_attn.v_proj.weight";
+    if (s.qkv_bias) {
+      y.q_bias = p + "self_attn.q_proj.bias";
+      y.k_bias = p + "self_attn.k_proj.bias";
+      y.v_bias = p + "self_attn.v_proj.bias";
+    }
+    y.o = p + "self_attn.o_proj.weight";
+    y.post_norm = p + "post_attention_layernorm.weight";
+    if (!s.is_moe_layer(l)) {
+      y.mlp_gate = p + "mlp.gate_proj.weight";
+      y.mlp_up = p + "mlp.up_proj.weight";
+      y.mlp_down = p + "mlp.down_proj.weight";
+    } else if (s.family == Family::mixtral) {
+      y.router = p + "block_sparse_moe.gate.weight";
+      y.expert_gate = p + "block_sparse_moe.experts.w1.weight";
+      y.expert_up = p + "block_sparse_moe.experts.w3.weight";
+      y.expert_down = p + "block_sparse_moe.experts.w2.weight";
+    } else {
+      y.router = p + "mlp.gate.weight";
+      y.expert_gate = p + "mlp.experts.gate_proj.weight";
+      y.expert_up = p + "mlp.experts.up_proj.weight";
+      y.expert_down = p + "mlp.experts.down_proj.weight";
+    }
+    if (s.is_moe_layer(l) && s.moe.shared_expert_ffn > 0) {
+      y.shared_gate = p + "mlp.shared_expert.gate_proj.weight";
+      y.shared_up = p + "mlp.shared_expert.up_proj.weight";
+      y.shared_down = p + "mlp.shared_expert.down_proj.weight";
+      if (s.moe.shared_expert_gate) y.shared_expert_gate = p + "mlp.shared_expert_gate.weight";
+    }
+    n.layers.push_back(y);
+  }
+  return n;
+}
+
+ParameterLayout::ParameterLayout(const ModelSpec& s) {
+  s.validate();
+  names_ = param_names(s);
+  const int64_t H = s.hidden, D = s.head_dim, Hq = s.heads, Hkv = s.kv_heads;
+  add(names_.embed, {s.vocab, H}, ParamInit::normal);
+  for (int64_t l = 0; l < s.layers; ++l) {
+    const LayerParamNames& y = names_.layers[size_t(l)];
+    add(y.input_norm, {H}, ParamInit::ones);
+    add(y.q, {Hq * D, H}, ParamInit::normal);
+    if (!y.q_bias.empty()) add(y.q_bias, {Hq * D}, ParamInit::zeros);
+    add(y.k, {Hkv * D, H}, ParamInit::normal);
+    if (!y.k_bias.empty()) add(y.k_bias, {Hkv * D}, ParamInit::zeros);
+    add(y.v, {Hkv * D, H}, ParamInit::normal);
+    if (!y.v_bias.empty()) add(y.v_bias, {Hkv * D}, ParamInit::zeros);
+    add(y.o, {H, Hq * D}, ParamInit::normal);
+    add(y.post_norm, {H}, ParamInit::ones);
+    if (!y.mlp_gate.empty()) {
+      add(y.mlp_gate, {s.ffn, H}, ParamInit::normal);
+      add(y.mlp_up, {s.ffn, H}, ParamInit::normal);
+      add(y.mlp_down, {H, s.ffn}, ParamInit::normal);
+    }
+    if (!y.router.empty()) {
+      const int64_t E = s.moe.num_experts, Fe = s.moe.expert_ffn;
+      add(y.router, {E, H}, ParamInit::normal);
+      add(y.expert_gate, {E, Fe, H}, ParamInit::normal, E);
+      add(y.expert_up, {E, Fe, H}, ParamInit::normal, E);
+      add(y.expert_down, {E, H, Fe}, ParamInit::normal, E);
+    }
+    if (!y.shared_gate.empty()) {
+      const int64_t Fs = s.moe.shared_expert_ffn;
+      add(y.shared_gate, {Fs, H}, ParamInit::normal);
+      add(y.shared_up, {Fs, H}, ParamInit::normal);
+      add(y.shared_down, {H, Fs}, ParamInit::normal);
+      if (!y.shared_expert_gate.empty()) add(y.shared_expert_gate, {1, H}, ParamInit::normal);
+    }
+  }
+  add(names_.final_norm, {H}, ParamInit::ones);
+  if (!names_.lm_head.empty()) add(names_.lm_head, {s.vocab, H}, ParamInit::normal);
+}
+
+void ParameterLayout::add(const std::string& name, const Shape& shape, ParamInit init,
+                          int64_t experts) {
+  ParamEntry e;
+  e.name = name;
+  e.shape = shape;
+  e.offset = total_;
+  e.numel = shape_numel(shape);
+  e.init = init;
+  e.experts = experts;
+  index_[name] = entries_.size();
+  entries_.push_back(e);
+  total_ += (e.numel + kParamAlignElements - 1) / kParamAlignElements * kParamAlignElements;
+}
+
+int64_t ParameterLayout::parameter_count() const {
+  int64_t n = 0;
+  for (const ParamEntry& e : entries_) n += e.numel;
+  return n;
+}
+
+const ParamEntry& ParameterLayout::entry(const std::string& name) const {
+  auto it = index_.find(name);
+  ORIGAMI_CHECK(it != index_.end(), "parameter layout: no parameter named '", name, "'");
+  return entries_[it->second];
+}
+
+ParameterBuffer::ParameterBuffer(const ParameterLayout& layout, DType dtype, Device device)
+    : layout_(layout) {
+  flat_ = Tensor::zeros({layout.total_numel()}, dtype, device);
+  make_views();
+}
+
+ParameterBuffer::ParameterBuffer(const ParameterLayout& layout, Tensor flat) : layout_(layout) {
+  ORIGAMI_CHECK(flat.defined() && flat.dim() == 1 && flat.numel() == layout.total_numel() &&
+                    flat.is_contiguous(),
+                "parameter buffer: flat storage must be a contiguous [", layout.total_numel(),
+                "] tensor, got ", flat.defined() ? flat.str() : std::string("undefined"));
+  flat_ = std::move(flat);
+  make_views();
+}
+
+void ParameterBuffer::make_views() {
+  views_.clear();
+  for (const ParamEntry& e : layout_.entries())
+    views_[e.name] = flat_.narrow(0, e.offset, e.numel).view(e.shape);
+}
+
+const Tensor& ParameterBuffer::get(const std::string& name) const {
+  static const Tensor undefined;
+  if (name.empty()) return undefined;
+  auto it = views_.find(name);
+  ORIGAMI_CHECK(it != views_.end(), "parameters: no parameter named '", name, "'");
+  return it->second;
+}
+
+namespace {
+// splitmix64: a small, well-mixed generator whose output is the same on every platform.
+struct SplitMix64 {
+  uint64_t state;
+  uint64_t next() {
+    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+  double uniform() { return double(next() >> 11) * 0x1.0p-53; }  // [0, 1)
+};
+uint64_t fnv1a(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+}  // namespace
+
+void ParameterBuffer::init_random(uint64_t seed, double std) {
+  Tensor host = Tensor::empty({layout_.total_numel()}, DType::f32);
+  float* p = host.data_as<float>();
+  for (int64_t i = 0; i < host.numel(); ++i) p[i] = 0.0f;
+  for (const ParamEntry& e : layout_.entries()) {
+    float* q = p + e.offset;
+    if (e.init == ParamInit::ones) {
+      for (int64_t i = 0; i < e.numel; ++i) q[i] = 1.0f;
+    } else if (e.init == ParamInit::normal) {
+      SplitMix64 rng{seed ^ fnv1a(e.name)};
+      for (int64_t i = 0; i < e.numel; i += 2) {  // Box-Muller: two normals per draw
+        const double u1 = 1.0 - rng.uniform(), u2 = rng.uniform();
+        const double r = std::sqrt(-2.0 * std::log(u1)), a = 2.0 * M_PI * u2;
+        q[i] = float(std * r * std::cos(a));
+        if (i + 1 < e.numel) q[i + 1] = float(std * r * std::sin(a));
+      }
+    }
+  }
+  flat_.copy_from(host);
+}
+
+}  // namespace origami::models
