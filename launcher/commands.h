@@ -4,5 +4,6 @@
 namespace origami::cli {
 
 int doctor(int argc, char** argv);
+int train(int argc, char** argv);
 
 }  // namespace origami::cli

@@ -60,10 +60,20 @@ TokenStream TokenStream::open(const std::string& path, const std::string& format
                               const Tokenizer* tokenizer) {
   std::vector<fs::path> files;
   if (fs::is_directory(path)) {
-    for (const auto& e : fs::directory_iterator(path))
-      if (e.is_regular_file()) files.push_back(e.path());
+    // A folder: its regular files (not links) of the format: text files have no extension or
+    // .txt; token shards end in .bin/.u16 (u16) or .u32 (u32).
+    for (const auto& e : fs::directory_iterator(path)) {
+      if (!e.is_regular_file() || e.is_symlink()) continue;
+      const std::string ext = e.path().extension().string();
+      const std::string fmt = format.empty() ? pick_format(e.path(), "") : format;
+      const bool take = fmt == "text"
+                            ? (ext.empty() || ext == ".txt")
+                            : (fmt == "u32" ? ext == ".u32" : (ext == ".bin" || ext == ".u16"));
+      if (take) files.push_back(e.path());
+    }
     std::sort(files.begin(), files.end());
-    ORIGAMI_CHECK(!files.empty(), "data folder '", path, "' holds no files");
+    ORIGAMI_CHECK(!files.empty(), "data folder '", path, "' holds no ",
+                  format.empty() ? "data" : format, " files");
   } else {
     ORIGAMI_CHECK(fs::exists(path), "data path '", path, "' does not exist");
     files.push_back(path);

@@ -17,7 +17,9 @@ namespace origami {
 class TokenStream {
  public:
   // `path`: a file or a folder of files (sorted by name, concatenated). `format`: "u16", "u32" or
-  // "text" ("" picks by extension: .bin/.u16 -> u16, .u32 -> u32, anything else -> text).
+  // "text" ("" picks by extension: .bin/.u16 -> u16, .u32 -> u32, anything else -> text). In a
+  // folder only regular files (not links) of the format are read: text files have no extension
+  // or .txt, u16 shards .bin or .u16, u32 shards .u32.
   // Text files are tokenized with `tokenizer` (EOS appended after each file when it has one).
   static TokenStream open(const std::string& path, const std::string& format,
                           const Tokenizer* tokenizer);

@@ -1,0 +1,254 @@
+#include "launcher/trainer.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+
+#include <nlohmann/json.hpp>
+
+#include "models/decoder.h"
+#include "models/hf_import.h"
+#include "ops/gemm.h"
+#include "ops/optimizer.h"
+#include "runtime/checkpoint.h"
+#include "runtime/data.h"
+#include "runtime/tokenizer.h"
+
+namespace origami {
+
+using json = nlohmann::json;
+
+double learning_rate(const config::TrainConfig& t, int64_t step) {
+  if (t.warmup_steps() > 0 && step <= t.warmup_steps())
+    return t.lr() * double(step) / double(t.warmup_steps());
+  if (t.lr_schedule() == "constant") return t.lr();
+  const int64_t decay = std::max<int64_t>(1, t.steps() - t.warmup_steps());
+  const double progress = std::min(1.0, double(step - t.warmup_steps()) / double(decay));
+  return t.min_lr() + 0.5 * (t.lr() - t.min_lr()) * (1.0 + std::cos(M_PI * progress));
+}
+
+namespace {
+
+// Model FLOPs per trained token: 6 x active parameters of the matrix products, plus attention
+// (q k^T and p v: 2 x 2 x S x D per head, causal half, forward and backward = 3x).
+double flops_per_token(const models::ModelSpec& s, int64_t seq) {
+  const double H = double(s.hidden), D = double(s.head_dim);
+  double per_layer = H * D * double(s.heads + 2 * s.kv_heads) + D * double(s.heads) * H;
+  double mlp_dense = 3.0 * H * double(s.ffn);
+  double mlp_moe = 3.0 * H * double(s.moe.expert_ffn) * double(s.moe.top_k) +
+                   3.0 * H * double(s.moe.shared_expert_ffn) + H * double(s.moe.num_experts);
+  double matmul = 0;
+  for (int64_t l = 0; l < s.layers; ++l)
+    matmul += per_layer + (s.is_moe_layer(l) ? mlp_moe : mlp_dense);
+  matmul += H * double(s.vocab);  // lm head
+  const double attn = double(s.layers) * double(s.heads) * 2.0 * 2.0 * double(seq) * D / 2.0;
+  return 6.0 * matmul + 3.0 * attn;
+}
+
+// The CPU's dense GEMM peak as measured now (FLOP/s), for MFU when the config gives none.
+double measure_cpu_peak(DType dt) {
+  const int64_t n = 512;
+  Tensor a = Tensor::zeros({n, n}, dt), b = Tensor::zeros({n, n}, dt),
+         c = Tensor::empty({n, n}, DType::f32);
+  ops::gemm(a, b, c);
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < 4; ++i) ops::gemm(a, b, c);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, 4 * 2.0 * double(n * n * n) / s);
+  }
+  return best;
+}
+
+void save_checkpoint(const std::string& dir, int64_t step, models::Decoder& model,
+                     const BatchSampler& sampler, int keep) {
+  CheckpointWriter w(dir, step, 0, 1);
+  w.add("params", model.params().flat());
+  w.add("adam_m", model.optimizer_m().flat());
+  w.add("adam_v", model.optimizer_v().flat());
+  for (int64_t m = 0; m < model.spec().num_moe_layers() && model.spec().moe.expert_bias; ++m) {
+    const auto& b = model.expert_bias(m);
+    w.add("expert_bias." + std::to_string(m),
+          Tensor::from_vector(b, {int64_t(b.size())}, DType::f32));
+  }
+  w.write_rank_files();
+  const SamplerState& s = sampler.state();
+  w.commit({{"step", step},
+            {"sampler", {{"seed", s.seed}, {"epoch", s.epoch}, {"cursor", s.cursor}}},
+            {"params", model.layout().total_numel()}},
+           keep);
+}
+
+int64_t load_checkpoint(const std::string& step_dir, models::Decoder& model,
+                        BatchSampler& sampler) {
+  CheckpointReader rd(step_dir);
+  const auto& meta = rd.user_meta();
+  ORIGAMI_CHECK(meta.value("params", int64_t(-1)) == model.layout().total_numel(), "checkpoint '",
+                step_dir, "' was written for a model with ", meta.value("params", int64_t(-1)),
+                " parameter slots, this model has ", model.layout().total_numel(),
+                ": the model config changed");
+  rd.read("params", model.params().flat());
+  rd.read("adam_m", model.optimizer_m().flat());
+  rd.read("adam_v", model.optimizer_v().flat());
+  for (int64_t m = 0; m < model.spec().num_moe_layers() && model.spec().moe.expert_bias; ++m) {
+    Tensor b = rd.read_full("expert_bias." + std::to_string(m));
+    auto v = b.to_float_vector();
+    model.expert_bias(m).assign(v.begin(), v.end());
+  }
+  model.sync_compute_weights();
+  SamplerState s;
+  s.seed = meta.at("sampler").at("seed").get<uint64_t>();
+  s.epoch = meta.at("sampler").at("epoch").get<int64_t>();
+  s.cursor = meta.at("sampler").at("cursor").get<int64_t>();
+  sampler.restore(s);
+  return rd.step();
+}
+
+void draw_progress(int64_t step, int64_t total, double loss, double elapsed_s) {
+  const int width = 30;
+  const int filled = total > 0 ? int(width * step / total) : width;
+  const double eta = step > 0 ? elapsed_s / double(step) * double(total - step) : 0;
+  std::fprintf(stderr, "\r[%.*s%*s] %lld/%lld loss %.4f eta %.0fs ", filled,
+               "##############################", width - filled, "", static_cast<long long>(step),
+               static_cast<long long>(total), loss, eta);
+  std::fflush(stderr);
+}
+
+}  // namespace
+
+std::vector<StepRecord> train(const Config& config, const TrainOptions& opt) {
+  const auto& tc = config.train();
+  models::ModelSpec spec = opt.init_from.empty() ? models::spec_from_config(config.model())
+                                                 : models::spec_from_hf_config(opt.init_from);
+  spec.validate();
+
+  // Data.
+  std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(config.data().tokenizer());
+  ORIGAMI_CHECK(tokenizer->vocab_size() <= spec.vocab, "the tokenizer '", config.data().tokenizer(),
+                "' has ", tokenizer->vocab_size(), " ids but the model's vocabulary is ",
+                spec.vocab, ": raise model.vocab_size");
+  ORIGAMI_CHECK(!config.data().path().empty(), "data.path is empty: give the training data");
+  TokenStream stream =
+      TokenStream::open(config.data().path(), config.data().format(), tokenizer.get());
+  ORIGAMI_CHECK(int64_t(stream.max_token()) < spec.vocab, "data '", config.data().path(),
+                "' holds token id ", stream.max_token(), " outside the model's vocabulary of ",
+                spec.vocab);
+  BatchSampler sampler(stream, tc.seq_len(), tc.seed());
+
+  // Model.
+  models::DecoderOptions dopt;
+  dopt.batch = tc.micro_batch_size();
+  dopt.seq = tc.seq_len();
+  dopt.compute = dtype_from_name(tc.dtype());
+  dopt.device = device_from_string(tc.device());
+  dopt.recompute = tc.recompute();
+  models::Decoder model(spec, dopt);
+  if (!opt.quiet) {
+    model.print_plan(std::cout);
+    std::printf("data: %lld tokens, %lld windows of %lld per epoch\n",
+                static_cast<long long>(stream.size()),
+                static_cast<long long>(sampler.windows_per_epoch()),
+                static_cast<long long>(tc.seq_len()));
+  }
+  int64_t step = 0;
+  if (!opt.init_from.empty()) {
+    models::load_hf_weights(opt.init_from, model.params());
+  } else {
+    model.params().init_random(tc.seed(), config.model().init_std());
+  }
+  model.sync_compute_weights();
+  model.optimizer_m().zero();
+  model.optimizer_v().zero();
+  if (opt.resume && !tc.checkpoint_dir().empty()) {
+    if (auto latest = CheckpointReader::latest(tc.checkpoint_dir())) {
+      step = load_checkpoint(*latest, model, sampler);
+      if (!opt.quiet)
+        std::printf("resumed from %s at step %lld\n", latest->c_str(),
+                    static_cast<long long>(step));
+    }
+  }
+
+  const double tokens_per_step = double(tc.micro_batch_size() * tc.seq_len() * tc.grad_accum());
+  const double peak = tc.peak_flops() > 0 ? tc.peak_flops() : measure_cpu_peak(dopt.compute);
+  const double fpt = flops_per_token(spec, tc.seq_len());
+  std::ofstream metrics;
+  if (!tc.metrics_file().empty()) metrics.open(tc.metrics_file(), std::ios::app);
+  const bool bar = opt.progress && isatty(STDERR_FILENO);
+
+  Tensor ids = Tensor::empty({tc.micro_batch_size(), tc.seq_len()}, DType::i64);
+  Tensor targets = Tensor::empty({tc.micro_batch_size(), tc.seq_len()}, DType::i64);
+  std::vector<StepRecord> records;
+  const auto run_start = std::chrono::steady_clock::now();
+  int64_t run_steps = 0;
+  while (step < tc.steps()) {
+    const auto t0 = std::chrono::steady_clock::now();
+    ++step;
+    model.grads().zero();
+    StepRecord r;
+    r.step = step;
+    for (int64_t micro = 0; micro < tc.grad_accum(); ++micro) {
+      sampler.next(ids, targets);
+      models::LossInfo li = model.forward_backward(ids, targets);
+      r.loss += li.loss / double(tc.grad_accum());
+      r.ce += li.ce / double(tc.grad_accum());
+    }
+    // Gradients summed over micro-batches: average, then clip the global norm.
+    const double inv_accum = 1.0 / double(tc.grad_accum());
+    r.grad_norm = std::sqrt(ops::sum_squares(model.grads().flat())) * inv_accum;
+    const float coef = ops::clip_coefficient(r.grad_norm, tc.clip_grad());
+    if (coef != 1.0f || tc.grad_accum() != 1)
+      ops::scale_(model.grads().flat(), float(inv_accum * coef));
+    r.lr = learning_rate(tc, step);
+    ops::AdamWParams p;
+    p.lr = float(r.lr);
+    p.beta1 = float(tc.beta1());
+    p.beta2 = float(tc.beta2());
+    p.eps = float(tc.eps());
+    p.weight_decay = float(tc.weight_decay());
+    p.step = step;
+    model.adamw_step(p);
+    model.update_expert_bias();
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    r.tokens_per_s = tokens_per_step / dt;
+    r.mfu = r.tokens_per_s * fpt / peak;
+    records.push_back(r);
+    ++run_steps;
+    if (!opt.quiet && (step % tc.log_every() == 0 || step == tc.steps())) {
+      if (bar) std::fprintf(stderr, "\r\033[K");
+      std::printf("step %6lld | loss %.4f | lr %.3e | grad norm %.3f | %.0f tok/s | MFU %.1f%%\n",
+                  static_cast<long long>(step), r.loss, r.lr, r.grad_norm, r.tokens_per_s,
+                  100.0 * r.mfu);
+      std::fflush(stdout);
+    }
+    if (metrics.is_open()) {
+      metrics << json{{"step", step}, {"loss", r.loss},           {"ce", r.ce},
+                      {"lr", r.lr},   {"grad_norm", r.grad_norm}, {"tokens_per_s", r.tokens_per_s},
+                      {"mfu", r.mfu}}
+                     .dump()
+              << "\n";
+      metrics.flush();
+    }
+    if (bar)
+      draw_progress(
+          step, tc.steps(), r.loss,
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count());
+    const bool last = step == tc.steps() || (opt.stop_after >= 0 && run_steps >= opt.stop_after);
+    if (!tc.checkpoint_dir().empty() &&
+        (last || (tc.save_every() > 0 && step % tc.save_every() == 0)))
+      save_checkpoint(tc.checkpoint_dir(), step, model, sampler, int(tc.keep()));
+    if (last) break;
+  }
+  if (bar) std::fprintf(stderr, "\n");
+  if (!opt.export_hf.empty()) {
+    models::export_hf(opt.export_hf, spec, model.params());
+    if (!opt.quiet) std::printf("exported the model to %s\n", opt.export_hf.c_str());
+  }
+  return records;
+}
+
+}  // namespace origami
