@@ -1,0 +1,762 @@
+// CPU attention: flash-attention style, block by block with an online softmax.
+//
+// Forward: the work is split over (batch, query head, block of 64 query rows). Each job keeps its
+// query block, a 64 x 64 block of scores and a running output accumulator in per-thread scratch,
+// and walks the key blocks its rows can see (causal and sliding-window masks skip whole blocks;
+// only blocks that straddle a mask edge are masked element by element). K is packed once per call
+// into transposed f32 blocks [Dp][64] and V into padded f32 rows [64][Dp] (Dp = D rounded up to
+// 16), so the inner loops are two small matrix products with contiguous rows and no dtype
+// conversion.
+//
+// Backward: the work is split over (batch, key/value head, block of 64 key rows). A job owns the
+// dK and dV rows of its block (summed over the query heads of its group, so no other job writes
+// them), recomputes P = exp(S - lse) for every query block that sees its keys, and adds its
+// contribution to dQ into an f32 accumulator under a per-tile lock; a last pass scales dQ and
+// converts it to the output dtype.
+//
+// The block products are written with GCC vector extensions in register tiles of 4 rows x (2 or 4)
+// vectors, and this file compiles its kernel section once per instruction set (AVX-512, AVX2 and a
+// baseline build) by including itself with a different `#pragma GCC target`; the variant is picked
+// at run time from what the CPU supports (no -march flag is needed at build time).
+#ifndef ORIGAMI_ATTENTION_ISA
+
+#include "ops/cpu/attention.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace origami::ops::cpu::attention_detail {
+
+constexpr int64_t kBlockQ = 64;  // query rows per block
+constexpr int64_t kBlockK = 64;  // key rows per block
+constexpr int64_t kPadD = 16;    // head dim padded to a multiple of this (the widest vector)
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Shapes and masks of one call. Positions compare q_pos = q_offset + i with k_pos = k_offset + j.
+struct Problem {
+  int64_t B = 0, Sq = 0, Sk = 0, Hq = 0, Hkv = 0, D = 0;
+  int64_t Dp = 0;     // D rounded up to kPadD
+  int64_t group = 1;  // Hq / Hkv
+  int64_t nqb = 0, nkb = 0;
+  float scale = 1.0f;
+  bool causal = true;
+  int64_t window = -1;
+  int64_t q_offset = 0, k_offset = 0;
+  bool bf16 = false;
+
+  // Keys visible to query row i: [lo, hi) (empty when lo >= hi). Both ends grow with i.
+  void key_range(int64_t i, int64_t& lo, int64_t& hi) const {
+    const int64_t qp = q_offset + i - k_offset;  // the query position in key-row coordinates
+    lo = 0;
+    hi = Sk;
+    if (causal || window > 0) hi = std::min(hi, qp + 1);
+    if (window > 0) lo = std::max(lo, qp - window + 1);
+  }
+  // Query rows that see at least one key of [j0, j1): [ilo, ihi).
+  void query_range(int64_t j0, int64_t j1, int64_t& ilo, int64_t& ihi) const {
+    ilo = 0;
+    ihi = Sq;
+    if (causal || window > 0) ilo = std::max(ilo, j0 + k_offset - q_offset);
+    if (window > 0) ihi = std::min(ihi, j1 + window - 1 + k_offset - q_offset);
+  }
+};
+
+// Data of a forward call. kt: K packed as [B][Hkv][nkb][Dp][kBlockK]; vp: V as [B][Hkv][nkb *
+// kBlockK][Dp] (both f32, zero padded).
+struct ForwardData {
+  const void* q = nullptr;
+  const float* kt = nullptr;
+  const float* vp = nullptr;
+  void* out = nullptr;
+  float* lse = nullptr;
+};
+
+// Data of a backward call. qp and dop: q and dout packed as f32 [B][Hq][Sq][Dp] (zero padded);
+// delta [B][Hq][Sq] = rowsum(dout * out); dq_acc [B][Hq][Sq][Dp] f32, zeroed, receives
+// sum_j dS K (unscaled) under the lock of its query tile (lock_for).
+struct BackwardData {
+  const float* qp = nullptr;
+  const float* dop = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const float* lse = nullptr;
+  const float* delta = nullptr;
+  float* dq_acc = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+  std::mutex* locks = nullptr;
+  int64_t nlocks = 1;  // a power of two
+
+  // Spreads neighbouring tiles (the same query block of the next head, say) over the locks.
+  std::mutex& lock_for(int64_t tile) const {
+    return locks[(uint64_t(tile) * 0x9E3779B97F4A7C15ull >> 40) & uint64_t(nlocks - 1)];
+  }
+};
+
+// Per-thread scratch sizes in floats (every piece a multiple of 16 floats, so 64-byte aligned).
+inline int64_t forward_scratch(const Problem& P) {
+  return 2 * kBlockQ * P.Dp + kBlockQ * kBlockK + 2 * kBlockQ;
+}
+inline int64_t backward_scratch(const Problem& P) {
+  return 5 * kBlockK * P.Dp + 2 * kBlockQ * kBlockK + 2 * kBlockQ;
+}
+
+}  // namespace origami::ops::cpu::attention_detail
+
+// ---- the kernel section, once per instruction set -----------------------------------------------
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define ORIGAMI_ATTENTION_HAS_X86_VARIANTS 1
+#define ORIGAMI_ATTENTION_ISA avx512
+#define ORIGAMI_ATTENTION_LANES 16
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c,bmi,bmi2")
+#include "ops/cpu/attention.cpp"
+#pragma GCC pop_options
+#undef ORIGAMI_ATTENTION_ISA
+#undef ORIGAMI_ATTENTION_LANES
+#define ORIGAMI_ATTENTION_ISA avx2
+#define ORIGAMI_ATTENTION_LANES 8
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,bmi,bmi2")
+#include "ops/cpu/attention.cpp"
+#pragma GCC pop_options
+#undef ORIGAMI_ATTENTION_ISA
+#undef ORIGAMI_ATTENTION_LANES
+#else
+#define ORIGAMI_ATTENTION_HAS_X86_VARIANTS 0
+#endif
+#define ORIGAMI_ATTENTION_ISA generic
+#define ORIGAMI_ATTENTION_LANES 4
+#include "ops/cpu/attention.cpp"
+#undef ORIGAMI_ATTENTION_ISA
+#undef ORIGAMI_ATTENTION_LANES
+
+// ---- dispatch, threading and the entry points ---------------------------------------------------
+namespace origami::ops::cpu {
+namespace {
+
+using namespace attention_detail;
+
+struct Kernels {
+  const char* name;
+  decltype(&generic::pack_kv_block) pack_kv_block;
+  decltype(&generic::forward_job) forward_job;
+  decltype(&generic::backward_job) backward_job;
+};
+
+std::vector<Kernels> available_kernels() {
+  std::vector<Kernels> ks;  // best first
+#if ORIGAMI_ATTENTION_HAS_X86_VARIANTS
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("fma"))
+    ks.push_back({"avx512", &avx512::pack_kv_block, &avx512::forward_job, &avx512::backward_job});
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    ks.push_back({"avx2", &avx2::pack_kv_block, &avx2::forward_job, &avx2::backward_job});
+#endif
+  ks.push_back({"generic", &generic::pack_kv_block, &generic::forward_job, &generic::backward_job});
+  return ks;
+}
+
+const std::vector<Kernels>& kernel_table() {
+  static const std::vector<Kernels> table = available_kernels();
+  return table;
+}
+
+std::atomic<const Kernels*> forced{nullptr};
+
+const Kernels& kernels() {
+  const Kernels* f = forced.load(std::memory_order_relaxed);
+  return f ? *f : kernel_table().front();
+}
+
+struct FreeDeleter {
+  void operator()(float* p) const { std::free(p); }
+};
+using Buffer = std::unique_ptr<float[], FreeDeleter>;
+
+Buffer alloc_floats(int64_t n) {
+  const size_t bytes = (size_t(std::max<int64_t>(n, 1)) * sizeof(float) + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, bytes);
+  ORIGAMI_CHECK(p, "attention: cannot allocate ", bytes, " bytes of workspace");
+  return Buffer(static_cast<float*>(p));
+}
+
+// Scratch of the calling thread (an OpenMP worker keeps its own across calls): grows, never
+// shrinks.
+float* thread_scratch(int64_t n) {
+  thread_local Buffer buf;
+  thread_local int64_t capacity = 0;
+  if (capacity < n) {
+    buf = alloc_floats(n);
+    capacity = n;
+  }
+  return buf.get();
+}
+
+Problem make_problem(const Tensor& q, const Tensor& k, const AttentionParams& p) {
+  Problem P;
+  P.B = q.size(0);
+  P.Sq = q.size(1);
+  P.Hq = q.size(2);
+  P.D = q.size(3);
+  P.Sk = k.size(1);
+  P.Hkv = k.size(2);
+  P.Dp = (P.D + kPadD - 1) / kPadD * kPadD;
+  P.group = P.Hq / P.Hkv;
+  P.nqb = (P.Sq + kBlockQ - 1) / kBlockQ;
+  P.nkb = (P.Sk + kBlockK - 1) / kBlockK;
+  P.scale = p.scale;
+  P.causal = p.causal;
+  P.window = p.window;
+  P.q_offset = p.q_offset;
+  P.k_offset = p.k_offset;
+  P.bf16 = q.dtype() == DType::bf16;
+  return P;
+}
+
+inline float load_elem(const void* base, bool bf16, int64_t i) {
+  return bf16 ? bf16_to_f32(static_cast<const uint16_t*>(base)[i])
+              : static_cast<const float*>(base)[i];
+}
+inline void store_elem(void* base, bool bf16, int64_t i, float x) {
+  if (bf16)
+    static_cast<uint16_t*>(base)[i] = f32_to_bf16(x);
+  else
+    static_cast<float*>(base)[i] = x;
+}
+
+}  // namespace
+
+const char* attention_isa() {
+  return kernels().name;
+}
+
+std::vector<std::string> attention_isas() {
+  std::vector<std::string> names;
+  for (const Kernels& k : kernel_table()) names.push_back(k.name);
+  return names;
+}
+
+void attention_force_isa(const char* name) {
+  if (!name) {
+    forced.store(nullptr);
+    return;
+  }
+  for (const Kernels& k : kernel_table())
+    if (std::string(k.name) == name) {
+      forced.store(&k);
+      return;
+    }
+  ORIGAMI_FAIL("attention: instruction set '", name, "' is not available on this CPU");
+}
+
+void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionParams& p,
+                       Tensor& out, Tensor& lse) {
+  const Problem P = make_problem(q, k, p);
+  const Kernels& K = kernels();
+  const int64_t block_floats = P.Dp * kBlockK;
+  Buffer kt = alloc_floats(P.B * P.Hkv * P.nkb * block_floats);
+  Buffer vp = alloc_floats(P.B * P.Hkv * P.nkb * block_floats);
+  ForwardData F;
+  F.q = q.data();
+  F.kt = kt.get();
+  F.vp = vp.get();
+  F.out = out.data();
+  F.lse = lse.data_as<float>();
+  const void* kd = k.data();
+  const void* vd = v.data();
+  const int64_t npack = P.B * P.Hkv * P.nkb;
+  const int64_t nbh = P.B * P.Hq;
+  const int64_t njobs = nbh * P.nqb;
+#pragma omp parallel
+  {
+#pragma omp for schedule(static)
+    for (int64_t idx = 0; idx < npack; ++idx) {
+      const int64_t kb = idx % P.nkb, bh = idx / P.nkb;
+      K.pack_kv_block(P, kd, vd, bh / P.Hkv, bh % P.Hkv, kb, kt.get() + idx * block_floats,
+                      vp.get() + idx * block_floats);
+    }
+    float* ws = thread_scratch(forward_scratch(P));
+    // Heaviest query blocks (the last ones under a causal mask) first.
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t idx = 0; idx < njobs; ++idx) {
+      const int64_t qb = P.nqb - 1 - idx / nbh, bh = idx % nbh;
+      K.forward_job(P, F, bh / P.Hq, bh % P.Hq, qb, ws);
+    }
+  }
+}
+
+void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                        const Tensor& lse, const Tensor& dout, const AttentionParams& p, Tensor& dq,
+                        Tensor& dk, Tensor& dv) {
+  const Problem P = make_problem(q, k, p);
+  const Kernels& K = kernels();
+  const int64_t nrows = P.B * P.Hq * P.Sq;  // (b, h, i) rows of delta, qp, dop and dq_acc
+  Buffer delta = alloc_floats(nrows);
+  Buffer qp = alloc_floats(nrows * P.Dp);
+  Buffer dop = alloc_floats(nrows * P.Dp);
+  Buffer dq_acc = alloc_floats(nrows * P.Dp);
+  constexpr int64_t kLocks = 256;
+  static std::mutex locks[kLocks];
+  BackwardData G;
+  G.qp = qp.get();
+  G.dop = dop.get();
+  G.k = k.data();
+  G.v = v.data();
+  G.lse = lse.data_as<float>();
+  G.delta = delta.get();
+  G.dq_acc = dq_acc.get();
+  G.dk = dk.data();
+  G.dv = dv.data();
+  G.locks = locks;
+  G.nlocks = kLocks;
+  const void* qd = q.data();
+  const void* od = out.data();
+  const void* dod = dout.data();
+  void* dqd = dq.data();
+  const bool bf16 = P.bf16;
+  const int64_t D = P.D, Dp = P.Dp;
+  const int64_t nbhk = P.B * P.Hkv;
+  const int64_t njobs = nbhk * P.nkb;
+#pragma omp parallel
+  {
+    // Head-major f32 copies of q and dout, delta[b,h,i] = sum_d dout * out, dq_acc = 0.
+#pragma omp for schedule(static)
+    for (int64_t row = 0; row < nrows; ++row) {
+      const int64_t i = row % P.Sq, bh = row / P.Sq;
+      const int64_t e = ((bh / P.Hq * P.Sq + i) * P.Hq + bh % P.Hq) * D;
+      float* qr = qp.get() + row * Dp;
+      float* dr = dop.get() + row * Dp;
+      float s = 0.0f;
+      for (int64_t d = 0; d < D; ++d) {
+        qr[d] = load_elem(qd, bf16, e + d);
+        dr[d] = load_elem(dod, bf16, e + d);
+        s += dr[d] * load_elem(od, bf16, e + d);
+      }
+      for (int64_t d = D; d < Dp; ++d) qr[d] = dr[d] = 0.0f;
+      delta[row] = s;
+      std::memset(dq_acc.get() + row * Dp, 0, size_t(Dp) * sizeof(float));
+    }
+    float* ws = thread_scratch(backward_scratch(P));
+    // Heaviest key blocks (the first ones under a causal mask) first.
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t idx = 0; idx < njobs; ++idx) {
+      const int64_t kb = idx / nbhk, bhk = idx % nbhk;
+      K.backward_job(P, G, bhk / P.Hkv, bhk % P.Hkv, kb, ws);
+    }
+    // dq = scale * dq_acc, token-major.
+#pragma omp for schedule(static)
+    for (int64_t row = 0; row < nrows; ++row) {
+      const int64_t i = row % P.Sq, bh = row / P.Sq;
+      const int64_t e = ((bh / P.Hq * P.Sq + i) * P.Hq + bh % P.Hq) * D;
+      const float* src = dq_acc.get() + row * Dp;
+      for (int64_t d = 0; d < D; ++d) store_elem(dqd, bf16, e + d, P.scale * src[d]);
+    }
+  }
+}
+
+void attention_merge(Tensor& out_a, Tensor& lse_a, const Tensor& out_b, const Tensor& lse_b) {
+  const int64_t B = out_a.size(0), S = out_a.size(1), H = out_a.size(2), D = out_a.size(3);
+  const bool bf16 = out_a.dtype() == DType::bf16;
+  void* oa = out_a.data();
+  const void* ob = out_b.data();
+  float* la = lse_a.data_as<float>();
+  const float* lb = lse_b.data_as<float>();
+  const int64_t nrows = B * S * H;
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < nrows; ++row) {  // row = (b, s, h) of out
+    const int64_t h = row % H, s = row / H % S, b = row / (H * S);
+    const int64_t li = (b * H + h) * S + s;
+    const float a = la[li], c = lb[li];
+    const float m = std::max(a, c);
+    const int64_t e = row * D;
+    if (m == kNegInf) {  // neither part saw a key
+      for (int64_t d = 0; d < D; ++d) store_elem(oa, bf16, e + d, 0.0f);
+      continue;
+    }
+    const float wa = std::exp(a - m), wb = std::exp(c - m), sum = wa + wb;
+    la[li] = m + std::log(sum);
+    const float fa = wa / sum, fb = wb / sum;
+    for (int64_t d = 0; d < D; ++d)
+      store_elem(oa, bf16, e + d,
+                 fa * load_elem(oa, bf16, e + d) + fb * load_elem(ob, bf16, e + d));
+  }
+}
+
+}  // namespace origami::ops::cpu
+
+#else  // ORIGAMI_ATTENTION_ISA: the kernels, compiled once per instruction set
+
+namespace origami::ops::cpu::attention_detail::ORIGAMI_ATTENTION_ISA {
+
+constexpr int W = ORIGAMI_ATTENTION_LANES;  // floats per vector
+typedef float Vec __attribute__((vector_size(W * sizeof(float))));
+typedef int32_t VecI __attribute__((vector_size(W * sizeof(float))));
+// Register tile of the block products: kRows rows x kVecs vectors of accumulators.
+constexpr int kRows = 4;
+constexpr int kVecs = W == 16 ? 4 : 2;
+
+inline Vec load(const float* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store(float* p, Vec v) {
+  std::memcpy(p, &v, sizeof v);
+}
+inline Vec splat(float x) {
+  return Vec{} + x;
+}
+inline Vec vmax(Vec a, Vec b) {
+  return a > b ? a : b;
+}
+
+// 2^x for x <= 0 (x < -126 gives 0, so -inf gives 0): x = n + f with n an integer and |f| <= 1/2;
+// 2^f by its Taylor series to degree 7 (relative error below 1e-8), 2^n put in the exponent.
+inline Vec exp2v(Vec x) {
+  const Vec lo = splat(-126.0f), hi = splat(126.0f);
+  const Vec xc = x < lo ? lo : (x > hi ? hi : x);
+  const Vec magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+  const Vec t = xc + magic;
+  const Vec f = xc - (t - magic);
+  Vec p = splat(1.5252733804059840e-5f);
+  p = p * f + 1.5403530393381609e-4f;
+  p = p * f + 1.3333558146428443e-3f;
+  p = p * f + 9.6181291076284772e-3f;
+  p = p * f + 5.5504108664821580e-2f;
+  p = p * f + 2.4022650695910071e-1f;
+  p = p * f + 6.9314718055994531e-1f;
+  p = p * f + 1.0f;
+  const VecI n = (VecI)t - 0x4B400000;  // the integer in t's low mantissa bits
+  const Vec scale = (Vec)((n + 127) << 23);
+  return x < lo ? Vec{} : p * scale;
+}
+
+inline float hmax(Vec v) {
+  float m = v[0];
+  for (int i = 1; i < W; ++i) m = std::max(m, v[i]);
+  return m;
+}
+inline float hsum(Vec v) {
+  float s = 0.0f;
+  for (int i = 0; i < W; ++i) s += v[i];
+  return s;
+}
+
+// max of x[0..n), n a multiple of W.
+inline float row_max(const float* x, int64_t n) {
+  Vec m = load(x);
+  for (int64_t j = W; j < n; j += W) m = vmax(m, load(x + j));
+  return hmax(m);
+}
+
+// x[j] = 2^(x[j] * mul - sub) for j < n (n a multiple of W); returns the sum.
+inline float exp2_row(float* x, int64_t n, float mul, float sub) {
+  Vec s = Vec{};
+  const Vec vm = splat(mul), vs = splat(sub);
+  for (int64_t j = 0; j < n; j += W) {
+    const Vec e = exp2v(load(x + j) * vm - vs);
+    store(x + j, e);
+    s += e;
+  }
+  return hsum(s);
+}
+
+// One register tile: C[r][0..NV*W) (+)= sum_k A(r, k) B[k][0..NV*W) for r < R, where
+// A(r, k) = A[r * a_rs + k * a_ks] (a_rs = 1, a_ks = lda reads A transposed).
+template <int R, int NV>
+inline void tile(int64_t K, const float* A, int64_t a_rs, int64_t a_ks, const float* B, int64_t ldb,
+                 float* C, int64_t ldc, bool accumulate) {
+  Vec c[R][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) c[r][v] = accumulate ? load(C + r * ldc + v * W) : Vec{};
+  for (int64_t k = 0; k < K; ++k) {
+    Vec b[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) b[v] = load(B + k * ldb + v * W);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const Vec a = splat(A[r * a_rs + k * a_ks]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) c[r][v] += a * b[v];
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) store(C + r * ldc + v * W, c[r][v]);
+}
+
+template <int R>
+inline void tile_rows(int nv, int64_t K, const float* A, int64_t a_rs, int64_t a_ks, const float* B,
+                      int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+  switch (nv) {
+    case 1:
+      return tile<R, 1>(K, A, a_rs, a_ks, B, ldb, C, ldc, accumulate);
+    case 2:
+      return tile<R, 2>(K, A, a_rs, a_ks, B, ldb, C, ldc, accumulate);
+    case 3:
+      return tile<R, 3>(K, A, a_rs, a_ks, B, ldb, C, ldc, accumulate);
+    default:
+      return tile<R, 4>(K, A, a_rs, a_ks, B, ldb, C, ldc, accumulate);
+  }
+}
+
+// C[M][N] (+)= A B with A(m, k) = A[m * a_rs + k * a_ks] and B [K][N] row-major (ldb); N a multiple
+// of W. Column chunks outside, so a chunk of B stays in L1 while the row tiles pass over it.
+void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_rs, int64_t a_ks,
+          const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+  for (int64_t n0 = 0; n0 < N; n0 += kVecs * W) {
+    const int nv = int(std::min<int64_t>(kVecs, (N - n0) / W));
+    for (int64_t m0 = 0; m0 < M; m0 += kRows) {
+      const float* a = A + m0 * a_rs;
+      float* c = C + m0 * ldc + n0;
+      switch (std::min<int64_t>(kRows, M - m0)) {
+        case 1:
+          tile_rows<1>(nv, K, a, a_rs, a_ks, B + n0, ldb, c, ldc, accumulate);
+          break;
+        case 2:
+          tile_rows<2>(nv, K, a, a_rs, a_ks, B + n0, ldb, c, ldc, accumulate);
+          break;
+        case 3:
+          tile_rows<3>(nv, K, a, a_rs, a_ks, B + n0, ldb, c, ldc, accumulate);
+          break;
+        default:
+          tile_rows<4>(nv, K, a, a_rs, a_ks, B + n0, ldb, c, ldc, accumulate);
+          break;
+      }
+    }
+  }
+}
+
+// dst[0..n) = mul * src[e..e+n) as f32, dst[n..np) = 0.
+inline void load_row(const void* src, bool bf16, int64_t e, int64_t n, int64_t np, float mul,
+                     float* dst) {
+  if (bf16) {
+    const uint16_t* s = static_cast<const uint16_t*>(src) + e;
+    for (int64_t d = 0; d < n; ++d) {
+      const uint32_t u = uint32_t(s[d]) << 16;
+      float x;
+      std::memcpy(&x, &u, 4);
+      dst[d] = mul * x;
+    }
+  } else {
+    const float* s = static_cast<const float*>(src) + e;
+    for (int64_t d = 0; d < n; ++d) dst[d] = mul * s[d];
+  }
+  for (int64_t d = n; d < np; ++d) dst[d] = 0.0f;
+}
+
+// dst[e..e+n) = mul * src[0..n) in the output dtype.
+inline void store_row(void* dst, bool bf16, int64_t e, int64_t n, float mul, const float* src) {
+  if (bf16) {
+    uint16_t* o = static_cast<uint16_t*>(dst) + e;
+    for (int64_t d = 0; d < n; ++d) o[d] = f32_to_bf16(mul * src[d]);
+  } else {
+    float* o = static_cast<float*>(dst) + e;
+    for (int64_t d = 0; d < n; ++d) o[d] = mul * src[d];
+  }
+}
+
+// Packs key block kb of (b, hk): kt [Dp][kBlockK] (K transposed) and vp [kBlockK][Dp], f32, zero
+// padded past Sk and D.
+void pack_kv_block(const Problem& P, const void* k, const void* v, int64_t b, int64_t hk,
+                   int64_t kb, float* kt, float* vp) {
+  const int64_t j0 = kb * kBlockK, nk = std::min(kBlockK, P.Sk - j0);
+  for (int64_t j = 0; j < kBlockK; ++j) {
+    float* vr = vp + j * P.Dp;
+    if (j >= nk) {
+      std::memset(vr, 0, size_t(P.Dp) * sizeof(float));
+      for (int64_t d = 0; d < P.Dp; ++d) kt[d * kBlockK + j] = 0.0f;
+      continue;
+    }
+    const int64_t e = ((b * P.Sk + j0 + j) * P.Hkv + hk) * P.D;
+    load_row(v, P.bf16, e, P.D, P.Dp, 1.0f, vr);
+    for (int64_t d = 0; d < P.D; ++d)
+      kt[d * kBlockK + j] = P.bf16 ? bf16_to_f32(static_cast<const uint16_t*>(k)[e + d])
+                                   : static_cast<const float*>(k)[e + d];
+    for (int64_t d = P.D; d < P.Dp; ++d) kt[d * kBlockK + j] = 0.0f;
+  }
+}
+
+// One forward job: query block qb of head h in batch b.
+void forward_job(const Problem& P, const ForwardData& F, int64_t b, int64_t h, int64_t qb,
+                 float* ws) {
+  const int64_t D = P.D, Dp = P.Dp, BK = kBlockK;
+  const int64_t i0 = qb * kBlockQ, nq = std::min(kBlockQ, P.Sq - i0);
+  const int64_t hk = h / P.group;
+  float* Qs = ws;                // [kBlockQ][Dp] q * scale * log2(e)
+  float* S = Qs + kBlockQ * Dp;  // [kBlockQ][BK] scores (log2 units), then probabilities
+  float* O = S + kBlockQ * BK;   // [kBlockQ][Dp] unnormalised output
+  float* m = O + kBlockQ * Dp;   // [kBlockQ] running max (log2 units)
+  float* l = m + kBlockQ;        // [kBlockQ] running sum
+  const float c = P.scale * kLog2e;
+  for (int64_t r = 0; r < nq; ++r)
+    load_row(F.q, P.bf16, ((b * P.Sq + i0 + r) * P.Hq + h) * D, D, Dp, c, Qs + r * Dp);
+  for (int64_t r = 0; r < nq; ++r) {
+    m[r] = kNegInf;
+    l[r] = 0.0f;
+  }
+  std::memset(O, 0, size_t(nq * Dp) * sizeof(float));
+
+  int64_t lo_first, hi_first, lo_last, hi_last;
+  P.key_range(i0, lo_first, hi_first);
+  P.key_range(i0 + nq - 1, lo_last, hi_last);
+  const int64_t jbeg = lo_first, jend = hi_last;  // keys any row of the block sees
+  const float* kt = F.kt + (b * P.Hkv + hk) * P.nkb * Dp * BK;
+  const float* vp = F.vp + (b * P.Hkv + hk) * P.nkb * BK * Dp;
+  for (int64_t kb = jbeg / BK; jbeg < jend && kb * BK < jend; ++kb) {
+    const int64_t j0 = kb * BK, nk = std::min(BK, P.Sk - j0);
+    gemm(nq, BK, Dp, Qs, Dp, 1, kt + kb * Dp * BK, BK, S, BK, false);
+    const bool full = nk == BK && lo_last <= j0 && hi_first >= j0 + BK;
+    for (int64_t r = 0; r < nq; ++r) {
+      float* s = S + r * BK;
+      if (!full) {
+        int64_t lo, hi;
+        P.key_range(i0 + r, lo, hi);
+        lo = std::clamp<int64_t>(lo - j0, 0, BK);
+        hi = std::clamp<int64_t>(hi - j0, lo, BK);
+        for (int64_t j = 0; j < lo; ++j) s[j] = kNegInf;
+        for (int64_t j = hi; j < BK; ++j) s[j] = kNegInf;
+      }
+      const float mnew = std::max(m[r], row_max(s, BK));
+      if (mnew == kNegInf) {  // no key visible yet
+        std::memset(s, 0, size_t(BK) * sizeof(float));
+        continue;
+      }
+      const float alpha = std::exp2(m[r] - mnew);  // 0 when m[r] = -inf
+      const float sum = exp2_row(s, BK, 1.0f, mnew);
+      l[r] = l[r] * alpha + sum;
+      m[r] = mnew;
+      if (alpha != 1.0f) {
+        const Vec va = splat(alpha);
+        float* o = O + r * Dp;
+        for (int64_t d = 0; d < Dp; d += W) store(o + d, load(o + d) * va);
+      }
+    }
+    gemm(nq, Dp, nk, S, BK, 1, vp + j0 * Dp, Dp, O, Dp, true);
+  }
+
+  for (int64_t r = 0; r < nq; ++r) {
+    const bool any = l[r] > 0.0f;
+    store_row(F.out, P.bf16, ((b * P.Sq + i0 + r) * P.Hq + h) * D, D, any ? 1.0f / l[r] : 0.0f,
+              O + r * Dp);
+    F.lse[(b * P.Hq + h) * P.Sq + i0 + r] = any ? (m[r] + std::log2(l[r])) * kLn2 : kNegInf;
+  }
+}
+
+// One backward job: key block kb of kv head hk in batch b, over every query head of its group.
+void backward_job(const Problem& P, const BackwardData& G, int64_t b, int64_t hk, int64_t kb,
+                  float* ws) {
+  const int64_t D = P.D, Dp = P.Dp, BK = kBlockK, BQ = kBlockQ;
+  const int64_t j0 = kb * BK, nk = std::min(BK, P.Sk - j0);
+  float* Ks = ws;              // [BK][Dp] K rows
+  float* Kt = Ks + BK * Dp;    // [Dp][BK] K transposed
+  float* Vt = Kt + Dp * BK;    // [Dp][BK] V transposed
+  float* dK = Vt + Dp * BK;    // [BK][Dp] sum_i dS^T Q (unscaled)
+  float* dV = dK + BK * Dp;    // [BK][Dp] sum_i P^T dO
+  float* Pm = dV + BK * Dp;    // [BQ][BK] probabilities
+  float* dS = Pm + BQ * BK;    // [BQ][BK] dP, then dS = P (dP - delta)
+  float* lse2 = dS + BQ * BK;  // [BQ] lse in log2 units
+  float* dl = lse2 + BQ;       // [BQ] delta rows
+
+  float* vr = dS;  // one V row at a time, on its way to Vt
+  for (int64_t j = 0; j < BK; ++j) {
+    float* kr = Ks + j * Dp;
+    if (j < nk) {
+      const int64_t e = ((b * P.Sk + j0 + j) * P.Hkv + hk) * D;
+      load_row(G.k, P.bf16, e, D, Dp, 1.0f, kr);
+      load_row(G.v, P.bf16, e, D, Dp, 1.0f, vr);
+    } else {
+      std::memset(kr, 0, size_t(Dp) * sizeof(float));
+      std::memset(vr, 0, size_t(Dp) * sizeof(float));
+    }
+    for (int64_t d = 0; d < Dp; ++d) {
+      Kt[d * BK + j] = kr[d];
+      Vt[d * BK + j] = vr[d];
+    }
+  }
+  std::memset(dK, 0, size_t(BK * Dp) * sizeof(float));
+  std::memset(dV, 0, size_t(BK * Dp) * sizeof(float));
+
+  const float c = P.scale * kLog2e;
+  int64_t ilo, ihi;
+  P.query_range(j0, j0 + nk, ilo, ihi);
+  for (int64_t g = 0; g < P.group && ilo < ihi; ++g) {
+    const int64_t h = hk * P.group + g;
+    for (int64_t qb = ilo / BQ; qb * BQ < ihi; ++qb) {
+      const int64_t i0 = qb * BQ, nq = std::min(BQ, P.Sq - i0);
+      const int64_t row0 = (b * P.Hq + h) * P.Sq + i0;  // (b, h, i0) row of the packed arrays
+      const float* Qs = G.qp + row0 * Dp;               // [nq][Dp]
+      const float* dOs = G.dop + row0 * Dp;             // [nq][Dp]
+      for (int64_t r = 0; r < nq; ++r) {
+        lse2[r] = G.lse[row0 + r] * kLog2e;
+        dl[r] = G.delta[row0 + r];
+      }
+      // P = 2^(S * scale * log2(e) - lse2), zero outside the mask.
+      gemm(nq, BK, Dp, Qs, Dp, 1, Kt, BK, Pm, BK, false);
+      int64_t lo_first, hi_first, lo_last, hi_last;
+      P.key_range(i0, lo_first, hi_first);
+      P.key_range(i0 + nq - 1, lo_last, hi_last);
+      const bool full = nk == BK && lo_last <= j0 && hi_first >= j0 + BK;
+      for (int64_t r = 0; r < nq; ++r) {
+        float* p = Pm + r * BK;
+        if (lse2[r] == kNegInf) {  // the row saw no key in forward
+          std::memset(p, 0, size_t(BK) * sizeof(float));
+          continue;
+        }
+        exp2_row(p, BK, c, lse2[r]);
+        if (!full) {
+          int64_t lo, hi;
+          P.key_range(i0 + r, lo, hi);
+          lo = std::clamp<int64_t>(lo - j0, 0, BK);
+          hi = std::clamp<int64_t>(hi - j0, lo, BK);
+          for (int64_t j = 0; j < lo; ++j) p[j] = 0.0f;
+          for (int64_t j = hi; j < BK; ++j) p[j] = 0.0f;
+        }
+      }
+      // dV += P^T dO
+      gemm(nk, Dp, nq, Pm, 1, BK, dOs, Dp, dV, Dp, true);
+      // dP = dO V^T; dS = P (dP - delta)
+      gemm(nq, BK, Dp, dOs, Dp, 1, Vt, BK, dS, BK, false);
+      for (int64_t r = 0; r < nq; ++r) {
+        const Vec dr = splat(dl[r]);
+        float* s = dS + r * BK;
+        const float* p = Pm + r * BK;
+        for (int64_t j = 0; j < BK; j += W) store(s + j, load(p + j) * (load(s + j) - dr));
+      }
+      // dK += dS^T Q
+      gemm(nk, Dp, nq, dS, 1, BK, Qs, Dp, dK, Dp, true);
+      // dQ += dS K (scaled at the end), under the lock of this query tile
+      std::lock_guard<std::mutex> lock(G.lock_for((b * P.Hq + h) * P.nqb + qb));
+      gemm(nq, Dp, nk, dS, BK, 1, Ks, Dp, G.dq_acc + row0 * Dp, Dp, true);
+    }
+  }
+
+  for (int64_t j = 0; j < nk; ++j) {
+    const int64_t e = ((b * P.Sk + j0 + j) * P.Hkv + hk) * D;
+    store_row(G.dk, P.bf16, e, D, P.scale, dK + j * Dp);
+    store_row(G.dv, P.bf16, e, D, 1.0f, dV + j * Dp);
+  }
+}
+
+}  // namespace origami::ops::cpu::attention_detail::ORIGAMI_ATTENTION_ISA
+
+#endif  // ORIGAMI_ATTENTION_ISA
