@@ -49,12 +49,12 @@ fi
 
 # Test-time Python environment: Debian's interpreter and torch, plus pinned PyPI tools.
 venv="$here/.venv"
-pins=(transformers==4.38.2 tokenizers==0.15.2 safetensors==0.4.2)
+pins=(transformers==4.40.2 tokenizers==0.19.1 huggingface-hub==0.23.0 safetensors==0.4.2)
 if [ ! -x "$venv/bin/python" ]; then
   echo "setup.sh: creating $venv"
   /usr/bin/python3 -m venv --system-site-packages "$venv"
 fi
-if ! "$venv/bin/python" -c "import transformers, tokenizers, safetensors, torch" >/dev/null 2>&1; then
+if ! "$venv/bin/python" -c "import transformers, tokenizers, safetensors, torch; assert transformers.__version__ == "4.40.2"" >/dev/null 2>&1; then
   "$venv/bin/python" -m pip install -q --disable-pip-version-check "${pins[@]}"
 fi
 "$venv/bin/python" -c "import torch, transformers; print('setup.sh: torch', torch.__version__, 'transformers', transformers.__version__)"
