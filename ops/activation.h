@@ -11,7 +11,6 @@ void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out,
                     const Tensor& row_scale = Tensor());
 // dgate, dup [T,F] written; drow_scale [T] f32 written when row_scale and drow_scale are defined.
 void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor& dgate,
-                     Tensor& dup, const Tensor& row_scale = Tensor(),
-                     Tensor drow_scale = Tensor());
+                     Tensor& dup, const Tensor& row_scale = Tensor(), Tensor drow_scale = Tensor());
 
 }  // namespace origami::ops

@@ -19,10 +19,13 @@ struct RopeConfig {
   int64_t llama3_original_max_position = 8192;
 };
 
-// inv_freq [head_dim/2] f32 on the CPU: theta^(-2i/head_dim), Llama-3 scaled if configured.
+// inv_freq [head_dim/2] f32 on the CPU: theta^(-2i/head_dim), Llama-3 scaled if configured
+// (exactly transformers' _compute_llama3_parameters), computed in double and stored as f32.
 Tensor rope_inv_freq(const RopeConfig& cfg);
 
 // x [T,H,D] f32/bf16 (out may alias x), positions [T] i32/i64, inv_freq [D/2] f32 on x's device.
+// As in Hugging Face's LlamaRotaryEmbedding, the angle is the f32 product float(pos) * inv_freq[i];
+// its cosine and sine are then taken to f32 accuracy and the rotation is computed in f32.
 void rope_forward(const Tensor& x, const Tensor& positions, const Tensor& inv_freq, Tensor& out);
 // The inverse rotation: dx = R(-pos) dout (dx may alias dout).
 void rope_backward(const Tensor& dout, const Tensor& positions, const Tensor& inv_freq, Tensor& dx);
