@@ -66,7 +66,9 @@ Tensor random_ints(const Shape& shape, DType dtype, int64_t lo, int64_t hi, uint
   return t;
 }
 
-Tensor on_test_device(const Tensor& cpu) { return cpu.to(test_device()); }
+Tensor on_test_device(const Tensor& cpu) {
+  return cpu.device() == test_device() ? cpu.clone() : cpu.to(test_device());
+}
 
 Tensor empty_on_test_device(const Shape& shape, DType dtype) {
   Tensor t = Tensor::empty(shape, dtype, test_device());

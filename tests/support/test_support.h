@@ -55,7 +55,8 @@ Tensor random_tensor(const Shape& shape, DType dtype, uint64_t seed, double lo =
                      double hi = 1.0);
 Tensor random_ints(const Shape& shape, DType dtype, int64_t lo, int64_t hi_exclusive, uint64_t seed);
 
-// Copies a CPU tensor to the device under test.
+// A copy of a CPU tensor on the device under test (always a copy, also when that is the CPU, so
+// ops writing into it never change the caller's reference inputs).
 Tensor on_test_device(const Tensor& cpu);
 // An uninitialised (NaN-filled for floats, to catch unwritten elements) tensor on the test device.
 Tensor empty_on_test_device(const Shape& shape, DType dtype);
@@ -64,8 +65,9 @@ Tensor empty_on_test_device(const Shape& shape, DType dtype);
 ::testing::AssertionResult all_close(const Tensor& actual, const HostArray& expected, Tolerance tol);
 ::testing::AssertionResult all_close(const HostArray& actual, const HostArray& expected,
                                      Tolerance tol);
-#define EXPECT_ALL_CLOSE(actual, expected, tol) \
-  EXPECT_TRUE(::origami::test::all_close((actual), (expected), (tol))) << "  what: " #actual
+#define EXPECT_ALL_CLOSE(actual, expected, ...)                                   \
+  EXPECT_TRUE(::origami::test::all_close((actual), (expected), (__VA_ARGS__))) \
+      << "  what: " #actual
 
 // ---- finite differences ----------------------------------------------------------------------
 // Checks analytic gradient `grad` of the scalar `loss()` with respect to CPU f32 tensor `x`, by
