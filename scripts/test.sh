@@ -7,6 +7,9 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${ORIGAMI_BUILD_DIR:-$here/build}"
 jobs="$(nproc)"
+# Tests run side by side on few cores: OpenMP threads that spin while waiting would starve the
+# other test processes.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 
 "$here/scripts/build.sh"
 ctest --test-dir "$build" --output-on-failure --timeout 1800 -j "$jobs" "$@"
