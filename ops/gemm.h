@@ -34,7 +34,8 @@ void grouped_gemm(const Tensor& x, const Tensor& w, std::span<const int64_t> gro
 // Backward of grouped_gemm(x, w, out, trans_w) with alpha 1:
 //   dx[rows of g] = dout_g @ op(w[g])^T               (written, or added with accumulate)
 //   dw[g]        += x_g^T @ dout_g  (or its transpose when trans_w), zero-row groups untouched
-// dx or dw may be undefined to skip that gradient.
+// dx or dw may be undefined to skip that gradient. dout [T,N] has x's dtype; dx [T,K] and dw
+// (w's shape) are f32 or x's dtype (e.g. bf16 activations with fp32 weight gradients).
 void grouped_gemm_backward(const Tensor& x, const Tensor& w, const Tensor& dout,
                            std::span<const int64_t> group_rows, Tensor& dx, Tensor& dw,
                            bool trans_w = false, bool accumulate_dx = false);

@@ -1,0 +1,23 @@
+// CUDA GEMM through cuBLAS. Arguments are checked by ops/gemm.cpp: every
+// tensor is contiguous, on one CUDA device, with consistent shapes and dtypes.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include "ops/gemm.h"
+
+namespace origami::ops::cuda {
+
+// a and b 2-D (or both 3-D, batched), out 2-D (3-D).
+void gemm(const Tensor& a, const Tensor& b, Tensor& out, const GemmOptions& opt);
+
+void grouped_gemm(const Tensor& x, const Tensor& w, std::span<const int64_t> group_rows,
+                  Tensor& out, bool trans_w, float alpha, float beta);
+
+void grouped_gemm_backward(const Tensor& x, const Tensor& w, const Tensor& dout,
+                           std::span<const int64_t> group_rows, Tensor& dx, Tensor& dw,
+                           bool trans_w, bool accumulate_dx);
+
+}  // namespace origami::ops::cuda
