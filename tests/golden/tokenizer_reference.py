@@ -20,12 +20,15 @@ Cases:
   gpt2_prefix  the same model with ByteLevel add_prefix_space = true.
   llama3       Split(Llama-3 regex, Isolated) + ByteLevel(use_regex=false), BOS template;
                merges written in the [a, b] pair form (read by origami, computed here in "a b").
+  llama3_ignore_merges  llama3 with model.ignore_merges = true and a few whole words added to
+               the vocabulary (tokenizers >= 0.19 only).
   qwen2        Split(Qwen2 regex, Isolated) + ByteLevel(use_regex=false), no template.
   qwen2_nfc    qwen2 with an NFC normalizer (as Qwen2 ships).
-  spm_unigram  a SentencePiece .model file written here from a Unigram model trained by
-               `tokenizers`, with byte fallback; the reference is `tokenizers`' own Unigram on the
-               same pieces and scores, so libsentencepiece is checked against an independent
-               implementation.
+  spm_unigram  a SentencePiece .model file (protobuf written by hand below) from a Unigram model
+               trained by `tokenizers`, with byte fallback; the reference is `tokenizers`' own
+               Unigram on the same pieces and scores.
+  spm_bpe      a SentencePiece BPE .model (Llama-2 style) from a BPE trained by `tokenizers`; the
+               reference is `tokenizers`' BPE with merges derived from the pieces.
 """
 
 import glob
@@ -67,6 +70,13 @@ def corpus():
         sep = rng.choice([" ", " ", " ", "  ", "\t", ", ", ". "])
         lines.append(sep.join(rng.choice(words) for _ in range(n)))
     return lines
+
+
+def metaspace():
+    try:  # tokenizers >= 0.19
+        return pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    except TypeError:
+        return pre_tokenizers.Metaspace(replacement="▁", add_prefix_space=True)
 
 
 def train_bpe(lines, pre_tokenizer, special_tokens, vocab_size=1000):
@@ -151,14 +161,14 @@ def _field_float(field, value):
 NORMAL, UNKNOWN, CONTROL, BYTE = 1, 2, 3, 6
 
 
-def sentencepiece_model_bytes(pieces):
+def sentencepiece_model_bytes(pieces, model_type):
     """pieces: list of (piece, score, type). sentencepiece_model.proto: ModelProto{pieces = 1,
     trainer_spec = 2, normalizer_spec = 3}; SentencePiece{piece = 1, score = 2, type = 3}."""
     out = bytearray()
     for piece, score, kind in pieces:
         msg = _field_bytes(1, piece.encode("utf-8")) + _field_float(2, score) + _field_varint(3, kind)
         out += _field_bytes(1, msg)
-    trainer = (_field_varint(3, 1)                # model_type = UNIGRAM
+    trainer = (_field_varint(3, model_type)       # 1 = UNIGRAM, 2 = BPE
                + _field_varint(4, len(pieces))    # vocab_size
                + _field_varint(35, 1)             # byte_fallback
                + _field_varint(40, 0)             # unk_id
@@ -175,7 +185,7 @@ def sentencepiece_model_bytes(pieces):
 
 def spm_case(lines, out_dir, texts):
     trainer_tok = Tokenizer(models.Unigram())
-    trainer_tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", add_prefix_space=True)
+    trainer_tok.pre_tokenizer = metaspace()
     trainer = trainers.UnigramTrainer(vocab_size=600, show_progress=False, unk_token="<unk>",
                                       special_tokens=["<unk>", "<s>", "</s>"])
     trainer_tok.train_from_iterator(lines[::3], trainer=trainer)  # Unigram training is slow
@@ -188,7 +198,7 @@ def spm_case(lines, out_dir, texts):
     path = os.path.join(out_dir, "spm_unigram", "tokenizer.model")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:
-        f.write(sentencepiece_model_bytes(pieces))
+        f.write(sentencepiece_model_bytes(pieces, 1))
 
     # SentencePiece with this spec: prepend "▁", spaces -> "▁", Viterbi over the whole string.
     ref = Tokenizer(models.Unigram([(p, s) for p, s, _ in pieces], 0, True))
@@ -211,6 +221,42 @@ def extra_texts(lines):
     for _ in range(200):
         out.append("".join(rng.choice(pool) for _ in range(rng.randint(1, 40))))
     return out
+
+
+def spm_bpe_case(lines, out_dir, texts):
+    """A SentencePiece BPE model (as Llama-2 ships: byte fallback, identity normalizer) from a BPE
+    trained by `tokenizers`; piece scores are minus the merge order. The reference is `tokenizers`'
+    BPE with the merges derived from the pieces the way transformers' Llama converter does."""
+    trainer_tok = Tokenizer(models.BPE())
+    trainer_tok.pre_tokenizer = metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=800, min_frequency=2, show_progress=False,
+                                  special_tokens=["<unk>", "<s>", "</s>"])
+    trainer_tok.train_from_iterator(lines, trainer=trainer)
+    trained = sorted(json.loads(trainer_tok.to_str())["model"]["vocab"].items(), key=lambda x: x[1])
+    normal = [p for p, _ in trained if p not in ("<unk>", "<s>", "</s>")]
+    pieces = [("<unk>", 0.0, UNKNOWN), ("<s>", 0.0, CONTROL), ("</s>", 0.0, CONTROL)]
+    pieces += [("<0x%02X>" % b, 0.0, BYTE) for b in range(256)]
+    pieces += [(p, -float(i), NORMAL) for i, p in enumerate(normal)]
+
+    path = os.path.join(out_dir, "spm_bpe", "tokenizer.model")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(sentencepiece_model_bytes(pieces, 2))
+
+    vocab = {p: i for i, (p, _, _) in enumerate(pieces)}
+    score = {p: s for p, s, kind in pieces if kind == NORMAL}
+    merges = []
+    for piece in normal:  # every split of a piece into two pieces, best result first
+        local = [(piece[:k], piece[k:]) for k in range(1, len(piece))
+                 if piece[:k] in score and piece[k:] in score]
+        merges += sorted(local, key=lambda m: (vocab[m[0]], vocab[m[1]]))
+    merges.sort(key=lambda m: -score[m[0] + m[1]])
+    ref = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True,
+                               byte_fallback=True))
+    ref.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    return {"name": "spm_bpe", "kind": "sentencepiece", "file": path,
+            "ids": [ref.encode(t, add_special_tokens=False).ids for t in texts],
+            "expected_roundtrip": texts}
 
 
 def main():
@@ -250,6 +296,22 @@ def main():
         data["model"]["merges"] = [m.split(" ") for m in data["model"]["merges"]]
     cases.append(bpe_case("llama3", llama3, out_dir, texts, rewrite=pair_merges))
 
+    def ignore_merges(data):
+        # Whole words added to the vocabulary without merges: only ignore_merges can produce them.
+        data["model"]["ignore_merges"] = True
+        vocab = data["model"]["vocab"]
+        next_id = max(list(vocab.values()) + [t["id"] for t in data["added_tokens"]]) + 1
+        for word in ["Ġworld", "Hello", "Ġspaces", "Ġbetween", "Ġsquare", "Ġinside", "Ġtensor"]:
+            if word not in vocab:
+                vocab[word] = next_id
+                next_id += 1
+    try:  # tokenizers >= 0.19 knows ignore_merges (Llama-3 sets it)
+        llama3_im = modified(llama3, ignore_merges)
+        if json.loads(llama3_im.to_str())["model"].get("ignore_merges"):
+            cases.append(bpe_case("llama3_ignore_merges", llama3_im, out_dir, texts))
+    except Exception:  # noqa: BLE001 -- older tokenizers: the case is skipped
+        pass
+
     qwen2 = train_bpe(lines, split_then_bytes(QWEN2_REGEX),
                       ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
     cases.append(bpe_case("qwen2", qwen2, out_dir, texts))
@@ -259,6 +321,7 @@ def main():
     cases.append(bpe_case("qwen2_nfc", modified(qwen2, nfc), out_dir, texts))
 
     cases.append(spm_case(lines, out_dir, texts))
+    cases.append(spm_bpe_case(lines, out_dir, texts))
 
     with open(os.path.join(out_dir, "reference.json"), "w", encoding="utf-8") as f:
         json.dump({"texts": texts, "cases": cases}, f, ensure_ascii=False)
