@@ -48,10 +48,16 @@ Timing summarize(std::vector<double> t) {
   return {t.front(), t[t.size() / 2]};
 }
 
-double seconds_of(const std::function<void()>& fn) {
+// Seconds per call of fn, timed over `calls` calls (small problems take many per sample).
+double seconds_of(const std::function<void()>& fn, int calls) {
   const auto t0 = std::chrono::steady_clock::now();
-  fn();
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  for (int i = 0; i < calls; ++i) fn();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / calls;
+}
+
+// Calls per timed sample: about 0.1 GFLOP per sample, at most 1000 calls.
+int calls_per_sample(double flops) {
+  return int(std::clamp(1e8 / flops, 1.0, 1000.0));
 }
 
 Tensor random_matrix(const Shape& shape, DType dtype, uint64_t seed) {
@@ -207,6 +213,8 @@ int main(int argc, char** argv) {
   // MoE layer of 8 experts.
   const int64_t tokens = quick ? 1024 : 4096, square = quick ? 1024 : 2048;
   std::vector<Case> cases = {
+      {"decode M1 K512 N1536", 1, 1536, 512, {}},
+      {"decode M16 K512 N1536", 16, 1536, 512, {}},
       {"square " + std::to_string(square) + "^3", square, square, square, {}},
       {"up   M" + std::to_string(tokens) + " K512 N1536", tokens, 1536, 512, {}},
       {"down M" + std::to_string(tokens) + " K1536 N512", tokens, 512, 1536, {}},
@@ -243,8 +251,8 @@ int main(int argc, char** argv) {
       direct.run();
       std::vector<double> t_ours, t_direct;
       for (int r = 0; r < reps; ++r) {
-        t_ours.push_back(seconds_of(ours));
-        t_direct.push_back(seconds_of([&] { direct.run(); }));
+        t_ours.push_back(seconds_of(ours, calls_per_sample(c.flops())));
+        t_direct.push_back(seconds_of([&] { direct.run(); }, calls_per_sample(c.flops())));
       }
       Row row{c.name,    dtype_name(dt),    direct.impl(),
               c.flops(), summarize(t_ours), summarize(t_direct),

@@ -18,13 +18,17 @@ import time
 import torch
 
 
-def time_it(fn, reps):
+def time_it(fn, reps, flops):
+    """Best and median seconds per call; small problems take many calls per sample (as the C++
+    side does: about 0.1 GFLOP per sample, at most 1000 calls)."""
+    calls = int(min(max(1e8 / flops, 1), 1000))
     fn()  # warm-up
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - t0) / calls)
     return min(times), statistics.median(times)
 
 
@@ -75,10 +79,10 @@ def main():
             scale = min(1.0, args.budget_s * rate / (flops * (args.reps + 1)))
             if scale < 1.0:
                 fn, part_flops = make_case(kind, dims, dtype, scale)
-                best, median = time_it(fn, args.reps)
+                best, median = time_it(fn, args.reps, part_flops)
                 best, median = best * flops / part_flops, median * flops / part_flops
             else:
-                best, median = time_it(fn, args.reps)
+                best, median = time_it(fn, args.reps, flops)
         print(json.dumps({"name": name, "dtype": dt, "best_s": best, "median_s": median,
                           "gflops": flops / best / 1e9, "row_scale": scale}), flush=True)
 

@@ -110,12 +110,6 @@ void naive_grouped_backward(const HostArray& x, const HostArray& w, const HostAr
 
 // ---- helpers -----------------------------------------------------------------------------------
 
-// A copy on the device under test of a tensor an op will overwrite (on the CPU, on_test_device
-// returns the tensor itself, and the reference still needs the original).
-Tensor copy_on_test_device(const Tensor& t) {
-  return on_test_device(t.clone());
-}
-
 uint64_t next_seed() {
   static uint64_t seed = 1000;
   return ++seed;
@@ -214,8 +208,8 @@ TEST(Gemm, AlphaAndBeta) {
         Tensor a = random_tensor(stored(0, c.m, c.k, ta), dt.in, next_seed());
         Tensor b = random_tensor(stored(0, c.k, c.n, tb), dt.in, next_seed());
         Tensor c0 = random_tensor({c.m, c.n}, dt.out, next_seed());
-        Tensor out = c.beta == 0.0f ? test::empty_on_test_device({c.m, c.n}, dt.out)
-                                    : copy_on_test_device(c0);
+        Tensor out =
+            c.beta == 0.0f ? test::empty_on_test_device({c.m, c.n}, dt.out) : on_test_device(c0);
         ops::gemm(on_test_device(a), on_test_device(b), out,
                   {.trans_a = ta, .trans_b = tb, .alpha = c.alpha, .beta = c.beta});
         HostArray c_host = to_host_array(c0);
@@ -232,7 +226,7 @@ TEST(Gemm, EmptyDimensions) {
     // K = 0: out = beta * out, and with beta 0 out is zeroed (not left NaN).
     Tensor a = random_tensor({3, 0}, dt.in, 1), b = random_tensor({0, 17}, dt.in, 2);
     Tensor c0 = random_tensor({3, 17}, dt.out, next_seed());
-    Tensor out = copy_on_test_device(c0);
+    Tensor out = on_test_device(c0);
     ops::gemm(on_test_device(a), on_test_device(b), out, {.beta = 0.5f});
     HostArray expected = to_host_array(c0);
     for (double& v : expected.data) v *= 0.5;
@@ -265,8 +259,8 @@ TEST(Gemm, BatchedMatchesNaive) {
           Tensor a = random_tensor(stored(batch, m, k, ta), dt.in, next_seed());
           Tensor b = random_tensor(stored(batch, k, n, tb), dt.in, next_seed());
           Tensor c0 = random_tensor({batch, m, n}, dt.out, next_seed());
-          Tensor out = beta == 0.0f ? test::empty_on_test_device({batch, m, n}, dt.out)
-                                    : copy_on_test_device(c0);
+          Tensor out =
+              beta == 0.0f ? test::empty_on_test_device({batch, m, n}, dt.out) : on_test_device(c0);
           ops::batched_gemm(on_test_device(a), on_test_device(b), out,
                             {.trans_a = ta, .trans_b = tb, .alpha = alpha, .beta = beta});
           HostArray c_host = to_host_array(c0);
@@ -301,7 +295,7 @@ TEST(Gemm, GroupedMatchesNaive) {
             Tensor x = random_tensor({t, k}, dt.in, next_seed());
             Tensor w = random_tensor(trans_w ? Shape{g, n, k} : Shape{g, k, n}, dt.in, next_seed());
             Tensor c0 = random_tensor({t, n}, dt.out, next_seed());
-            Tensor out = ab ? copy_on_test_device(c0) : test::empty_on_test_device({t, n}, dt.out);
+            Tensor out = ab ? on_test_device(c0) : test::empty_on_test_device({t, n}, dt.out);
             ops::grouped_gemm(on_test_device(x), on_test_device(w), rows, out, trans_w, alpha,
                               beta);
             HostArray c_host = to_host_array(c0);
@@ -332,8 +326,8 @@ TEST(Gemm, GroupedBackwardMatchesNaive) {
           Tensor dx0 = random_tensor({t, k}, dts[1], next_seed());
           Tensor dw0 = random_tensor(w.shape(), dts[2], next_seed());
           Tensor dx =
-              accumulate_dx ? copy_on_test_device(dx0) : test::empty_on_test_device({t, k}, dts[1]);
-          Tensor dw = copy_on_test_device(dw0);
+              accumulate_dx ? on_test_device(dx0) : test::empty_on_test_device({t, k}, dts[1]);
+          Tensor dw = on_test_device(dw0);
           ops::grouped_gemm_backward(on_test_device(x), on_test_device(w), on_test_device(dout),
                                      rows, dx, dw, trans_w, accumulate_dx);
           HostArray dx0_host = to_host_array(dx0), ref_dx, ref_dw = to_host_array(dw0);
@@ -342,7 +336,7 @@ TEST(Gemm, GroupedBackwardMatchesNaive) {
           EXPECT_ALL_CLOSE(dx, ref_dx, tolerance_for(dts[1]));
           EXPECT_ALL_CLOSE(dw, ref_dw, tolerance_for(dts[2]));
           // Each gradient alone (the other undefined).
-          Tensor none, dw_only = copy_on_test_device(dw0),
+          Tensor none, dw_only = on_test_device(dw0),
                        dx_only = test::empty_on_test_device({t, k}, dts[1]);
           ops::grouped_gemm_backward(on_test_device(x), on_test_device(w), on_test_device(dout),
                                      rows, none, dw_only, trans_w);
@@ -526,8 +520,8 @@ TEST(GemmGolden, GemmAndBatchedGemmWithGradientsMatchPyTorch) {
         const Shape out_shape = batch ? Shape{batch, m, n} : Shape{m, n};
         r.c = random_tensor(out_shape, dt.out, next_seed());
         r.dout = random_tensor(out_shape, dt.in, next_seed());
-        r.out = r.beta == 0.0f ? test::empty_on_test_device(out_shape, dt.out)
-                               : copy_on_test_device(r.c);
+        r.out =
+            r.beta == 0.0f ? test::empty_on_test_device(out_shape, dt.out) : on_test_device(r.c);
         const ops::GemmOptions opt{
             .trans_a = r.ta, .trans_b = r.tb, .alpha = r.alpha, .beta = r.beta};
         if (batch)
@@ -579,8 +573,7 @@ TEST(GemmGolden, GroupedGemmAndBackwardMatchPyTorch) {
           r.w = random_tensor(trans_w ? Shape{g, n, k} : Shape{g, k, n}, dt.in, next_seed());
           Tensor c = random_tensor({t, n}, dt.out, next_seed());
           Tensor dout = random_tensor({t, n}, dt.in, next_seed());
-          r.out =
-              beta == 0.0f ? test::empty_on_test_device({t, n}, dt.out) : copy_on_test_device(c);
+          r.out = beta == 0.0f ? test::empty_on_test_device({t, n}, dt.out) : on_test_device(c);
           ops::grouped_gemm(on_test_device(r.x), on_test_device(r.w), rows, r.out, trans_w, 1.0f,
                             beta);
           r.dx = test::empty_on_test_device({t, k}, dt.out);
