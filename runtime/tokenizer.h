@@ -4,7 +4,9 @@
 //   - Hugging Face `tokenizer.json` with a byte-level BPE model (GPT-2, Llama-3, Qwen2, ...):
 //     added tokens, normalizer, pre-tokenizer (regexes run with PCRE2), BPE merges, post-processor
 //     template and ByteLevel decoder are all read from the file.
-//   - SentencePiece `*.model` files (Llama-2, Mistral, Mixtral), through libsentencepiece.
+//   - SentencePiece `*.model` files (Llama-2, Mistral, Mixtral, Gemma): Unigram and BPE models
+//     with byte fallback and the identity normalizer, read and run in-tree (see
+//     tokenizer_sentencepiece.cpp for why not libsentencepiece).
 //   - "byte": ids 0..255 are the bytes themselves, 256 is BOS, 257 is EOS (vocab 258), for demos
 //     and tests that need no file.
 //
@@ -37,7 +39,8 @@ class Tokenizer {
   virtual std::vector<TokenId> encode(std::string_view text, bool add_special = true) const = 0;
 
   // Ids -> text (raw bytes: a prefix of a sequence may end inside a UTF-8 character). Special
-  // tokens are written as their text unless skip_special.
+  // tokens are written as their text unless skip_special. SentencePiece drops the dummy-prefix
+  // space of the first piece of each call, as SentencePiece's own decoder does.
   virtual std::string decode(std::span<const TokenId> ids, bool skip_special = false) const = 0;
 
   // Number of ids, i.e. 1 + the largest id (added tokens included).
