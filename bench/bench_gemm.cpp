@@ -2,7 +2,7 @@
 // oneDNN matmul primitive created once and executed in a loop (the library's own speed, the
 // ceiling for ours) and against PyTorch (bench/torch_gemm.py, run once, same thread count).
 //
-//   bench_gemm [--quick] [--threads N] [--reps R] [--no-torch]
+//   bench_gemm [--quick] [--threads N] [--reps R] [--no-torch] [--filter TEXT]
 //
 // Each figure is the best of R timed runs after a warm-up; ours and oneDNN alternate run by run
 // so that load from other processes hits both alike. Medians are printed too: on a shared
@@ -191,6 +191,7 @@ double gflops(double flops, double s) {
 
 int main(int argc, char** argv) {
   bool quick = false, with_torch = true;
+  std::string filter;
   int threads = omp_get_max_threads(), reps = 0;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--quick"))
@@ -201,8 +202,12 @@ int main(int argc, char** argv) {
       threads = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc)
       reps = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--filter") && i + 1 < argc)
+      filter = argv[++i];
     else {
-      std::fprintf(stderr, "usage: bench_gemm [--quick] [--threads N] [--reps R] [--no-torch]\n");
+      std::fprintf(stderr,
+                   "usage: bench_gemm [--quick] [--threads N] [--reps R] [--no-torch] "
+                   "[--filter TEXT]\n");
       return 2;
     }
   }
@@ -227,6 +232,8 @@ int main(int argc, char** argv) {
        uneven_rows(tokens, 8, 1)},
   };
 
+  if (!filter.empty())
+    std::erase_if(cases, [&](const Case& c) { return c.name.find(filter) == std::string::npos; });
   std::printf("bench_gemm: %d threads, best of %d runs%s; oneDNN %d.%d.%d\n", threads, reps,
               quick ? " (quick)" : "", dnnl_version()->major, dnnl_version()->minor,
               dnnl_version()->patch);

@@ -20,16 +20,19 @@ using Named = std::pair<const char*, const Tensor*>;
 Device common_device(const char* op, std::initializer_list<Named> ts) {
   const Tensor* first = nullptr;
   bool same = true;
-  std::string all;
   for (const auto& [name, t] : ts) {
     if (!t->defined()) continue;
-    all += std::string(all.empty() ? "" : ", ") + name + " " + t->str();
     if (!first)
       first = t;
     else if (t->device() != first->device())
       same = false;
   }
-  ORIGAMI_CHECK(same, op, ": all tensors must be on one device, got ", all);
+  if (!same) {
+    std::string all;
+    for (const auto& [name, t] : ts)
+      if (t->defined()) all += std::string(all.empty() ? "" : ", ") + name + " " + t->str();
+    ORIGAMI_FAIL(op, ": all tensors must be on one device, got ", all);
+  }
   return first ? first->device() : Device::cpu();
 }
 

@@ -8,6 +8,7 @@
 #include <functional>
 #include <initializer_list>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "ops/cpu/gemm.h"
@@ -478,6 +479,38 @@ TEST(Gemm, CpuPrimitivesAreCreatedOncePerProblem) {
   for (const auto& rows : {std::vector<int64_t>{1, 2, 37}, {39, 0, 1}, {13, 14, 13}})
     ops::grouped_gemm(x, w, rows, gout);
   EXPECT_EQ(ops::cpu::primitives_created(), created_grouped);
+}
+
+TEST(Gemm, ConcurrentCallsFromSeveralThreads) {
+  ORIGAMI_REQUIRE_TEST_DEVICE();
+  // The same problem from four threads at once: each gets its own results (the CPU backend
+  // shares one cached primitive and its reusable memory objects between them).
+  const int64_t m = 17, n = 130, k = 3;
+  constexpr int kThreads = 4;
+  std::vector<Tensor> as, bs, outs;
+  std::vector<HostArray> refs;
+  for (int t = 0; t < kThreads; ++t) {
+    as.push_back(random_tensor({m, k}, DType::f32, next_seed()));
+    bs.push_back(random_tensor({k, n}, DType::f32, next_seed()));
+    refs.push_back(naive_gemm(to_host_array(as.back()), to_host_array(bs.back()), nullptr, false,
+                              false, 1, 0));
+    as.back() = on_test_device(as.back());
+    bs.back() = on_test_device(bs.back());
+    outs.push_back(test::empty_on_test_device({m, n}, DType::f32));
+  }
+  std::vector<std::thread> threads;
+  std::vector<int> failures(kThreads, 0);
+  for (int t = 0; t < kThreads; ++t)
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 50; ++i) {
+        outs[size_t(t)].fill_(std::nan(""));
+        ops::gemm(as[size_t(t)], bs[size_t(t)], outs[size_t(t)]);
+        if (!test::all_close(outs[size_t(t)], refs[size_t(t)], tolerance_for(DType::f32)))
+          ++failures[size_t(t)];
+      }
+    });
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < kThreads; ++t) EXPECT_EQ(failures[size_t(t)], 0) << "thread " << t;
 }
 
 // ---- PyTorch ------------------------------------------------------------------------------------
