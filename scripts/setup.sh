@@ -23,9 +23,9 @@ packages=(
   build-essential cmake ninja-build pkg-config git clang-format
   # host collectives, process bootstrap, point-to-point transfers
   openmpi-bin libopenmpi-dev libucx-dev
-  # configs, HTTP, tests, CPU GEMM, NVMe I/O, tokenizers
+  # configs, HTTP, tests, CPU GEMM, NVMe I/O, tokenizers (PCRE2 regexes, ICU normalisation)
   libprotobuf-dev protobuf-compiler libboost-dev libgtest-dev libgmock-dev
-  libdnnl-dev liburing-dev libsentencepiece-dev nlohmann-json3-dev libpcre2-dev zlib1g-dev
+  libdnnl-dev liburing-dev libicu-dev nlohmann-json3-dev libpcre2-dev zlib1g-dev
   # libFuzzer for the ORIGAMI_FUZZ=ON build
   clang libclang-rt-14-dev
   # test-time references (never linked into origami)
