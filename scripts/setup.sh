@@ -49,12 +49,18 @@ fi
 
 # Test-time Python environment: Debian's interpreter and torch, plus pinned PyPI tools.
 venv="$here/.venv"
-pins=(transformers==4.40.2 tokenizers==0.19.1 huggingface-hub==0.23.0 safetensors==0.4.2)
+pins=(transformers==4.40.2 tokenizers==0.19.1 huggingface-hub==0.24.7 safetensors==0.4.2)
 if [ ! -x "$venv/bin/python" ]; then
   echo "setup.sh: creating $venv"
   /usr/bin/python3 -m venv --system-site-packages "$venv"
 fi
-if ! "$venv/bin/python" -c "import transformers, tokenizers, safetensors, torch; assert transformers.__version__ == "4.40.2"" >/dev/null 2>&1; then
+# Reinstall whenever an installed version differs from its pin.
+check='import importlib.metadata as m, sys
+for pin in sys.argv[1:]:
+    name, version = pin.split("==")
+    assert m.version(name) == version, pin
+import torch, transformers'
+if ! "$venv/bin/python" -c "$check" "${pins[@]}" >/dev/null 2>&1; then
   "$venv/bin/python" -m pip install -q --disable-pip-version-check "${pins[@]}"
 fi
 "$venv/bin/python" -c "import torch, transformers; print('setup.sh: torch', torch.__version__, 'transformers', transformers.__version__)"
