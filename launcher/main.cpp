@@ -17,6 +17,7 @@ void print_help() {
       "\n"
       "commands:\n"
       "  train       train a model from a config file (configs/*.pbtxt)\n"
+      "  generate    generate text from a prompt (Hugging Face folder or training checkpoint)\n"
       "  doctor      print devices, library versions and a quick compute check\n"
       "\n"
       "options:\n"
@@ -46,6 +47,7 @@ int main(int argc, char** argv) {
   try {
     if (cmd == "doctor") return origami::cli::doctor(argc - 1, argv + 1);
     if (cmd == "train") return origami::cli::train(argc - 1, argv + 1);
+    if (cmd == "generate") return origami::cli::generate(argc - 1, argv + 1);
   } catch (const origami::Error& e) {
     std::fprintf(stderr, "origami %s: error: %s\n", cmd.c_str(), e.what());
     return 1;

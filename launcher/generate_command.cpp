@@ -1,0 +1,271 @@
+// origami generate (--model HF_DIR | --config CONFIG [--checkpoint DIR]) --prompt TEXT [options]
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "launcher/commands.h"
+#include "launcher/flags.h"
+#include "models/generator.h"
+#include "models/hf_import.h"
+#include "runtime/checkpoint.h"
+#include "runtime/config.h"
+#include "runtime/error.h"
+#include "runtime/tokenizer.h"
+
+namespace origami::cli {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+// The step folder to read: DIR itself when it is one, else the one DIR/latest names.
+std::string checkpoint_step_dir(const std::string& dir) {
+  ORIGAMI_CHECK(fs::is_directory(dir), "checkpoint folder '", dir, "' does not exist");
+  if (fs::exists(fs::path(dir) / "meta.json")) return dir;
+  std::optional<std::string> latest = CheckpointReader::latest(dir);
+  ORIGAMI_CHECK(latest.has_value(), "no checkpoint in '", dir,
+                "': it has neither meta.json nor a 'latest' file (train with "
+                "train.checkpoint_dir set, or give a step folder)");
+  return *latest;
+}
+
+// Fills the generator's weights from a training checkpoint (flat f32 "params", as written by
+// origami train) and the expert biases it saved.
+void load_training_checkpoint(const std::string& step_dir, models::Generator& gen) {
+  CheckpointReader rd(step_dir);
+  const int64_t slots = gen.weights().layout().total_numel();
+  const int64_t saved = rd.user_meta().value("params", int64_t(-1));
+  ORIGAMI_CHECK(rd.has("params"), "checkpoint '", step_dir,
+                "' has no 'params' tensor: it was not written by origami train");
+  ORIGAMI_CHECK(saved == slots && rd.global_shape("params") == Shape{slots}, "checkpoint '",
+                step_dir, "' holds ", shape_str(rd.global_shape("params")),
+                " parameter slots, the model of the config (", gen.spec().str(), ") has ", slots,
+                ": give the config the checkpoint was trained with");
+  Tensor flat = gen.weights().flat();
+  rd.read("params", flat);
+  const models::ModelSpec& s = gen.spec();
+  for (int64_t m = 0; m < s.num_moe_layers() && s.moe.expert_bias; ++m) {
+    const std::string name = "expert_bias." + std::to_string(m);
+    if (!rd.has(name)) continue;
+    const std::vector<float> b = rd.read_full(name).to_float_vector();
+    gen.set_expert_bias(m, b);
+  }
+}
+
+// Text of ids the tokenizer knows (a model vocabulary may be padded beyond the tokenizer's).
+std::string decode_known(const Tokenizer& tok, const std::vector<int64_t>& ids) {
+  std::vector<TokenId> known;
+  known.reserve(ids.size());
+  for (int64_t id : ids)
+    if (id >= 0 && id < tok.vocab_size()) known.push_back(TokenId(id));
+  return tok.decode(known, /*skip_special=*/true);
+}
+
+}  // namespace
+
+int generate(int argc, char** argv) {
+  Flags flags(
+      "generate", "(--model HF_DIR | --config CONFIG [--checkpoint DIR]) --prompt TEXT [options]",
+      "Generates text from a prompt with a KV cache: the prompt is prefilled in one pass, then "
+      "one\n"
+      "token is sampled per step (greedy with --temperature 0; else temperature, top-k, top-p)\n"
+      "until the end-of-sequence token or --max-new-tokens. The model is a Hugging Face folder\n"
+      "(config.json + safetensors, e.g. from 'origami train --export-hf') or a training\n"
+      "checkpoint of 'origami train' with the config it was trained with.");
+  flags.add("model", "", "Hugging Face model folder (config.json and *.safetensors)");
+  flags.add("config", "", "training config (configs/*.pbtxt) describing the checkpoint's model");
+  flags.add("checkpoint", "",
+            "training checkpoint folder (its 'latest' step) or a step folder; default: the "
+            "config's train.checkpoint_dir");
+  flags.add_list("set", "override a config field, e.g. --set model.max_seq_len=512");
+  flags.add_list("prompt", "prompt text; give it several times to generate for a batch");
+  flags.add("max-new-tokens", "64", "stop after this many generated tokens");
+  flags.add("temperature", "0.8", "softmax temperature; 0 = greedy (argmax)");
+  flags.add("top-k", "40", "sample among the K most likely tokens; 0 or -1 = off");
+  flags.add("top-p", "0.95", "nucleus sampling: the smallest set with this probability; 1 = off");
+  flags.add("repetition-penalty", "1.0", "> 1 discourages tokens already in the text; 1 = off");
+  flags.add("seed", "0", "random seed of the sampler (prompt i uses seed + i)");
+  flags.add("tokenizer", "",
+            "'byte', a tokenizer.json, a SentencePiece .model or a folder; default: the model "
+            "folder, or the config's data.tokenizer");
+  flags.add("eos", "",
+            "token id that ends generation; default: the tokenizer's end-of-sequence; 'none' "
+            "to ignore it");
+  flags.add_bool("add-special", true,
+                 "add the tokenizer's special tokens around the prompt (BOS, template)");
+  flags.add("dtype", "f32", "compute dtype: f32 or bf16");
+  flags.add("device", "cpu", "cpu or cuda[:N]");
+  flags.add("max-context", "0",
+            "tokens per sequence (prompt and generated); 0 = the model's max_seq_len");
+  flags.add_bool("stream", true, "print tokens as they are generated (a single prompt only)");
+  flags.add_bool("stats", true, "print prefill and decode speed on stderr at the end");
+  if (!flags.parse(argc, argv)) return 0;
+  ORIGAMI_CHECK(flags.positional().empty(), "origami generate takes no positional arguments, got '",
+                flags.positional().empty() ? "" : flags.positional()[0],
+                "'; give the text with --prompt");
+  const std::string model_dir = flags.get("model"), config_path = flags.get("config");
+  ORIGAMI_CHECK(model_dir.empty() != config_path.empty(),
+                "give the model: either --model HF_DIR (a Hugging Face folder) or --config CONFIG "
+                "with a training checkpoint (--checkpoint DIR or the config's "
+                "train.checkpoint_dir)");
+  const std::vector<std::string>& prompts = flags.get_list("prompt");
+  ORIGAMI_CHECK(!prompts.empty(), "no prompt: give the text with --prompt TEXT");
+
+  // The model spec and where the weights and the tokenizer come from.
+  models::ModelSpec spec;
+  std::string tokenizer_path = flags.get("tokenizer"), checkpoint_dir;
+  if (!model_dir.empty()) {
+    ORIGAMI_CHECK(fs::is_directory(model_dir), "model folder '", model_dir, "' does not exist");
+    ORIGAMI_CHECK(fs::exists(fs::path(model_dir) / "config.json"), "model folder '", model_dir,
+                  "' has no config.json: it is not a Hugging Face model folder");
+    spec = models::spec_from_hf_config(model_dir);
+    if (tokenizer_path.empty()) {
+      ORIGAMI_CHECK(fs::exists(fs::path(model_dir) / "tokenizer.json") ||
+                        fs::exists(fs::path(model_dir) / "tokenizer.model"),
+                    "model folder '", model_dir,
+                    "' has no tokenizer.json or tokenizer.model: give --tokenizer (a tokenizer "
+                    "file, a folder holding one, or 'byte')");
+      tokenizer_path = model_dir;
+    }
+  } else {
+    const Config config = load_config(config_path, flags.get_list("set"));
+    spec = models::spec_from_config(config.model());
+    checkpoint_dir =
+        flags.given("checkpoint") ? flags.get("checkpoint") : config.train().checkpoint_dir();
+    ORIGAMI_CHECK(!checkpoint_dir.empty(), "no checkpoint: give --checkpoint DIR (the config '",
+                  config_path, "' sets no train.checkpoint_dir)");
+    if (tokenizer_path.empty()) tokenizer_path = config.data().tokenizer();
+    ORIGAMI_CHECK(!tokenizer_path.empty(), "no tokenizer: give --tokenizer (the config '",
+                  config_path, "' sets no data.tokenizer)");
+  }
+  spec.validate();
+  std::unique_ptr<Tokenizer> tok = load_tokenizer(tokenizer_path);
+  ORIGAMI_CHECK(tok->vocab_size() <= spec.vocab, "vocabulary mismatch: the tokenizer '",
+                tokenizer_path, "' has ", tok->vocab_size(), " ids but the model (", spec.str(),
+                ") only ", spec.vocab, "; give the tokenizer the model was trained with");
+
+  // Prompts, and the context they need.
+  const bool add_special = flags.get_bool("add-special");
+  std::vector<std::vector<int64_t>> ids;
+  int64_t longest = 0;
+  for (const std::string& text : prompts) {
+    const std::vector<TokenId> enc = tok->encode(text, add_special);
+    ORIGAMI_CHECK(!enc.empty(), "the prompt '", text, "' encodes to no tokens");
+    ids.emplace_back(enc.begin(), enc.end());
+    longest = std::max<int64_t>(longest, int64_t(enc.size()));
+  }
+  models::GenerationConfig gc;
+  gc.max_new_tokens = flags.get_int("max-new-tokens");
+  ORIGAMI_CHECK(gc.max_new_tokens >= 1, "--max-new-tokens must be >= 1, got ", gc.max_new_tokens);
+  const int64_t limit =
+      flags.get_int("max-context") > 0 ? flags.get_int("max-context") : spec.max_seq_len;
+  ORIGAMI_CHECK(limit <= 0 || longest <= limit, "the prompt has ", longest,
+                " tokens, longer than the model's context of ", limit,
+                " tokens: shorten it (or raise --max-context if the model allows)");
+  const int64_t context =
+      limit > 0 ? std::min(limit, longest + gc.max_new_tokens) : longest + gc.max_new_tokens;
+  gc.sampling.temperature = flags.get_double("temperature");
+  gc.sampling.top_k = flags.get_int("top-k");
+  gc.sampling.top_p = flags.get_double("top-p");
+  gc.sampling.repetition_penalty = flags.get_double("repetition-penalty");
+  gc.sampling.seed = uint64_t(flags.get_int("seed"));
+  gc.sampling.validate();
+  const std::string eos = flags.get("eos");
+  if (eos.empty()) {
+    if (tok->eos_id()) gc.stop_ids.push_back(*tok->eos_id());
+  } else if (eos != "none") {
+    const int64_t id = flags.get_int("eos");
+    ORIGAMI_CHECK(id >= 0 && id < spec.vocab, "--eos ", id, " is outside the vocabulary of ",
+                  spec.vocab);
+    gc.stop_ids.push_back(id);
+  }
+
+  // The generator and its weights.
+  models::GeneratorOptions go;
+  go.max_batch = int64_t(ids.size());
+  go.max_seq = context;
+  go.compute = dtype_from_name(flags.get("dtype"));
+  go.device = device_from_string(flags.get("device"));
+  models::Generator gen(spec, go);
+  const auto t_load = Clock::now();
+  if (!model_dir.empty())
+    models::load_hf_weights(model_dir, gen.weights());
+  else
+    load_training_checkpoint(checkpoint_step_dir(checkpoint_dir), gen);
+  const double load_s = std::chrono::duration<double>(Clock::now() - t_load).count();
+  const bool stats = flags.get_bool("stats");
+  if (stats) {
+    gen.print_plan(std::cerr);
+    std::fprintf(stderr, "loaded the weights in %.2f s\n", load_s);
+  }
+
+  // Generate, streaming the text of a single prompt as its tokens arrive.
+  const bool stream = flags.get_bool("stream") && ids.size() == 1;
+  std::vector<int64_t> streamed = ids[0];
+  size_t printed = decode_known(*tok, streamed).size();
+  if (stream) {
+    std::fputs(prompts[0].c_str(), stdout);
+    std::fflush(stdout);
+  }
+  const auto t0 = Clock::now();
+  auto t_first = t0;
+  int64_t generated = 0;
+  auto on_token = [&](int64_t seq, int64_t token) {
+    if (generated++ == 0) t_first = Clock::now();
+    if (!stream || seq != 0) return;
+    if (std::find(gc.stop_ids.begin(), gc.stop_ids.end(), token) != gc.stop_ids.end()) return;
+    streamed.push_back(token);
+    const std::string text = decode_known(*tok, streamed);
+    if (text.size() > printed) {
+      std::fwrite(text.data() + printed, 1, text.size() - printed, stdout);
+      std::fflush(stdout);
+      printed = text.size();
+    }
+  };
+  const std::vector<models::GenerationResult> results = gen.generate(ids, gc, on_token);
+  const auto t_end = Clock::now();
+
+  for (size_t i = 0; i < results.size(); ++i) {
+    std::vector<int64_t> out = results[i].tokens;
+    if (results[i].reason == models::StopReason::eos && !out.empty()) out.pop_back();
+    if (stream) {
+      std::fputs("\n", stdout);
+    } else {
+      std::vector<int64_t> all = ids[i];
+      all.insert(all.end(), out.begin(), out.end());
+      const std::string prompt_text = decode_known(*tok, ids[i]);
+      const std::string text = decode_known(*tok, all);
+      if (results.size() > 1) std::printf("[%zu] ", i);
+      std::printf("%s%s\n", prompts[i].c_str(),
+                  text.size() > prompt_text.size() ? text.c_str() + prompt_text.size() : "");
+    }
+    if (stats)
+      std::fprintf(stderr, "[%zu] %zu prompt tokens, %zu generated, stopped on %s\n", i,
+                   ids[i].size(), results[i].tokens.size(),
+                   models::stop_reason_name(results[i].reason));
+  }
+  if (stats && generated > 0) {
+    int64_t prompt_tokens = 0;
+    for (const auto& p : ids) prompt_tokens += int64_t(p.size());
+    const double prefill_s = std::chrono::duration<double>(t_first - t0).count();
+    const double decode_s = std::chrono::duration<double>(t_end - t_first).count();
+    const int64_t decoded = generated - int64_t(ids.size());
+    std::fprintf(stderr, "prefill: %lld tokens in %.3f s (%.1f tok/s)", (long long)prompt_tokens,
+                 prefill_s, prefill_s > 0 ? double(prompt_tokens) / prefill_s : 0.0);
+    if (decoded > 0)
+      std::fprintf(stderr, "; decode: %lld tokens in %.3f s (%.1f tok/s)", (long long)decoded,
+                   decode_s, double(decoded) / decode_s);
+    std::fprintf(stderr, "\n");
+  }
+  return 0;
+}
+
+}  // namespace origami::cli
