@@ -82,11 +82,15 @@ Tensor empty_on_test_device(const Shape& shape, DType dtype) {
            << "shape " << shape_str(a.shape) << " differs from expected " << shape_str(e.shape);
   double max_e = 0, max_err = 0;
   int64_t worst = -1;
-  for (int64_t i = 0; i < e.numel(); ++i) max_e = std::max(max_e, std::fabs(e[i]));
+  // The scale is the largest finite expected magnitude; NaNs and infinities must match exactly.
+  for (int64_t i = 0; i < e.numel(); ++i)
+    if (std::isfinite(e[i])) max_e = std::max(max_e, std::fabs(e[i]));
   for (int64_t i = 0; i < e.numel(); ++i) {
     double err = std::fabs(a[i] - e[i]);
-    if (std::isnan(a[i]) || std::isnan(e[i]))
-      err = std::isnan(a[i]) && std::isnan(e[i]) ? 0.0 : std::numeric_limits<double>::infinity();
+    if (!std::isfinite(a[i]) || !std::isfinite(e[i])) {
+      const bool same = (std::isnan(a[i]) && std::isnan(e[i])) || a[i] == e[i];
+      err = same ? 0.0 : std::numeric_limits<double>::infinity();
+    }
     if (err > max_err) {
       max_err = err;
       worst = i;

@@ -29,7 +29,8 @@ bool test_device_available();  // false for cuda without a usable GPU
 inline std::vector<DType> float_dtypes() { return {DType::f32, DType::bf16}; }
 
 // ---- tolerances: one place for every op test ----------------------------------------------------
-// A result passes when max|actual - expected| <= rel * max|expected| + abs.
+// A result passes when max|actual - expected| <= rel * max|expected| + abs, max over finite
+// expected values; non-finite expected values (NaN, +-inf) must be matched exactly.
 struct Tolerance {
   double rel;
   double abs;
