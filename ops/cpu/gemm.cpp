@@ -23,7 +23,10 @@ constexpr size_t kCacheCapacity = 1024;
 
 // The rows of a grouped GEMM's groups change from call to call (tokens per expert). Those
 // products use primitives whose varying dimension is a run-time value, so one primitive serves
-// every row count instead of one being created per distinct count.
+// every row count instead of one being created per distinct count. oneDNN 2.6 runs them with its
+// gemm:jit kernels rather than brgemm; measured with new row counts on every call (4096 rows over
+// 8 groups, K 512, N 1536, 2 threads) they were 5-10% faster than a cached primitive per row
+// count, whose creation (about 0.3 ms each) outweighs brgemm's edge.
 enum class Varying { none, m, k };
 
 // out [batch?, m, n] = alpha * op(a) [m, k] @ op(b) [k, n] + beta * out, every matrix stored
