@@ -208,6 +208,19 @@ float* thread_scratch(int64_t n) {
   return buf.get();
 }
 
+// Per-call work buffers of the calling thread, one per slot: they grow and never shrink, so calls
+// in a training or decode step allocate nothing once the largest shapes have been seen.
+enum WorkSlot { kSlotKt, kSlotVp, kSlotDelta, kSlotQp, kSlotDop, kSlotDqAcc, kNumSlots };
+float* call_workspace(WorkSlot slot, int64_t n) {
+  thread_local Buffer bufs[kNumSlots];
+  thread_local int64_t capacity[kNumSlots] = {};
+  if (capacity[slot] < n) {
+    bufs[slot] = alloc_floats(n);
+    capacity[slot] = n;
+  }
+  return bufs[slot].get();
+}
+
 Problem make_problem(const Tensor& q, const Tensor& k, const AttentionParams& p) {
   Problem P;
   P.B = q.size(0);
@@ -270,12 +283,12 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const 
   const Problem P = make_problem(q, k, p);
   const Kernels& K = kernels();
   const int64_t block_floats = P.Dp * kBlockK;
-  Buffer kt = alloc_floats(P.B * P.Hkv * P.nkb * block_floats);
-  Buffer vp = alloc_floats(P.B * P.Hkv * P.nkb * block_floats);
+  float* kt = call_workspace(kSlotKt, P.B * P.Hkv * P.nkb * block_floats);
+  float* vp = call_workspace(kSlotVp, P.B * P.Hkv * P.nkb * block_floats);
   ForwardData F;
   F.q = q.data();
-  F.kt = kt.get();
-  F.vp = vp.get();
+  F.kt = kt;
+  F.vp = vp;
   F.out = out.data();
   F.lse = lse.data_as<float>();
   const void* kd = k.data();
@@ -288,8 +301,8 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const 
 #pragma omp for schedule(static)
     for (int64_t idx = 0; idx < npack; ++idx) {
       const int64_t kb = idx % P.nkb, bh = idx / P.nkb;
-      K.pack_kv_block(P, kd, vd, bh / P.Hkv, bh % P.Hkv, kb, kt.get() + idx * block_floats,
-                      vp.get() + idx * block_floats);
+      K.pack_kv_block(P, kd, vd, bh / P.Hkv, bh % P.Hkv, kb, kt + idx * block_floats,
+                      vp + idx * block_floats);
     }
     float* ws = thread_scratch(forward_scratch(P));
     // Heaviest query blocks (the last ones under a causal mask) first.
@@ -307,20 +320,20 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
   const Problem P = make_problem(q, k, p);
   const Kernels& K = kernels();
   const int64_t nrows = P.B * P.Hq * P.Sq;  // (b, h, i) rows of delta, qp, dop and dq_acc
-  Buffer delta = alloc_floats(nrows);
-  Buffer qp = alloc_floats(nrows * P.Dp);
-  Buffer dop = alloc_floats(nrows * P.Dp);
-  Buffer dq_acc = alloc_floats(nrows * P.Dp);
+  float* delta = call_workspace(kSlotDelta, nrows);
+  float* qp = call_workspace(kSlotQp, nrows * P.Dp);
+  float* dop = call_workspace(kSlotDop, nrows * P.Dp);
+  float* dq_acc = call_workspace(kSlotDqAcc, nrows * P.Dp);
   constexpr int64_t kLocks = 256;
   static std::mutex locks[kLocks];
   BackwardData G;
-  G.qp = qp.get();
-  G.dop = dop.get();
+  G.qp = qp;
+  G.dop = dop;
   G.k = k.data();
   G.v = v.data();
   G.lse = lse.data_as<float>();
-  G.delta = delta.get();
-  G.dq_acc = dq_acc.get();
+  G.delta = delta;
+  G.dq_acc = dq_acc;
   G.dk = dk.data();
   G.dv = dv.data();
   G.locks = locks;
@@ -340,8 +353,8 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
     for (int64_t row = 0; row < nrows; ++row) {
       const int64_t i = row % P.Sq, bh = row / P.Sq;
       const int64_t e = ((bh / P.Hq * P.Sq + i) * P.Hq + bh % P.Hq) * D;
-      float* qr = qp.get() + row * Dp;
-      float* dr = dop.get() + row * Dp;
+      float* qr = qp + row * Dp;
+      float* dr = dop + row * Dp;
       float s = 0.0f;
       for (int64_t d = 0; d < D; ++d) {
         qr[d] = load_elem(qd, bf16, e + d);
@@ -350,7 +363,7 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
       }
       for (int64_t d = D; d < Dp; ++d) qr[d] = dr[d] = 0.0f;
       delta[row] = s;
-      std::memset(dq_acc.get() + row * Dp, 0, size_t(Dp) * sizeof(float));
+      std::memset(dq_acc + row * Dp, 0, size_t(Dp) * sizeof(float));
     }
     float* ws = thread_scratch(backward_scratch(P));
     // Heaviest key blocks (the first ones under a causal mask) first.
@@ -364,7 +377,7 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
     for (int64_t row = 0; row < nrows; ++row) {
       const int64_t i = row % P.Sq, bh = row / P.Sq;
       const int64_t e = ((bh / P.Hq * P.Sq + i) * P.Hq + bh % P.Hq) * D;
-      const float* src = dq_acc.get() + row * Dp;
+      const float* src = dq_acc + row * Dp;
       for (int64_t d = 0; d < D; ++d) store_elem(dqd, bf16, e + d, P.scale * src[d]);
     }
   }
