@@ -18,6 +18,6 @@ echo
 echo
 for prompt in "The" "A computer" "Q: What"; do
   "$bin/origami" generate --config "$config" --checkpoint "$run_dir" --prompt "$prompt" \
-    --max-new-tokens 120 --temperature 0.8 --top-k 40 --seed 1
+    --max-new-tokens 100 --temperature 0.8 --top-k 40 --seed 1
   echo
 done
