@@ -92,8 +92,7 @@ dnnl::engine& engine() {
 }
 
 // CPU streams are cheap and execution on them is synchronous; one per thread keeps concurrent
-// callers apart (primitives themselves may run concurrently: the library's scratchpad is
-// per thread in this oneDNN build).
+// callers apart; a primitive runs for one caller at a time (see matmul()).
 dnnl::stream& stream() {
   thread_local dnnl::stream s(engine());
   return s;
@@ -104,7 +103,7 @@ struct Entry {
   Descs descs;  // the memory descriptors when the problem has no run-time dimension
   // Without run-time dimensions: memory objects (and the argument map holding them) that a call
   // points at its tensors and reuses, which costs less than creating them (a few microseconds).
-  // A call that finds them in use by another thread makes its own.
+  // args_mu also serialises executions of the primitive.
   std::mutex args_mu;
   std::unordered_map<int, memory> args;
 };
@@ -191,19 +190,19 @@ void matmul(const char* op, const Problem& p, Varying varying, const void* a, co
   if (varying == Varying::k) key.k = kRuntime;
   std::shared_ptr<Entry> entry = cache().get(op, key);
   dnnl::stream& s = stream();
+  // One execution of a primitive at a time: this oneDNN build keeps a primitive's scratchpad with
+  // the primitive, so two threads running the same one at once would share it.
+  std::lock_guard<std::mutex> lock(entry->args_mu);
   if (varying == Varying::none) {
-    std::unique_lock<std::mutex> lock(entry->args_mu, std::try_to_lock);
-    if (lock.owns_lock()) {
-      entry->args[DNNL_ARG_SRC].set_data_handle(const_cast<void*>(a));
-      entry->args[DNNL_ARG_WEIGHTS].set_data_handle(const_cast<void*>(b));
-      entry->args[DNNL_ARG_DST].set_data_handle(c);
-      entry->primitive.execute(s, entry->args);
-      s.wait();
-      return;
-    }
+    entry->args[DNNL_ARG_SRC].set_data_handle(const_cast<void*>(a));
+    entry->args[DNNL_ARG_WEIGHTS].set_data_handle(const_cast<void*>(b));
+    entry->args[DNNL_ARG_DST].set_data_handle(c);
+    entry->primitive.execute(s, entry->args);
+    s.wait();
+    return;
   }
-  // The memory descriptors with the actual dimensions (or the entry's, when in use elsewhere).
-  const Descs d = varying == Varying::none ? entry->descs : descs_of(p);
+  // Run-time dimensions: memory descriptors with this call's actual sizes.
+  const Descs d = descs_of(p);
   memory ma(d.a, engine(), const_cast<void*>(a)), mb(d.b, engine(), const_cast<void*>(b)),
       mc(d.c, engine(), c);
   entry->primitive.execute(s, {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}});
