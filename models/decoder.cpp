@@ -15,6 +15,7 @@
 #include "ops/index.h"
 #include "ops/norm.h"
 #include "ops/rope.h"
+#include "parallel/communicator.h"
 #include "runtime/error.h"
 
 namespace origami::models {
@@ -29,51 +30,72 @@ struct LayerWeights {
   Tensor s_gate, s_up, s_down, s_expert_gate;   // shared expert
 };
 
-// Activations of one layer kept for backward (one set per layer, or one shared set with
-// recompute). T = B*S tokens, N = rows of the permuted (token, expert) copies.
+// Activations of one layer kept for backward (per microbatch slot, or one shared set with
+// recompute). T = B*S rows, Tl = the rows this rank holds (T/tp with sequence parallelism), N =
+// rows of the permuted (token, expert) copies; q/k/v/attn/gate/up are this rank's TP columns.
 struct LayerActivations {
-  Tensor hn1;                  // [T,H]      rmsnorm(x_l)
-  Tensor rstd1;                // [T] f32
+  Tensor hn1;                  // [T,H]      rmsnorm(x_l) (gathered over TP with SP)
+  Tensor rstd1;                // [Tl] f32
   Tensor q;                    // [T,Hq*D]   after rope
   Tensor k, v;                 // [T,Hkv*D]  k after rope
   Tensor attn;                 // [T,Hq*D]   attention output
   Tensor lse;                  // [B,Hq,S] f32
-  Tensor x_mid;                // [T,H]      x_l + attn Wo^T
-  Tensor hn2;                  // [T,H]      rmsnorm(x_mid)
-  Tensor rstd2;                // [T] f32
+  Tensor x_mid;                // [Tl,H]     x_l + attn Wo^T
+  Tensor hn2;                  // [T,H]      rmsnorm(x_mid) (MoE: its first Tl rows)
+  Tensor rstd2;                // [Tl] f32
   Tensor gate, up, act;        // dense MLP [T,F]
-  Tensor router_logits;        // [T,E] f32
+  Tensor router_logits;        // [Tl,E] f32
   Tensor perm_token;           // [Nmax] i64
   Tensor perm_weight;          // [Nmax] f32
   Tensor xg;                   // [Nmax,H]  gathered token copies
   Tensor eg, eu, ea;           // [Nmax,Fe] expert gate, up, swiglu * prob
-  Tensor sg_logit;             // [T,1] f32 shared-expert gate logit
-  Tensor s_scale;              // [T] f32   sigmoid(sg_logit)
-  Tensor s_gate, s_up, s_act;  // [T,Fs]    shared expert
+  Tensor sg_logit;             // [Tl,1] f32 shared-expert gate logit
+  Tensor s_scale;              // [Tl] f32   sigmoid(sg_logit)
+  Tensor s_gate, s_up, s_act;  // [Tl,Fs]    shared expert
   RouterBuffers router;        // host
 };
 
-// Buffers shared by all layers.
+// One microbatch in flight through this chunk (a pipeline holds several).
+struct Microbatch {
+  Tensor ids, targets;                 // [T] i64 (device)
+  Tensor ids_host, targets_host;       // [T] i64 (host staging)
+  std::vector<Tensor> xs;              // [Lc+1] x [Tl,H]: chunk input, each layer's output
+  Tensor hf, rstd_f;                   // [T,H] final norm out (gathered), [Tl] rstd
+  Tensor logits;                       // [T,V] this rank's vocabulary columns
+  Tensor ce_lse;                       // [T] f32
+  std::vector<LayerActivations> acts;  // [Lc] (empty with recompute)
+  int64_t n_valid = 0;                 // valid targets of the whole batch (over dp)
+  std::vector<double> aux_grad;        // [E] d loss / d aux_probs, from the forward's counts
+};
+
+// Buffers shared by all layers and microbatches.
 struct Scratch {
-  Tensor ids, targets, positions;        // [T] i64 (device)
-  Tensor ids_host, targets_host;         // [T] i64 (host staging)
-  Tensor inv_freq;                       // [D/2] f32
-  Tensor ones;                           // [T] compute: bias add and bias gradient as rank-1 GEMMs
-  std::vector<Tensor> xs;                // [L+1] x [T,H] residual stream: layer inputs, final
-  Tensor hf, rstd_f;                     // [T,H], [T] final norm
-  Tensor logits, dlogits;                // [T,V]
-  Tensor ce_loss, ce_lse, ce_loss_host;  // [T] f32
-  Tensor dres;                           // [T,H] f32 gradient of the residual stream
-  Tensor dres_c;                         // [T,H] compute copy of dres (bf16 only; else dres)
-  Tensor dx, dh;                         // [T,H] compute
-  Tensor dq, dattn;                      // [T,Hq*D]
-  Tensor dk, dv;                         // [T,Hkv*D]
-  Tensor dact, dgate, dup;               // [T*max(F,Fs)] flat
-  Tensor y, dy, dxg;                     // [Nmax,H]
-  Tensor dea, deg, deu;                  // [Nmax,Fe]
-  Tensor drow, drow_host;                // [Nmax] f32
-  Tensor drouter_host, drouter, drouter_c;  // [T,E] f32 host, f32 device, compute
-  Tensor sg_host, ds, ds_host, dsl_c;       // [T] f32 host, [T] f32, [T] host, [T,1] compute
+  Tensor positions;                  // [T] i64 (device)
+  Tensor inv_freq;                   // [D/2] f32
+  Tensor ones;                       // [T] compute: bias add and bias gradient as rank-1 GEMMs
+  Tensor dlogits;                    // [T,V]
+  Tensor ce_loss, ce_loss_host;      // [T] f32
+  Tensor ce_max, ce_sum, ce_target;  // [T] f32 (vocabulary-parallel cross-entropy)
+  Tensor dres;                       // [Tl,H] f32 gradient of the residual stream
+  Tensor dres_c;                     // [Tl,H] compute copy of dres (bf16 only; else dres)
+  Tensor dres_full;                  // [T,H] f32 gathered dres (SP; embedding backward)
+  Tensor dfull;                      // [T,H] compute: dres_c gathered over TP (SP; else dres_c)
+  Tensor dx, dh;                     // [Tl,H] compute
+  Tensor dh_full;                    // [T,H] compute: partial dh before the TP sum (else dh)
+  Tensor hn_local;                   // [Tl,H] compute: norm output before the gather (SP)
+  Tensor partial;                    // [T,H] compute: row-parallel output before the TP sum
+  Tensor reduced;                    // [Tl,H] compute: its reduce-scatter (SP)
+  Tensor dq, dattn;                  // [T,Hq*D]
+  Tensor dk, dv;                     // [T,Hkv*D]
+  Tensor dact, dgate, dup;           // [T*max(F,Fs)] flat
+  Tensor y, dy, dxg;                 // [Nmax,H]
+  Tensor dea, deg, deu;              // [Nmax,Fe]
+  Tensor drow, drow_host;            // [Nmax] f32
+  Tensor drouter_host, drouter, drouter_c;  // [Tl,E] f32 host, f32 device, compute
+  Tensor sg_host, ds, ds_host, dsl_c;       // [Tl] f32 host, [Tl] f32, [Tl] host, [Tl,1] compute
+  Tensor moe_counts;                        // [Lm*E] i64 host: token counts to reduce over ranks
+  Tensor moe_stats;                         // [E+1] f32 host: aux prob sums, z-loss
+  Tensor valid;                             // [1] i64 host: valid targets to reduce over dp
 };
 
 namespace {
@@ -168,24 +190,124 @@ Tensor front(const Tensor& flat, int64_t rows, int64_t cols) {
 
 namespace {
 
+ShardSpec shard_of(const DecoderOptions& o) {
+  ShardSpec sh;
+  const DecoderParallel& p = o.parallel;
+  if (p.tp) {
+    sh.tp = p.tp->size();
+    sh.tp_rank = p.tp->rank();
+  }
+  sh.layer_begin = p.layer_begin;
+  sh.layer_end = p.layer_end;
+  sh.sequence_parallel = p.sequence_parallel && sh.tp > 1;
+  return sh;
+}
+
+// Sizes of this rank's part of the model and of one microbatch.
+struct Dims {
+  int tp = 1;
+  bool sp = false;
+  int64_t T = 0, Tl = 0, H = 0, V = 0, Lb = 0, Le = 0, Dq = 0, Dkv = 0, Hq = 0, F = 0;
+  int64_t E = 0, k = 0, Fe = 0, Fs = 0, Nmax = 0, Lm = 0;
+  bool first = false, last = false, any_dense = false, any_moe = false;
+};
+
+Dims dims_of(const ModelSpec& sp, const DecoderOptions& o, const ParameterLayout& layout) {
+  Dims d;
+  const ShardSpec& sh = layout.shard();
+  d.tp = sh.tp;
+  d.sp = sh.sequence_parallel && sh.tp > 1;
+  d.T = o.batch * o.seq;
+  ORIGAMI_CHECK(!d.sp || d.T % d.tp == 0, "sequence parallelism: the ", d.T,
+                " tokens of a microbatch (batch x seq) do not divide over tp=", d.tp);
+  d.Tl = d.sp ? d.T / d.tp : d.T;
+  d.H = sp.hidden;
+  d.V = sp.vocab / d.tp;
+  d.Lb = layout.layer_begin();
+  d.Le = layout.layer_end();
+  d.Hq = sp.heads / d.tp;
+  d.Dq = d.Hq * sp.head_dim;
+  d.Dkv = (sp.kv_heads % d.tp == 0 ? sp.kv_heads / d.tp : 1) * sp.head_dim;
+  d.F = sp.ffn / d.tp;
+  d.E = sp.moe.num_experts;
+  d.k = sp.moe.top_k;
+  d.Fe = sp.moe.expert_ffn;
+  d.Fs = sp.moe.shared_expert_ffn;
+  d.Lm = sp.num_moe_layers();
+  d.first = d.Lb == 0;
+  d.last = d.Le == sp.layers;
+  for (int64_t l = d.Lb; l < d.Le; ++l) (sp.is_moe_layer(l) ? d.any_moe : d.any_dense) = true;
+  d.Nmax = d.any_moe ? router_max_rows(sp.moe, d.Tl) : 0;
+  return d;
+}
+
 struct Allocation {
   Tensor master, grads, compute, adam_m, adam_v;  // flat [P]
-  std::vector<LayerActivations> acts;
+  std::vector<std::unique_ptr<Microbatch>> mbs;
+  std::vector<LayerActivations> shared_acts;
   Scratch s;
 };
 
+void layer_buffers(const ModelSpec& sp, const DecoderOptions& o, const Dims& d, BufferMaker& mk,
+                   const std::string& p, bool has_dense, bool has_moe, LayerActivations& x) {
+  const DType c = o.compute, f32 = DType::f32, i64 = DType::i64;
+  const int64_t T = d.T, Tl = d.Tl, H = d.H, E = d.E, k = d.k, Nmax = d.Nmax;
+  x.hn1 = mk(kActs, p + "hn1", {T, H}, c);
+  x.rstd1 = mk(kActs, p + "rstd1", {Tl}, f32);
+  x.q = mk(kActs, p + "q", {T, d.Dq}, c);
+  x.k = mk(kActs, p + "k", {T, d.Dkv}, c);
+  x.v = mk(kActs, p + "v", {T, d.Dkv}, c);
+  x.attn = mk(kActs, p + "attn", {T, d.Dq}, c);
+  x.lse = mk(kActs, p + "lse", {o.batch, d.Hq, o.seq}, f32);
+  x.x_mid = mk(kActs, p + "x_mid", {Tl, H}, c);
+  x.hn2 = mk(kActs, p + "hn2", {T, H}, c);
+  x.rstd2 = mk(kActs, p + "rstd2", {Tl}, f32);
+  if (has_dense) {
+    x.gate = mk(kActs, p + "mlp.gate", {T, d.F}, c);
+    x.up = mk(kActs, p + "mlp.up", {T, d.F}, c);
+    x.act = mk(kActs, p + "mlp.act", {T, d.F}, c);
+  }
+  if (has_moe) {
+    x.router_logits = mk(kActs, p + "router_logits", {Tl, E}, f32);
+    x.perm_token = mk(kActs, p + "perm_token", {Nmax}, i64);
+    x.perm_weight = mk(kActs, p + "perm_weight", {Nmax}, f32);
+    x.xg = mk(kActs, p + "experts.x", {Nmax, H}, c);
+    x.eg = mk(kActs, p + "experts.gate", {Nmax, d.Fe}, c);
+    x.eu = mk(kActs, p + "experts.up", {Nmax, d.Fe}, c);
+    x.ea = mk(kActs, p + "experts.act", {Nmax, d.Fe}, c);
+    if (d.Fs > 0) {
+      x.s_gate = mk(kActs, p + "shared.gate", {Tl, d.Fs}, c);
+      x.s_up = mk(kActs, p + "shared.up", {Tl, d.Fs}, c);
+      x.s_act = mk(kActs, p + "shared.act", {Tl, d.Fs}, c);
+      if (sp.moe.shared_expert_gate) {
+        x.sg_logit = mk(kActs, p + "shared.gate_logit", {Tl, 1}, f32);
+        x.s_scale = mk(kActs, p + "shared.scale", {Tl}, f32);
+      }
+    }
+    RouterBuffers& r = x.router;
+    r.logits = mk(kHost, p + "router.logits", {Tl, E}, f32);
+    r.probs = mk(kHost, p + "router.probs", {Tl, E}, f32);
+    r.aux_probs = mk(kHost, p + "router.aux_probs", {Tl, E}, f32);
+    r.lse = mk(kHost, p + "router.lse", {Tl}, f32);
+    r.selected = mk(kHost, p + "router.selected", {Tl, k}, i64);
+    r.top_value = mk(kHost, p + "router.top_value", {Tl, k}, f32);
+    r.weight = mk(kHost, p + "router.weight", {Tl, k}, f32);
+    r.slot = mk(kHost, p + "router.slot", {Tl, k}, i64);
+    r.counts = mk(kHost, p + "router.counts", {E}, i64);
+    r.group_rows = mk(kHost, p + "router.group_rows", {E}, i64);
+    r.perm_token = mk(kHost, p + "router.perm_token", {Nmax}, i64);
+    r.perm_weight = mk(kHost, p + "router.perm_weight", {Nmax}, f32);
+    r.scratch = mk(kHost, p + "router.scratch", {std::max(Tl * k, E)}, i64);
+  }
+}
+
 void enumerate_buffers(const ModelSpec& sp, const DecoderOptions& o, const ParameterLayout& layout,
                        BufferMaker& mk, Allocation& a) {
+  const Dims d = dims_of(sp, o, layout);
   const int64_t P = layout.total_numel();
-  const int64_t T = o.batch * o.seq, H = sp.hidden, V = sp.vocab, L = sp.layers;
-  const int64_t Dq = sp.heads * sp.head_dim, Dkv = sp.kv_heads * sp.head_dim;
+  const int64_t T = d.T, Tl = d.Tl, H = d.H, V = d.V, Lc = d.Le - d.Lb, Nmax = d.Nmax;
   const DType c = o.compute, f32 = DType::f32, i64 = DType::i64;
-  const bool moe = sp.is_moe();
-  const int64_t E = sp.moe.num_experts, k = sp.moe.top_k, Fe = sp.moe.expert_ffn;
-  const int64_t Fs = sp.moe.shared_expert_ffn;
-  const int64_t Nmax = moe ? router_max_rows(sp.moe, T) : 0;
-  bool any_dense = false, any_moe = false;
-  for (int64_t l = 0; l < L; ++l) (sp.is_moe_layer(l) ? any_moe : any_dense) = true;
+  const int slots = std::max(1, o.parallel.slots);
 
   a.master = mk(kParams, "master weights f32", {P}, f32);
   a.grads = mk(kGrads, "gradients f32", {P}, f32);
@@ -195,113 +317,104 @@ void enumerate_buffers(const ModelSpec& sp, const DecoderOptions& o, const Param
     a.adam_v = mk(kOptim, "adamw v", {P}, f32);
   }
 
-  // Per-layer activations: all layers, or one set reused by every layer with recompute.
-  const int64_t sets = o.recompute ? 1 : L;
-  a.acts.resize(size_t(sets));
-  for (int64_t i = 0; i < sets; ++i) {
-    LayerActivations& x = a.acts[size_t(i)];
-    const std::string p = o.recompute ? "layer (recomputed)." : "layer " + std::to_string(i) + ".";
-    const bool has_dense = o.recompute ? any_dense : !sp.is_moe_layer(i);
-    const bool has_moe = o.recompute ? any_moe : sp.is_moe_layer(i);
-    x.hn1 = mk(kActs, p + "hn1", {T, H}, c);
-    x.rstd1 = mk(kActs, p + "rstd1", {T}, f32);
-    x.q = mk(kActs, p + "q", {T, Dq}, c);
-    x.k = mk(kActs, p + "k", {T, Dkv}, c);
-    x.v = mk(kActs, p + "v", {T, Dkv}, c);
-    x.attn = mk(kActs, p + "attn", {T, Dq}, c);
-    x.lse = mk(kActs, p + "lse", {o.batch, sp.heads, o.seq}, f32);
-    x.x_mid = mk(kActs, p + "x_mid", {T, H}, c);
-    x.hn2 = mk(kActs, p + "hn2", {T, H}, c);
-    x.rstd2 = mk(kActs, p + "rstd2", {T}, f32);
-    if (has_dense) {
-      x.gate = mk(kActs, p + "mlp.gate", {T, sp.ffn}, c);
-      x.up = mk(kActs, p + "mlp.up", {T, sp.ffn}, c);
-      x.act = mk(kActs, p + "mlp.act", {T, sp.ffn}, c);
+  // Per microbatch slot: inputs, the residual stream, per-layer activations (all layers, or one
+  // set shared by every layer and slot with recompute), the head's outputs.
+  for (int i = 0; i < slots; ++i) {
+    auto m = std::make_unique<Microbatch>();
+    const std::string ps = slots > 1 ? "microbatch " + std::to_string(i) + "." : "";
+    if (d.first || d.last) {
+      m->ids = mk(kActs, ps + "ids", {T}, i64);
+      m->ids_host = mk(kHost, ps + "ids (host)", {T}, i64);
     }
-    if (has_moe) {
-      x.router_logits = mk(kActs, p + "router_logits", {T, E}, f32);
-      x.perm_token = mk(kActs, p + "perm_token", {Nmax}, i64);
-      x.perm_weight = mk(kActs, p + "perm_weight", {Nmax}, f32);
-      x.xg = mk(kActs, p + "experts.x", {Nmax, H}, c);
-      x.eg = mk(kActs, p + "experts.gate", {Nmax, Fe}, c);
-      x.eu = mk(kActs, p + "experts.up", {Nmax, Fe}, c);
-      x.ea = mk(kActs, p + "experts.act", {Nmax, Fe}, c);
-      if (Fs > 0) {
-        x.s_gate = mk(kActs, p + "shared.gate", {T, Fs}, c);
-        x.s_up = mk(kActs, p + "shared.up", {T, Fs}, c);
-        x.s_act = mk(kActs, p + "shared.act", {T, Fs}, c);
-        if (sp.moe.shared_expert_gate) {
-          x.sg_logit = mk(kActs, p + "shared.gate_logit", {T, 1}, f32);
-          x.s_scale = mk(kActs, p + "shared.scale", {T}, f32);
-        }
+    if (d.last) {
+      m->targets = mk(kActs, ps + "targets", {T}, i64);
+      m->targets_host = mk(kHost, ps + "targets (host)", {T}, i64);
+      m->hf = mk(kActs, ps + "final norm out", {T, H}, c);
+      m->rstd_f = mk(kActs, ps + "final norm rstd", {Tl}, f32);
+      m->logits = mk(kActs, ps + "logits", {T, V}, c);
+      m->ce_lse = mk(kActs, ps + "ce lse", {T}, f32);
+    }
+    m->xs.resize(size_t(Lc + 1));
+    for (int64_t l = 0; l <= Lc; ++l)
+      m->xs[size_t(l)] = mk(kActs,
+                            ps + (l < Lc   ? "x " + std::to_string(d.Lb + l)
+                                  : d.last ? std::string("x final")
+                                           : "x out"),
+                            {Tl, H}, c);
+    if (!o.recompute) {
+      m->acts.resize(size_t(Lc));
+      for (int64_t l = 0; l < Lc; ++l) {
+        const int64_t g = d.Lb + l;
+        layer_buffers(sp, o, d, mk, ps + "layer " + std::to_string(g) + ".", !sp.is_moe_layer(g),
+                      sp.is_moe_layer(g), m->acts[size_t(l)]);
       }
-      RouterBuffers& r = x.router;
-      r.logits = mk(kHost, p + "router.logits", {T, E}, f32);
-      r.probs = mk(kHost, p + "router.probs", {T, E}, f32);
-      r.aux_probs = mk(kHost, p + "router.aux_probs", {T, E}, f32);
-      r.lse = mk(kHost, p + "router.lse", {T}, f32);
-      r.selected = mk(kHost, p + "router.selected", {T, k}, i64);
-      r.top_value = mk(kHost, p + "router.top_value", {T, k}, f32);
-      r.weight = mk(kHost, p + "router.weight", {T, k}, f32);
-      r.slot = mk(kHost, p + "router.slot", {T, k}, i64);
-      r.counts = mk(kHost, p + "router.counts", {E}, i64);
-      r.group_rows = mk(kHost, p + "router.group_rows", {E}, i64);
-      r.perm_token = mk(kHost, p + "router.perm_token", {Nmax}, i64);
-      r.perm_weight = mk(kHost, p + "router.perm_weight", {Nmax}, f32);
-      r.scratch = mk(kHost, p + "router.scratch", {std::max(T * k, E)}, i64);
     }
+    m->aux_grad.assign(size_t(d.E), 0.0);
+    a.mbs.push_back(std::move(m));
+  }
+  if (o.recompute) {
+    a.shared_acts.resize(1);
+    layer_buffers(sp, o, d, mk, "layer (recomputed).", d.any_dense, d.any_moe, a.shared_acts[0]);
   }
 
   Scratch& s = a.s;
-  s.ids = mk(kActs, "ids", {T}, i64);
-  s.targets = mk(kActs, "targets", {T}, i64);
   s.positions = mk(kActs, "positions", {T}, i64);
-  s.ids_host = mk(kHost, "ids (host)", {T}, i64);
-  s.targets_host = mk(kHost, "targets (host)", {T}, i64);
   s.inv_freq = mk(kActs, "rope inv_freq", {sp.head_dim / 2}, f32);
   s.ones = mk(kActs, "ones", {T}, c);
-  s.xs.resize(size_t(L + 1));
-  for (int64_t l = 0; l <= L; ++l)
-    s.xs[size_t(l)] = mk(kActs, l < L ? "x " + std::to_string(l) : "x final", {T, H}, c);
-  s.hf = mk(kActs, "final norm out", {T, H}, c);
-  s.rstd_f = mk(kActs, "final norm rstd", {T}, f32);
-  s.logits = mk(kActs, "logits", {T, V}, c);
-  s.dlogits = mk(kActs, "dlogits", {T, V}, c);
-  s.ce_loss = mk(kActs, "ce loss", {T}, f32);
-  s.ce_lse = mk(kActs, "ce lse", {T}, f32);
-  s.ce_loss_host = mk(kHost, "ce loss (host)", {T}, f32);
-  s.dres = mk(kActs, "dresidual f32", {T, H}, f32);
-  if (c != f32) s.dres_c = mk(kActs, "dresidual compute", {T, H}, c);
-  s.dx = mk(kActs, "dx", {T, H}, c);
-  s.dh = mk(kActs, "dh", {T, H}, c);
-  s.dq = mk(kActs, "dq", {T, Dq}, c);
-  s.dattn = mk(kActs, "dattn", {T, Dq}, c);
-  s.dk = mk(kActs, "dk", {T, Dkv}, c);
-  s.dv = mk(kActs, "dv", {T, Dkv}, c);
-  const int64_t Fmax = std::max(any_dense ? sp.ffn : 0, Fs);
-  if (Fmax > 0) {
-    s.dact = mk(kActs, "dact", {T * Fmax}, c);
-    s.dgate = mk(kActs, "dgate", {T * Fmax}, c);
-    s.dup = mk(kActs, "dup", {T * Fmax}, c);
+  if (d.last) {
+    s.dlogits = mk(kActs, "dlogits", {T, V}, c);
+    s.ce_loss = mk(kActs, "ce loss", {T}, f32);
+    s.ce_loss_host = mk(kHost, "ce loss (host)", {T}, f32);
+    if (d.tp > 1) {
+      s.ce_max = mk(kActs, "ce row max", {T}, f32);
+      s.ce_sum = mk(kActs, "ce sum exp", {T}, f32);
+      s.ce_target = mk(kActs, "ce target logit", {T}, f32);
+    }
+    s.valid = mk(kHost, "valid targets", {1}, i64);
   }
-  if (any_moe) {
+  s.dres = mk(kActs, "dresidual f32", {Tl, H}, f32);
+  if (c != f32) s.dres_c = mk(kActs, "dresidual compute", {Tl, H}, c);
+  if (d.sp) {
+    if (d.first) s.dres_full = mk(kActs, "dresidual gathered", {T, H}, f32);
+    s.dfull = mk(kActs, "dresidual compute gathered", {T, H}, c);
+    s.dh_full = mk(kActs, "dh partial", {T, H}, c);
+    s.hn_local = mk(kActs, "norm out (local rows)", {Tl, H}, c);
+    s.reduced = mk(kActs, "row-parallel sum (local rows)", {Tl, H}, c);
+  }
+  if (d.tp > 1) s.partial = mk(kActs, "row-parallel partial", {T, H}, c);
+  s.dx = mk(kActs, "dx", {Tl, H}, c);
+  s.dh = mk(kActs, "dh", {Tl, H}, c);
+  s.dq = mk(kActs, "dq", {T, d.Dq}, c);
+  s.dattn = mk(kActs, "dattn", {T, d.Dq}, c);
+  s.dk = mk(kActs, "dk", {T, d.Dkv}, c);
+  s.dv = mk(kActs, "dv", {T, d.Dkv}, c);
+  const int64_t Fmax = std::max(d.any_dense ? T * d.F : 0, d.any_moe ? Tl * d.Fs : 0);
+  if (Fmax > 0) {
+    s.dact = mk(kActs, "dact", {Fmax}, c);
+    s.dgate = mk(kActs, "dgate", {Fmax}, c);
+    s.dup = mk(kActs, "dup", {Fmax}, c);
+  }
+  if (d.any_moe) {
+    const int64_t E = d.E;
     s.y = mk(kActs, "experts.y", {Nmax, H}, c);
     s.dy = mk(kActs, "experts.dy", {Nmax, H}, c);
     s.dxg = mk(kActs, "experts.dx", {Nmax, H}, c);
-    s.dea = mk(kActs, "experts.dact", {Nmax, Fe}, c);
-    s.deg = mk(kActs, "experts.dgate", {Nmax, Fe}, c);
-    s.deu = mk(kActs, "experts.dup", {Nmax, Fe}, c);
+    s.dea = mk(kActs, "experts.dact", {Nmax, d.Fe}, c);
+    s.deg = mk(kActs, "experts.dgate", {Nmax, d.Fe}, c);
+    s.deu = mk(kActs, "experts.dup", {Nmax, d.Fe}, c);
     s.drow = mk(kActs, "experts.dprob", {Nmax}, f32);
     s.drow_host = mk(kHost, "experts.dprob (host)", {Nmax}, f32);
-    s.drouter_host = mk(kHost, "drouter (host)", {T, E}, f32);
-    s.drouter = mk(kActs, "drouter f32", {T, E}, f32);
-    s.drouter_c = mk(kActs, "drouter compute", {T, E}, c);
+    s.drouter_host = mk(kHost, "drouter (host)", {Tl, E}, f32);
+    s.drouter = mk(kActs, "drouter f32", {Tl, E}, f32);
+    s.drouter_c = mk(kActs, "drouter compute", {Tl, E}, c);
     if (sp.moe.shared_expert_gate) {
-      s.sg_host = mk(kHost, "shared gate (host)", {T}, f32);
-      s.ds = mk(kActs, "dshared scale", {T}, f32);
-      s.ds_host = mk(kHost, "dshared scale (host)", {T}, f32);
-      s.dsl_c = mk(kActs, "dshared gate logit", {T, 1}, c);
+      s.sg_host = mk(kHost, "shared gate (host)", {Tl}, f32);
+      s.ds = mk(kActs, "dshared scale", {Tl}, f32);
+      s.ds_host = mk(kHost, "dshared scale (host)", {Tl}, f32);
+      s.dsl_c = mk(kActs, "dshared gate logit", {Tl, 1}, c);
     }
+    s.moe_counts = mk(kHost, "moe counts", {d.Lm * E}, i64);
+    s.moe_stats = mk(kHost, "moe statistics", {E + 1}, f32);
   }
 }
 
@@ -313,16 +426,34 @@ MemoryPlan Decoder::memory_plan(const ModelSpec& spec, const DecoderOptions& opt
   mk.planning = true;
   mk.plan = &plan;
   Allocation unused;
-  enumerate_buffers(spec, opt, ParameterLayout(spec), mk, unused);
+  enumerate_buffers(spec, opt, ParameterLayout(spec, shard_of(opt)), mk, unused);
   return plan;
 }
 
 Decoder::Decoder(const ModelSpec& spec, const DecoderOptions& opt)
-    : spec_(spec), opt_(opt), layout_(spec) {
+    : spec_(spec), opt_(opt), layout_(spec, shard_of(opt)) {
   ORIGAMI_CHECK(opt.compute == DType::f32 || opt.compute == DType::bf16,
                 "decoder: compute dtype must be f32 or bf16, got ", dtype_name(opt.compute));
   ORIGAMI_CHECK(opt.batch >= 1 && opt.seq >= 1,
                 "decoder: batch and seq must be >= 1, got B=", opt.batch, " S=", opt.seq);
+  ORIGAMI_CHECK(opt.parallel.slots >= 1, "decoder: parallel.slots must be >= 1");
+  const Dims d = dims_of(spec_, opt_, layout_);
+  ORIGAMI_CHECK(
+      !(spec_.is_moe() && spec_.moe.aux_loss_coeff > 0 && (d.Lb != 0 || d.Le != spec_.layers)),
+      "decoder: the MoE load-balancing loss spans every layer; with pipeline stages it "
+      "is not supported yet (set model.moe.aux_loss_coeff to 0, or pp to 1)");
+  tp_ = d.tp;
+  tp_rank_ = layout_.shard().tp_rank;
+  sp_ = d.sp;
+  T_ = d.T;
+  Tl_ = d.Tl;
+  Lb_ = d.Lb;
+  Le_ = d.Le;
+  hq_ = d.Hq;
+  hkv_ = d.Dkv / spec_.head_dim;
+  ffn_ = d.F;
+  vocab_ = d.V;
+  vocab_offset_ = int64_t(tp_rank_) * d.V;
   plan_ = memory_plan(spec, opt);
   BufferMaker mk;
   mk.planning = false;
@@ -344,11 +475,12 @@ Decoder::Decoder(const ModelSpec& spec, const DecoderOptions& opt)
     adam_m_.zero();
     adam_v_.zero();
   }
-  acts_ = std::move(a.acts);
+  mbs_ = std::move(a.mbs);
+  shared_acts_ = std::move(a.shared_acts);
   s_ = std::make_unique<Scratch>(std::move(a.s));
 
   const ModelParamNames& names = layout_.names();
-  for (int64_t l = 0; l < spec_.layers; ++l) {
+  for (int64_t l = Lb_; l < Le_; ++l) {
     w_.push_back(layer_weights(compute_, names.layers[size_t(l)]));
     g_.push_back(layer_weights(grads_, names.layers[size_t(l)]));
   }
@@ -356,17 +488,18 @@ Decoder::Decoder(const ModelSpec& spec, const DecoderOptions& opt)
   for (int64_t l = 0; l < spec_.layers; ++l) moe_index_.push_back(spec_.is_moe_layer(l) ? m++ : -1);
   expert_counts_.assign(size_t(m), std::vector<int64_t>(size_t(spec_.moe.num_experts), 0));
   expert_bias_.assign(size_t(m), std::vector<float>(size_t(spec_.moe.num_experts), 0.0f));
-  aux_grad_.assign(size_t(spec_.moe.num_experts), 0.0);
   aux_prob_sums_.assign(size_t(spec_.moe.num_experts), 0.0);
 
   // Constant inputs: positions (t mod S), rope frequencies, ones.
-  const int64_t T = opt.batch * opt.seq;
+  const int64_t T = T_;
   Tensor pos = Tensor::empty({T}, DType::i64);
   for (int64_t t = 0; t < T; ++t) pos.data_as<int64_t>()[t] = t % opt.seq;
   s_->positions.copy_from(pos);
   s_->inv_freq.copy_from(ops::rope_inv_freq(spec_.rope));
   s_->ones.copy_from(Tensor::from_vector(std::vector<float>(size_t(T), 1.0f), {T}, opt.compute));
   if (!s_->dres_c.defined()) s_->dres_c = s_->dres;
+  if (!s_->dfull.defined()) s_->dfull = s_->dres_c;
+  if (!s_->dh_full.defined()) s_->dh_full = s_->dh;
   sync_compute_weights();
 }
 
@@ -374,8 +507,13 @@ Decoder::~Decoder() = default;
 
 void Decoder::print_plan(std::ostream& os, bool detail) const {
   os << "model: " << spec_.str() << ", " << layout_.parameter_count()
-     << " parameters, B=" << opt_.batch << " S=" << opt_.seq << " " << dtype_name(opt_.compute)
+     << (layout_.shard().whole() ? " parameters" : " parameters on this rank")
+     << ", B=" << opt_.batch << " S=" << opt_.seq << " " << dtype_name(opt_.compute)
      << (opt_.recompute ? " recompute" : "") << "\n";
+  if (!layout_.shard().whole())
+    os << "this rank: layers [" << Lb_ << ", " << Le_ << "), tp " << tp_rank_ << "/" << tp_
+       << (sp_ ? " sequence parallel" : "") << ", " << opt_.parallel.slots
+       << " microbatch slot(s)\n";
   plan_.print(os, "memory plan", detail);
 }
 
@@ -390,11 +528,11 @@ void Decoder::adamw_step(const ops::AdamWParams& p) {
 }
 
 const Tensor& Decoder::logits() const {
-  return s_->logits;
+  return mbs_[0]->logits;
 }
 
 LayerActivations& Decoder::acts_for(int64_t l) {
-  return acts_[opt_.recompute ? 0 : size_t(l)];
+  return opt_.recompute ? shared_acts_[0] : mb().acts[size_t(l - Lb_)];
 }
 
 void Decoder::update_expert_bias() {
@@ -430,53 +568,206 @@ void load_tokens(const Tensor& src, Tensor& host, Tensor& dev, const char* what)
 }
 }  // namespace
 
-LossInfo Decoder::forward(const Tensor& ids, const Tensor& targets) {
-  return run_forward(ids, targets);
+void Decoder::tp_gather_rows(const Tensor& local, Tensor& full) {
+  opt_.parallel.tp->all_gather(local, full);
 }
 
-LossInfo Decoder::run_forward(const Tensor& ids, const Tensor& targets) {
-  Scratch& s = *s_;
-  const int64_t L = spec_.layers;
-  load_tokens(ids, s.ids_host, s.ids, "ids");
-  load_tokens(targets, s.targets_host, s.targets, "targets");
-  const int64_t* tg = s.targets_host.data_as<int64_t>();
-  int64_t n_valid = 0;
-  for (int64_t t = 0; t < s.targets_host.numel(); ++t) n_valid += tg[t] != kIgnoreIndex ? 1 : 0;
-  step_tokens_ = n_valid;
+// partial [T,H]: this rank's share of a row-parallel output. Sequence parallel: its rows
+// [Tl,H] of the sum land in `local`; otherwise partial itself becomes the sum (local unused).
+void Decoder::tp_reduce_rows(Tensor& partial, Tensor& local) {
+  if (sp_)
+    opt_.parallel.tp->reduce_scatter(partial, local);
+  else
+    opt_.parallel.tp->all_reduce(partial);
+}
 
-  // x0 [T,H] = embed[ids]
-  ops::embedding_forward(compute_.get(layout_.names().embed), s.ids, s.xs[0]);
+// out [Tl,H] = x [Tl,H] + in [T,K] @ w [H,K]^T summed over TP (w: this rank's K columns). The
+// residual is folded into the reduction: each rank adds its own rows of x (without SP, rank 0
+// adds all of them), so the sum arrives complete.
+void Decoder::row_parallel_residual(const Tensor& in, const Tensor& w, const Tensor& x,
+                                    Tensor& out) {
+  if (tp_ == 1) {
+    out.copy_from(x);
+    linear(in, w, out, 1.0f);
+    return;
+  }
+  Scratch& s = *s_;
+  float beta = 0.0f;
+  if (sp_) {
+    s.partial.zero_();
+    s.partial.narrow(0, int64_t(tp_rank_) * Tl_, Tl_).copy_from(x);
+    beta = 1.0f;
+  } else if (tp_rank_ == 0) {
+    s.partial.copy_from(x);
+    beta = 1.0f;
+  }
+  linear(in, w, s.partial, beta);
+  if (sp_) {
+    opt_.parallel.tp->reduce_scatter(s.partial, out);
+  } else {
+    opt_.parallel.tp->all_reduce(s.partial);
+    out.copy_from(s.partial);
+  }
+}
+
+// The token count the z-loss mean divides by: every row of the batch over the ranks splitting it.
+int64_t Decoder::z_tokens() const {
+  const int64_t dp = opt_.parallel.dp ? opt_.parallel.dp->size() : 1;
+  return T_ * dp;
+}
+
+LossInfo Decoder::forward(const Tensor& ids, const Tensor& targets) {
+  ORIGAMI_CHECK(is_first_chunk() && is_last_chunk(),
+                "decoder: forward() runs the whole model; this rank holds a pipeline chunk");
+  return chunk_forward(0, ids, targets, Tensor());
+}
+
+LossInfo Decoder::forward_backward(const Tensor& ids, const Tensor& targets) {
+  LossInfo info = forward(ids, targets);
+  chunk_backward(0, Tensor());
+  return info;
+}
+
+const Tensor& Decoder::chunk_output(int slot) const {
+  return mbs_[size_t(slot)]->xs.back();
+}
+
+const Tensor& Decoder::chunk_input_grad() const {
+  return s_->dres;
+}
+
+LossInfo Decoder::chunk_forward(int slot, const Tensor& ids, const Tensor& targets,
+                                const Tensor& x_in) {
+  ORIGAMI_CHECK(slot >= 0 && slot < int(mbs_.size()), "decoder: slot ", slot, " of ", mbs_.size());
+  cur_ = slot;
+  Microbatch& b = mb();
+  Scratch& s = *s_;
+  const int64_t Lc = Le_ - Lb_;
   z_total_ = 0;
   for (double& p : aux_prob_sums_) p = 0;
-  for (int64_t l = 0; l < L; ++l) layer_forward(l, acts_for(l));
+  if (is_first_chunk()) {
+    load_tokens(ids, b.ids_host, b.ids, "ids");
+    // x0 [T,H] = embed[ids]; with TP each rank looks up its vocabulary rows and the parts add up.
+    const Tensor& emb = compute_.get(layout_.names().embed);
+    if (tp_ == 1) {
+      ops::embedding_forward(emb, b.ids, b.xs[0]);
+    } else {
+      ops::embedding_forward(emb, b.ids, s.partial, vocab_offset_, spec_.vocab);
+      tp_reduce_rows(s.partial, b.xs[0]);
+      if (!sp_) b.xs[0].copy_from(s.partial);
+    }
+  } else {
+    ORIGAMI_CHECK(x_in.defined() && x_in.numel() == b.xs[0].numel(),
+                  "decoder: chunk input must be [", Tl_, ",", spec_.hidden, "], got ",
+                  x_in.defined() ? x_in.str() : std::string("undefined"));
+    b.xs[0].copy_from(x_in.view(b.xs[0].shape()));
+  }
+  for (int64_t l = Lb_; l < Le_; ++l) layer_forward(l, acts_for(l));
+  (void)Lc;
+  if (!is_last_chunk()) {
+    // This chunk's z-loss over the whole batch (the caller adds the chunks' terms).
+    LossInfo li;
+    Communicator* tp = sp_ ? opt_.parallel.tp : nullptr;
+    Communicator* dp =
+        opt_.parallel.dp && opt_.parallel.dp->size() > 1 ? opt_.parallel.dp : nullptr;
+    if (z_total_ != 0 && (tp || dp)) {
+      Tensor z = s.moe_stats.narrow(0, spec_.moe.num_experts, 1);
+      z.data_as<float>()[0] = float(z_total_);
+      if (tp) tp->all_reduce(z);
+      if (dp) dp->all_reduce(z);
+      z_total_ = z.data_as<float>()[0];
+    }
+    li.z = z_total_;
+    li.loss = li.z;
+    return li;
+  }
 
-  // Head: hf [T,H] = rmsnorm(x_L); logits [T,V] = hf Wlm^T; per-row CE [T].
-  ops::rmsnorm_forward(s.xs[size_t(L)], compute_.get(layout_.names().final_norm),
-                       float(spec_.rms_eps), s.hf, s.rstd_f);
+  load_tokens(targets, b.targets_host, b.targets, "targets");
+  // Head: hf [T,H] = rmsnorm(x_L) (gathered over TP with SP); logits [T,V] = hf Wlm^T (this
+  // rank's vocabulary columns); per-row CE [T], reduced over the vocabulary shards.
+  const Tensor& wf = compute_.get(layout_.names().final_norm);
+  if (sp_) {
+    ops::rmsnorm_forward(b.xs.back(), wf, float(spec_.rms_eps), s.hn_local, b.rstd_f);
+    tp_gather_rows(s.hn_local, b.hf);
+  } else {
+    ops::rmsnorm_forward(b.xs.back(), wf, float(spec_.rms_eps), b.hf, b.rstd_f);
+  }
   const std::string& lm = spec_.tie_embeddings ? layout_.names().embed : layout_.names().lm_head;
-  linear(s.hf, compute_.get(lm), s.logits);
-  ops::cross_entropy_forward(s.logits, s.targets, kIgnoreIndex, s.ce_loss, s.ce_lse);
+  linear(b.hf, compute_.get(lm), b.logits);
+  if (tp_ == 1) {
+    ops::cross_entropy_forward(b.logits, b.targets, kIgnoreIndex, s.ce_loss, b.ce_lse);
+  } else {
+    Communicator& tp = *opt_.parallel.tp;
+    ops::ce_row_max(b.logits, s.ce_max);
+    tp.all_reduce(s.ce_max, ReduceOp::max);
+    ops::ce_sum_exp(b.logits, s.ce_max, s.ce_sum);
+    ops::ce_target_logit(b.logits, b.targets, vocab_offset_, s.ce_target);
+    tp.all_reduce(s.ce_sum);
+    tp.all_reduce(s.ce_target);
+    ops::ce_finish(s.ce_max, s.ce_sum, s.ce_target, b.targets, kIgnoreIndex, s.ce_loss, b.ce_lse);
+  }
+  return finish_loss(b);
+}
+
+// The loss of the microbatch from the per-row CE and the MoE statistics, summed over the ranks
+// that split the batch; also the MoE balancing-loss gradient backward will need.
+LossInfo Decoder::finish_loss(Microbatch& b) {
+  Scratch& s = *s_;
+  Communicator* dp = opt_.parallel.dp;
+  const int64_t* tg = b.targets_host.data_as<int64_t>();
+  int64_t n_valid = 0;
+  for (int64_t t = 0; t < T_; ++t) n_valid += tg[t] != kIgnoreIndex ? 1 : 0;
   s.ce_loss_host.copy_from(s.ce_loss);
   double ce = 0;
   const float* cl = s.ce_loss_host.data_as<float>();
-  for (int64_t t = 0; t < s.ce_loss_host.numel(); ++t) ce += cl[t];
+  for (int64_t t = 0; t < T_; ++t) ce += cl[t];
+  const int dp_size = dp ? dp->size() : 1;
+  if (dp_size > 1) {
+    s.valid.data_as<int64_t>()[0] = n_valid;
+    dp->all_reduce(s.valid);
+    n_valid = s.valid.data_as<int64_t>()[0];
+    Tensor ce_t = s.ce_loss_host.narrow(0, 0, 1);  // reuse one float of the host buffer
+    ce_t.data_as<float>()[0] = float(ce);
+    dp->all_reduce(ce_t);
+    ce = ce_t.data_as<float>()[0];
+  }
+  b.n_valid = n_valid;
   LossInfo info;
   info.tokens = n_valid;
   info.ce = n_valid > 0 ? ce / double(n_valid) : 0.0;
 
   // Load balancing over all MoE layers' router outputs concatenated (transformers'
-  // load_balancing_loss_func with attention_mask None): with N = T * L_moe rows,
-  //   aux = E * sum_e (C_e / N) * (P_e / N),  C_e = copies routed to e, P_e = sum of probs.
-  // Its gradient with respect to every aux_probs[t,e] is coeff * E * C_e / N^2.
-  const int64_t E = spec_.moe.num_experts, T = opt_.batch * opt_.seq;
+  // load_balancing_loss_func with attention_mask None): with N = T * L_moe rows of the whole
+  // batch,  aux = E * sum_e (C_e / N) * (P_e / N),  C_e = copies routed to e, P_e = sum of probs.
+  // Its gradient with respect to every aux_probs[t,e] is coeff * E * C_e / N^2. Counts, sums and
+  // the z-loss are summed over the ranks holding other rows of the batch.
+  const int64_t E = spec_.moe.num_experts;
   if (spec_.is_moe()) {
-    const double n_rows = double(T) * double(spec_.num_moe_layers());
+    Communicator* tp = sp_ ? opt_.parallel.tp : nullptr;
+    if (dp_size > 1 || tp) {
+      int64_t* cnt = s.moe_counts.data_as<int64_t>();
+      float* st = s.moe_stats.data_as<float>();
+      for (size_t m = 0; m < expert_counts_.size(); ++m)
+        for (int64_t e = 0; e < E; ++e) cnt[int64_t(m) * E + e] = expert_counts_[m][size_t(e)];
+      for (int64_t e = 0; e < E; ++e) st[e] = float(aux_prob_sums_[size_t(e)]);
+      st[E] = float(z_total_);
+      for (Communicator* c : {tp, dp_size > 1 ? dp : nullptr}) {
+        if (!c) continue;
+        c->all_reduce(s.moe_counts);
+        c->all_reduce(s.moe_stats);
+      }
+      for (size_t m = 0; m < expert_counts_.size(); ++m)
+        for (int64_t e = 0; e < E; ++e) expert_counts_[m][size_t(e)] = cnt[int64_t(m) * E + e];
+      for (int64_t e = 0; e < E; ++e) aux_prob_sums_[size_t(e)] = st[e];
+      z_total_ = st[E];
+    }
+    const double n_rows = double(T_) * double(dp_size) * double(spec_.num_moe_layers());
     double aux = 0;
     for (int64_t e = 0; e < E; ++e) {
       double c = 0;
       for (const std::vector<int64_t>& layer : expert_counts_) c += double(layer[size_t(e)]);
       aux += c * aux_prob_sums_[size_t(e)];
-      aux_grad_[size_t(e)] = spec_.moe.aux_loss_coeff * double(E) * c / (n_rows * n_rows);
+      b.aux_grad[size_t(e)] = spec_.moe.aux_loss_coeff * double(E) * c / (n_rows * n_rows);
     }
     info.aux = aux * double(E) / (n_rows * n_rows);
   }
@@ -485,26 +776,36 @@ LossInfo Decoder::run_forward(const Tensor& ids, const Tensor& targets) {
   return info;
 }
 
-LossInfo Decoder::forward_backward(const Tensor& ids, const Tensor& targets) {
-  LossInfo info = run_forward(ids, targets);
+void Decoder::chunk_backward(int slot, const Tensor& dx_in) {
+  ORIGAMI_CHECK(slot >= 0 && slot < int(mbs_.size()), "decoder: slot ", slot, " of ", mbs_.size());
+  cur_ = slot;
+  Microbatch& b = mb();
   Scratch& s = *s_;
-  const int64_t L = spec_.layers;
   const ModelParamNames& names = layout_.names();
-  const std::string& lm = spec_.tie_embeddings ? names.embed : names.lm_head;
 
-  // Head backward. dlogits [T,V] = (softmax - onehot) / n_valid
-  const float scale = step_tokens_ > 0 ? 1.0f / float(step_tokens_) : 0.0f;
-  ops::cross_entropy_backward(s.logits, s.targets, s.ce_lse, kIgnoreIndex, scale, s.dlogits);
-  // dhf [T,H] = dlogits @ Wlm;  dWlm [V,H] += dlogits^T @ hf
-  linear_dx(s.dlogits, compute_.get(lm), s.dh);
-  linear_dw(s.dlogits, s.hf, grads_.get(lm));
-  // dx_L [T,H] through the final norm; dres (f32) carries the residual gradient downwards.
-  Tensor dw_final = grads_.get(names.final_norm);
-  ops::rmsnorm_backward(s.xs[size_t(L)], compute_.get(names.final_norm), s.rstd_f, s.dh, s.dx,
-                        dw_final);
-  s.dres.copy_from(s.dx);
+  if (is_last_chunk()) {
+    const std::string& lm = spec_.tie_embeddings ? names.embed : names.lm_head;
+    // Head backward. dlogits [T,V] = (softmax - onehot) / n_valid (of the whole batch)
+    const float scale = b.n_valid > 0 ? 1.0f / float(b.n_valid) : 0.0f;
+    ops::cross_entropy_backward(b.logits, b.targets, b.ce_lse, kIgnoreIndex, scale, s.dlogits,
+                                vocab_offset_);
+    // dhf [T,H] = dlogits @ Wlm (partial over the vocabulary shards);  dWlm += dlogits^T @ hf
+    linear_dx(s.dlogits, compute_.get(lm), s.dh_full);
+    linear_dw(s.dlogits, b.hf, grads_.get(lm));
+    if (tp_ > 1) tp_reduce_rows(s.dh_full, s.dh);
+    // dx_L through the final norm; dres (f32) carries the residual gradient downwards.
+    Tensor dw_final = grads_.get(names.final_norm);
+    ops::rmsnorm_backward(b.xs.back(), compute_.get(names.final_norm), b.rstd_f, s.dh, s.dx,
+                          dw_final);
+    s.dres.copy_from(s.dx);
+  } else {
+    ORIGAMI_CHECK(dx_in.defined() && dx_in.numel() == s.dres.numel(),
+                  "decoder: chunk output gradient must be [", Tl_, ",", spec_.hidden, "], got ",
+                  dx_in.defined() ? dx_in.str() : std::string("undefined"));
+    s.dres.copy_from(dx_in.view(s.dres.shape()));
+  }
 
-  for (int64_t l = L - 1; l >= 0; --l) {
+  for (int64_t l = Le_ - 1; l >= Lb_; --l) {
     LayerActivations& a = acts_for(l);
     if (opt_.recompute) {  // re-run the layer forward from its saved input
       recomputing_ = true;
@@ -513,10 +814,16 @@ LossInfo Decoder::forward_backward(const Tensor& ids, const Tensor& targets) {
     }
     layer_backward(l, a);
   }
-  // dembed [V,H] += rows of dres by id
-  Tensor dembed = grads_.get(names.embed);
-  ops::embedding_backward(s.ids, s.dres, dembed);
-  return info;
+  if (is_first_chunk()) {
+    // dembed [V,H] += rows of dres by id (this rank's vocabulary rows; all T rows needed)
+    Tensor dembed = grads_.get(names.embed);
+    if (sp_) {
+      tp_gather_rows(s.dres, s.dres_full);
+      ops::embedding_backward(b.ids, s.dres_full, dembed, vocab_offset_, spec_.vocab);
+    } else {
+      ops::embedding_backward(b.ids, s.dres, dembed, vocab_offset_, spec_.vocab);
+    }
+  }
 }
 
 // ---- one layer -------------------------------------------------------------------------------
@@ -529,11 +836,12 @@ void Decoder::layer_forward(int64_t l, LayerActivations& a) {
     mlp_forward(l, a);
 }
 
-// dres holds d loss / d x_{l+1} on entry and d loss / d x_l on exit (f32 [T,H]).
+// dres holds d loss / d x_{l+1} on entry and d loss / d x_l on exit (f32 [Tl,H]).
 void Decoder::layer_backward(int64_t l, LayerActivations& a) {
   Scratch& s = *s_;
-  const LayerWeights& w = w_[size_t(l)];
-  LayerWeights& g = g_[size_t(l)];
+  Microbatch& b = mb();
+  const LayerWeights& w = w_[size_t(l - Lb_)];
+  LayerWeights& g = g_[size_t(l - Lb_)];
   // x_{l+1} = x_mid + mlp(rmsnorm(x_mid)):  dh = d mlp input, then through the norm.
   if (s.dres_c.data() != s.dres.data()) s.dres_c.copy_from(s.dres);
   if (spec_.is_moe_layer(l))
@@ -544,7 +852,7 @@ void Decoder::layer_backward(int64_t l, LayerActivations& a) {
   ops::axpy_(s.dres, s.dx);  // dres = d loss / d x_mid
   if (s.dres_c.data() != s.dres.data()) s.dres_c.copy_from(s.dres);
   attention_backward(l, a);
-  ops::rmsnorm_backward(s.xs[size_t(l)], w.ln1, a.rstd1, s.dh, s.dx, g.ln1);
+  ops::rmsnorm_backward(b.xs[size_t(l - Lb_)], w.ln1, a.rstd1, s.dh, s.dx, g.ln1);
   ops::axpy_(s.dres, s.dx);  // dres = d loss / d x_l
 }
 
@@ -552,12 +860,17 @@ void Decoder::layer_backward(int64_t l, LayerActivations& a) {
 
 void Decoder::attention_forward(int64_t l, LayerActivations& a) {
   Scratch& s = *s_;
-  const LayerWeights& w = w_[size_t(l)];
-  const int64_t B = opt_.batch, S = opt_.seq, T = B * S, D = spec_.head_dim;
-  const int64_t Hq = spec_.heads, Hkv = spec_.kv_heads;
-  const Tensor& x = s.xs[size_t(l)];
-  // hn1 [T,H] = rmsnorm(x)
-  ops::rmsnorm_forward(x, w.ln1, float(spec_.rms_eps), a.hn1, a.rstd1);
+  const LayerWeights& w = w_[size_t(l - Lb_)];
+  const int64_t B = opt_.batch, S = opt_.seq, T = T_, D = spec_.head_dim;
+  const int64_t Hq = hq_, Hkv = hkv_;  // this rank's heads
+  const Tensor& x = mb().xs[size_t(l - Lb_)];
+  // hn1 [T,H] = rmsnorm(x) (norm of this rank's rows, then gathered with SP)
+  if (sp_) {
+    ops::rmsnorm_forward(x, w.ln1, float(spec_.rms_eps), s.hn_local, a.rstd1);
+    tp_gather_rows(s.hn_local, a.hn1);
+  } else {
+    ops::rmsnorm_forward(x, w.ln1, float(spec_.rms_eps), a.hn1, a.rstd1);
+  }
   // q [T,Hq*D], k, v [T,Hkv*D] = hn1 W^T (+ b)
   linear(a.hn1, w.wq, a.q);
   linear(a.hn1, w.wk, a.k);
@@ -577,21 +890,21 @@ void Decoder::attention_forward(int64_t l, LayerActivations& a) {
   Tensor attn4 = a.attn.view({B, S, Hq, D});
   ops::attention_forward(a.q.view({B, S, Hq, D}), a.k.view({B, S, Hkv, D}),
                          a.v.view({B, S, Hkv, D}), p, attn4, a.lse);
-  // x_mid [T,H] = x + attn Wo^T
-  a.x_mid.copy_from(x);
-  linear(a.attn, w.wo, a.x_mid, 1.0f);
+  // x_mid [Tl,H] = x + attn Wo^T (summed over TP)
+  row_parallel_residual(a.attn, w.wo, x, a.x_mid);
 }
 
-// In: dres_c = d loss / d x_mid (compute dtype). Out: dh = d loss / d hn1.
+// In: dres_c = d loss / d x_mid (compute dtype). Out: dh = d loss / d hn1 (this rank's rows).
 void Decoder::attention_backward(int64_t l, LayerActivations& a) {
   Scratch& s = *s_;
-  const LayerWeights& w = w_[size_t(l)];
-  LayerWeights& g = g_[size_t(l)];
-  const int64_t B = opt_.batch, S = opt_.seq, T = B * S, D = spec_.head_dim;
-  const int64_t Hq = spec_.heads, Hkv = spec_.kv_heads;
+  const LayerWeights& w = w_[size_t(l - Lb_)];
+  LayerWeights& g = g_[size_t(l - Lb_)];
+  const int64_t B = opt_.batch, S = opt_.seq, T = T_, D = spec_.head_dim;
+  const int64_t Hq = hq_, Hkv = hkv_;
+  if (sp_) tp_gather_rows(s.dres_c, s.dfull);  // dfull [T,H] (else dfull is dres_c)
   // dattn [T,Hq*D] = dx_mid @ Wo;  dWo [H,Hq*D] += dx_mid^T @ attn
-  linear_dx(s.dres_c, w.wo, s.dattn);
-  linear_dw(s.dres_c, a.attn, g.wo);
+  linear_dx(s.dfull, w.wo, s.dattn);
+  linear_dw(s.dfull, a.attn, g.wo);
   // dq [B,S,Hq,D], dk, dv [B,S,Hkv,D]
   ops::AttentionParams p;
   p.window = spec_.sliding_window > 0 ? spec_.sliding_window + 1 : -1;  // ops: i - j < window
@@ -613,45 +926,52 @@ void Decoder::attention_backward(int64_t l, LayerActivations& a) {
     bias_grad(s.ones, s.dk, g.bk);
     bias_grad(s.ones, s.dv, g.bv);
   }
-  linear_dx(s.dq, w.wq, s.dh);
-  linear_dx(s.dk, w.wk, s.dh, 1.0f);
-  linear_dx(s.dv, w.wv, s.dh, 1.0f);
+  linear_dx(s.dq, w.wq, s.dh_full);
+  linear_dx(s.dk, w.wk, s.dh_full, 1.0f);
+  linear_dx(s.dv, w.wv, s.dh_full, 1.0f);
+  if (tp_ > 1) tp_reduce_rows(s.dh_full, s.dh);  // sum of the heads' parts
 }
 
 // ---- dense SwiGLU MLP ------------------------------------------------------------------------
 
 void Decoder::mlp_forward(int64_t l, LayerActivations& a) {
   Scratch& s = *s_;
-  const LayerWeights& w = w_[size_t(l)];
-  Tensor& out = s.xs[size_t(l + 1)];
-  // hn2 [T,H] = rmsnorm(x_mid)
-  ops::rmsnorm_forward(a.x_mid, w.ln2, float(spec_.rms_eps), a.hn2, a.rstd2);
-  // gate, up [T,F] = hn2 W^T;  act [T,F] = silu(gate) * up
+  const LayerWeights& w = w_[size_t(l - Lb_)];
+  Tensor& out = mb().xs[size_t(l - Lb_ + 1)];
+  // hn2 [T,H] = rmsnorm(x_mid) (gathered with SP)
+  if (sp_) {
+    ops::rmsnorm_forward(a.x_mid, w.ln2, float(spec_.rms_eps), s.hn_local, a.rstd2);
+    tp_gather_rows(s.hn_local, a.hn2);
+  } else {
+    ops::rmsnorm_forward(a.x_mid, w.ln2, float(spec_.rms_eps), a.hn2, a.rstd2);
+  }
+  // gate, up [T,F] = hn2 W^T;  act [T,F] = silu(gate) * up  (this rank's F/tp columns)
   linear(a.hn2, w.gate, a.gate);
   linear(a.hn2, w.up, a.up);
   ops::swiglu_forward(a.gate, a.up, a.act);
-  // x_{l+1} [T,H] = x_mid + act Wdown^T
-  out.copy_from(a.x_mid);
-  linear(a.act, w.down, out, 1.0f);
+  // x_{l+1} [Tl,H] = x_mid + act Wdown^T (summed over TP)
+  row_parallel_residual(a.act, w.down, a.x_mid, out);
 }
 
 // In: dres_c = d loss / d x_{l+1}. Out: dh = d loss / d hn2.
 void Decoder::mlp_backward(int64_t l, LayerActivations& a) {
   Scratch& s = *s_;
-  const LayerWeights& w = w_[size_t(l)];
-  LayerWeights& g = g_[size_t(l)];
-  const int64_t T = opt_.batch * opt_.seq, F = spec_.ffn;
+  const LayerWeights& w = w_[size_t(l - Lb_)];
+  LayerWeights& g = g_[size_t(l - Lb_)];
+  const int64_t T = T_, F = ffn_;
   Tensor dact = front(s.dact, T, F), dgate = front(s.dgate, T, F), dup = front(s.dup, T, F);
+  if (sp_) tp_gather_rows(s.dres_c, s.dfull);  // dfull [T,H] (else dfull is dres_c)
   // dact [T,F] = dout @ Wdown;  dWdown [H,F] += dout^T @ act
-  linear_dx(s.dres_c, w.down, dact);
-  linear_dw(s.dres_c, a.act, g.down);
+  linear_dx(s.dfull, w.down, dact);
+  linear_dw(s.dfull, a.act, g.down);
   // dgate, dup [T,F]
   ops::swiglu_backward(a.gate, a.up, dact, dgate, dup);
   // dWgate, dWup [F,H] += d^T @ hn2;  dh [T,H] = dgate Wgate + dup Wup
   linear_dw(dgate, a.hn2, g.gate);
   linear_dw(dup, a.hn2, g.up);
-  linear_dx(dgate, w.gate, s.dh);
-  linear_dx(dup, w.up, s.dh, 1.0f);
+  linear_dx(dgate, w.gate, s.dh_full);
+  linear_dx(dup, w.up, s.dh_full, 1.0f);
+  if (tp_ > 1) tp_reduce_rows(s.dh_full, s.dh);
 }
 
 // ---- MoE block
@@ -659,19 +979,20 @@ void Decoder::mlp_backward(int64_t l, LayerActivations& a) {
 
 void Decoder::moe_forward(int64_t l, LayerActivations& a) {
   Scratch& s = *s_;
-  const LayerWeights& w = w_[size_t(l)];
-  const int64_t T = opt_.batch * opt_.seq, E = spec_.moe.num_experts;
+  const LayerWeights& w = w_[size_t(l - Lb_)];
+  const int64_t T = Tl_, E = spec_.moe.num_experts;  // the MoE block runs on this rank's rows
   const int64_t m = moe_index_[size_t(l)];
-  Tensor& out = s.xs[size_t(l + 1)];
-  // hn2 [T,H] = rmsnorm(x_mid)
-  ops::rmsnorm_forward(a.x_mid, w.ln2, float(spec_.rms_eps), a.hn2, a.rstd2);
+  Tensor& out = mb().xs[size_t(l - Lb_ + 1)];
+  // hn2 [Tl,H] = rmsnorm(x_mid)
+  Tensor hn2 = rows_of(a.hn2, T);
+  ops::rmsnorm_forward(a.x_mid, w.ln2, float(spec_.rms_eps), hn2, a.rstd2);
 
   // Route. router_logits [T,E] f32 = hn2 Wr^T; the routing itself runs on the host.
-  linear(a.hn2, w.router, a.router_logits);
+  linear(hn2, w.router, a.router_logits);
   RouterBuffers& r = a.router;
   r.logits.copy_from(a.router_logits);
   const float* bias = spec_.moe.expert_bias ? expert_bias_[size_t(m)].data() : nullptr;
-  const double z = route_forward(spec_.moe, T, bias, r);
+  const double z = route_forward(spec_.moe, T, bias, r, z_tokens());
   if (!recomputing_) {
     z_total_ += z;
     const int64_t* counts = r.counts.data_as<int64_t>();
@@ -691,7 +1012,7 @@ void Decoder::moe_forward(int64_t l, LayerActivations& a) {
     pw.copy_from(rows_of(r.perm_weight, N));
     Tensor xg = rows_of(a.xg, N), eg = rows_of(a.eg, N), eu = rows_of(a.eu, N),
            ea = rows_of(a.ea, N), y = rows_of(s.y, N);
-    ops::gather_rows(a.hn2, tok, xg);
+    ops::gather_rows(hn2, tok, xg);
     // Experts: eg, eu [N,Fe] = xg W[e]^T;  ea = silu(eg) * eu * prob;  y [N,H] = ea Wdown[e]^T
     ops::grouped_gemm(xg, w.e_gate, rows, eg, true);
     ops::grouped_gemm(xg, w.e_up, rows, eu, true);
@@ -703,11 +1024,11 @@ void Decoder::moe_forward(int64_t l, LayerActivations& a) {
 
   if (w.s_gate.defined()) {
     // Shared expert: x_{l+1} += sigmoid(hn2 . wg) * (silu(hn2 Wg^T) * hn2 Wu^T) Wd^T
-    linear(a.hn2, w.s_gate, a.s_gate);
-    linear(a.hn2, w.s_up, a.s_up);
+    linear(hn2, w.s_gate, a.s_gate);
+    linear(hn2, w.s_up, a.s_up);
     Tensor scale;
     if (w.s_expert_gate.defined()) {
-      linear(a.hn2, w.s_expert_gate, a.sg_logit);  // [T,1] f32
+      linear(hn2, w.s_expert_gate, a.sg_logit);  // [T,1] f32
       s.sg_host.copy_from(a.sg_logit.view({T}));
       float* sg = s.sg_host.data_as<float>();
       for (int64_t t = 0; t < T; ++t) sg[t] = float(1.0 / (1.0 + std::exp(-double(sg[t]))));
@@ -722,9 +1043,10 @@ void Decoder::moe_forward(int64_t l, LayerActivations& a) {
 // In: dres_c = d loss / d x_{l+1}. Out: dh = d loss / d hn2 (experts, router, shared expert).
 void Decoder::moe_backward(int64_t l, LayerActivations& a) {
   Scratch& s = *s_;
-  const LayerWeights& w = w_[size_t(l)];
-  LayerWeights& g = g_[size_t(l)];
-  const int64_t T = opt_.batch * opt_.seq, E = spec_.moe.num_experts;
+  const LayerWeights& w = w_[size_t(l - Lb_)];
+  LayerWeights& g = g_[size_t(l - Lb_)];
+  const int64_t T = Tl_, E = spec_.moe.num_experts;  // this rank's rows
+  const Tensor hn2 = rows_of(a.hn2, T);
   const RouterBuffers& r = a.router;
   const int64_t N = r.rows;
   const std::span<const int64_t> rows(r.group_rows.data_as<int64_t>(), size_t(E));
@@ -753,8 +1075,8 @@ void Decoder::moe_backward(int64_t l, LayerActivations& a) {
 
   // Router: dlogits [T,E] from the routing weights, the balancing loss and the z-loss.
   route_backward(spec_.moe, T, r, s.drow_host.data_as<float>(),
-                 spec_.moe.aux_loss_coeff > 0 ? aux_grad_.data() : nullptr,
-                 s.drouter_host.data_as<float>());
+                 spec_.moe.aux_loss_coeff > 0 ? mb().aux_grad.data() : nullptr,
+                 s.drouter_host.data_as<float>(), z_tokens());
   s.drouter.copy_from(s.drouter_host);
   Tensor dl = s.drouter;
   if (opt_.compute != DType::f32) {
@@ -762,7 +1084,7 @@ void Decoder::moe_backward(int64_t l, LayerActivations& a) {
     dl = s.drouter_c;
   }
   // dWr [E,H] += dl^T hn2;  dh += dl Wr
-  linear_dw(dl, a.hn2, g.router);
+  linear_dw(dl, hn2, g.router);
   linear_dx(dl, w.router, s.dh, 1.0f);
 
   if (w.s_gate.defined()) {
@@ -775,8 +1097,8 @@ void Decoder::moe_backward(int64_t l, LayerActivations& a) {
       ops::swiglu_backward(a.s_gate, a.s_up, dact, dgate, dup, a.s_scale, s.ds);
     else
       ops::swiglu_backward(a.s_gate, a.s_up, dact, dgate, dup);
-    linear_dw(dgate, a.hn2, g.s_gate);
-    linear_dw(dup, a.hn2, g.s_up);
+    linear_dw(dgate, hn2, g.s_gate);
+    linear_dw(dup, hn2, g.s_up);
     linear_dx(dgate, w.s_gate, s.dh, 1.0f);
     linear_dx(dup, w.s_up, s.dh, 1.0f);
     if (w.s_expert_gate.defined()) {
@@ -789,7 +1111,7 @@ void Decoder::moe_backward(int64_t l, LayerActivations& a) {
       s.ds.copy_from(s.ds_host);
       s.dsl_c.view({T}).copy_from(s.ds);
       // dwg [1,H] += dlogit^T hn2;  dh += dlogit wg
-      linear_dw(s.dsl_c, a.hn2, g.s_expert_gate);
+      linear_dw(s.dsl_c, hn2, g.s_expert_gate);
       linear_dx(s.dsl_c, w.s_expert_gate, s.dh, 1.0f);
     }
   }

@@ -12,6 +12,22 @@
 // host router buffers) is computed from the spec and the batch shape before anything runs; every
 // buffer comes from an Arena of exactly that size, so a training step allocates no tensor memory.
 // With recompute, only each layer's input is kept and the layer forward is run again in backward.
+//
+// Parallel (DecoderParallel): one Decoder is one rank's part of the model -- its tensor-parallel
+// slice (models/parameters.h ShardSpec) of one pipeline chunk of layers. Inside a layer, with TP
+// ranks t = 0..tp-1 (Megatron-style):
+//   attention:  hn1 -> q,k,v of this rank's heads (column parallel) -> attention -> partial
+//               o-projection (row parallel) -> sum over TP
+//   MLP:        hn2 -> gate, up columns F/tp -> SwiGLU -> partial down projection -> sum over TP
+//   embedding:  rows of this rank's vocabulary slice (others zero) -> sum over TP
+//   head:       logits of this rank's vocabulary slice, cross-entropy reduced over TP
+// Without sequence parallelism every TP rank holds the whole residual stream [T,H] and the sums
+// are all-reduces. With it, rank t holds rows [t*T/tp, (t+1)*T/tp) of the stream (norms and
+// residual adds on those rows only); a TP region starts with an all-gather of the rows and ends
+// with a reduce-scatter (in backward: the reverse). MoE blocks run on the rows this rank holds,
+// with the expert weights replicated over TP.
+// Loss: mean cross-entropy over the valid targets of the whole batch, counted over the
+// data-parallel group, so that gradients SUM over data-parallel ranks to the single-rank ones.
 #pragma once
 
 #include <cstdint>
@@ -25,7 +41,21 @@
 #include "runtime/arena.h"
 #include "runtime/tensor.h"
 
+namespace origami {
+class Communicator;
+}
+
 namespace origami::models {
+
+struct DecoderParallel {
+  Communicator* tp = nullptr;  // tensor-parallel group (null: no TP)
+  // The ranks that split the batch (data parallel, later also context parallel): token counts
+  // and MoE statistics are summed over it (null: this rank holds the whole batch).
+  Communicator* dp = nullptr;
+  bool sequence_parallel = false;
+  int64_t layer_begin = 0, layer_end = -1;  // this chunk's layers (-1: to the last)
+  int slots = 1;  // microbatches whose activations are held at once (pipeline schedules)
+};
 
 struct DecoderOptions {
   int64_t batch = 1;           // B
@@ -34,6 +64,7 @@ struct DecoderOptions {
   Device device = Device::cpu();
   bool recompute = false;       // full-layer activation recomputation
   bool optimizer_state = true;  // plan and allocate AdamW m, v
+  DecoderParallel parallel;
 };
 
 // The parts of the loss of one step (all means as in Hugging Face's CausalLM loss).
@@ -47,6 +78,7 @@ struct LossInfo {
 
 struct LayerWeights;
 struct LayerActivations;
+struct Microbatch;
 struct Scratch;
 
 class Decoder {
@@ -70,13 +102,35 @@ class Decoder {
   ParameterBuffer& grads() { return grads_; }    // f32 gradients (accumulated by backward)
   ParameterBuffer& optimizer_m() { return adam_m_; }
   ParameterBuffer& optimizer_v() { return adam_v_; }
+  // The compute copy's flat buffer (bf16), or an undefined tensor in f32 (the master is used).
+  Tensor compute_flat() const { return opt_.compute == DType::f32 ? Tensor() : compute_.flat(); }
   // Refreshes the bf16 compute copy from the master weights (no-op in f32, where they alias).
   void sync_compute_weights();
 
+  // Whole model (one chunk holding every layer):
   // ids, targets: [B,S] i32/i64 on any device (targets kIgnoreIndex are not counted).
   LossInfo forward(const Tensor& ids, const Tensor& targets);
   // forward, then backward: gradients of LossInfo::loss are ADDED to grads() (zero them first).
   LossInfo forward_backward(const Tensor& ids, const Tensor& targets);
+
+  // ---- pipeline chunk interface ---------------------------------------------------------------
+  bool is_first_chunk() const {
+    return layout_.has_embedding() && !layout_.entries().empty() && layout_.layer_begin() == 0;
+  }
+  bool is_last_chunk() const { return layout_.has_head(); }
+  // Forward of one microbatch into activation slot `slot` (< parallel.slots). The first chunk
+  // reads ids [B,S]; the others read x_in [T_local,H] (compute dtype), the previous chunk's
+  // output. The last chunk reads targets [B,S] and returns the loss (zeros elsewhere).
+  LossInfo chunk_forward(int slot, const Tensor& ids, const Tensor& targets, const Tensor& x_in);
+  // The chunk's output for the slot [T_local,H] (compute dtype; not for the last chunk).
+  const Tensor& chunk_output(int slot) const;
+  // Backward of the slot's microbatch. dx_in = d loss / d chunk_output [T_local,H] (f32 or the
+  // compute dtype; ignored by the last chunk). Gradients are ADDED to grads().
+  void chunk_backward(int slot, const Tensor& dx_in);
+  // After chunk_backward: d loss / d x_in [T_local,H] f32 (the first chunk's is the embedding's).
+  const Tensor& chunk_input_grad() const;
+  // Rows of the residual stream this rank holds: B*S, or B*S/tp with sequence parallelism.
+  int64_t local_tokens() const { return Tl_; }
   // AdamW over all parameters at once (one flat tensor), then the compute copy is refreshed.
   void adamw_step(const ops::AdamWParams& p);
 
@@ -89,8 +143,13 @@ class Decoder {
   std::vector<float>& expert_bias(int64_t moe_layer) { return expert_bias_[size_t(moe_layer)]; }
 
  private:
-  void build(bool planning, MemoryPlan* plan);
-  LossInfo run_forward(const Tensor& ids, const Tensor& targets);
+  LossInfo finish_loss(Microbatch& b);
+  // TP region boundaries on the residual rows (see the header comment).
+  void tp_gather_rows(const Tensor& local, Tensor& full);
+  void tp_reduce_rows(Tensor& partial, Tensor& local);
+  void row_parallel_residual(const Tensor& in, const Tensor& w, const Tensor& x, Tensor& out);
+  int64_t z_tokens() const;
+  Microbatch& mb() { return *mbs_[size_t(cur_)]; }
   void layer_forward(int64_t l, LayerActivations& a);
   void layer_backward(int64_t l, LayerActivations& a);
   void attention_forward(int64_t l, LayerActivations& a);
@@ -107,16 +166,22 @@ class Decoder {
   MemoryPlan plan_;
   std::vector<std::unique_ptr<Arena>> arenas_;
   ParameterBuffer master_, grads_, compute_, adam_m_, adam_v_;
-  std::vector<LayerWeights> w_, g_;  // compute weights, f32 gradients: views per layer
-  std::vector<LayerActivations> acts_;
+  std::vector<LayerWeights> w_, g_;               // compute weights, f32 gradients: views per layer
+  std::vector<std::unique_ptr<Microbatch>> mbs_;  // one per slot
+  std::vector<LayerActivations> shared_acts_;     // the one set reused with recompute
   std::unique_ptr<Scratch> s_;
-  std::vector<int64_t> moe_index_;  // layer -> MoE layer index (-1 for dense)
+  int cur_ = 0;                           // the slot being run
+  int tp_ = 1, tp_rank_ = 0;              // tensor-parallel size and rank
+  bool sp_ = false;                       // sequence parallel (with tp_ > 1)
+  int64_t T_ = 0, Tl_ = 0;                // rows of a microbatch: all, this rank's residual rows
+  int64_t Lb_ = 0, Le_ = 0;               // this chunk's layers [Lb_, Le_)
+  int64_t hq_ = 0, hkv_ = 0, ffn_ = 0;    // this rank's query heads, KV heads, MLP width
+  int64_t vocab_ = 0, vocab_offset_ = 0;  // this rank's vocabulary rows
+  std::vector<int64_t> moe_index_;        // layer -> MoE layer index (-1 for dense)
   std::vector<std::vector<int64_t>> expert_counts_;
   std::vector<std::vector<float>> expert_bias_;
-  std::vector<double> aux_grad_;       // [E] d loss / d aux_probs, from the forward's counts
   std::vector<double> aux_prob_sums_;  // [E] sum over MoE layers and tokens of aux_probs
   bool recomputing_ = false;           // layer forward re-run inside backward
-  int64_t step_tokens_ = 0;
   double z_total_ = 0;
 };
 

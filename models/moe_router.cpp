@@ -21,7 +21,9 @@ int64_t router_max_rows(const MoeSpec& moe, int64_t tokens) {
   return dropless;
 }
 
-double route_forward(const MoeSpec& moe, int64_t T, const float* expert_bias, RouterBuffers& b) {
+double route_forward(const MoeSpec& moe, int64_t T, const float* expert_bias, RouterBuffers& b,
+                     int64_t z_tokens) {
+  const double z_den = double(z_tokens > 0 ? z_tokens : T);
   const int64_t E = moe.num_experts, k = moe.top_k;
   const float* logits = b.logits.data_as<float>();
   float* probs = b.probs.data_as<float>();
@@ -126,11 +128,12 @@ double route_forward(const MoeSpec& moe, int64_t T, const float* expert_bias, Ro
     perm_weight[r] = weight[i];
   }
   b.rows = n_rows;
-  return moe.z_loss_coeff > 0 ? moe.z_loss_coeff * zsum / double(T) : 0.0;
+  return moe.z_loss_coeff > 0 ? moe.z_loss_coeff * zsum / z_den : 0.0;
 }
 
 void route_backward(const MoeSpec& moe, int64_t T, const RouterBuffers& b, const float* drow,
-                    const double* aux_grad, float* dlogits) {
+                    const double* aux_grad, float* dlogits, int64_t z_tokens) {
+  const double z_den = double(z_tokens > 0 ? z_tokens : T);
   const int64_t E = moe.num_experts, k = moe.top_k;
   const float* logits = b.logits.data_as<float>();
   const float* probs = b.probs.data_as<float>();
@@ -187,7 +190,7 @@ void route_backward(const MoeSpec& moe, int64_t T, const RouterBuffers& b, const
     }
     // z-loss: coeff * mean_t lse_t^2  ->  2 coeff lse_t / T * softmax(logits_t).
     if (moe.z_loss_coeff > 0) {
-      const double c = 2.0 * moe.z_loss_coeff * lse[t] / double(T);
+      const double c = 2.0 * moe.z_loss_coeff * lse[t] / z_den;
       for (int64_t e = 0; e < E; ++e)
         dl[e] += float(c * std::exp(double(logits[t * E + e]) - double(lse[t])));
     }

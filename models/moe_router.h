@@ -41,14 +41,16 @@ int64_t router_capacity(const MoeSpec& moe, int64_t tokens);  // 0 when dropless
 int64_t router_max_rows(const MoeSpec& moe, int64_t tokens);
 
 // Fills every forward result from b.logits. expert_bias [E] (or nullptr) shifts selection only.
-// Returns the z-loss term z_loss_coeff * mean_t(lse_t^2) (0 when the coefficient is 0).
-double route_forward(const MoeSpec& moe, int64_t tokens, const float* expert_bias,
-                     RouterBuffers& b);
+// Returns the z-loss term z_loss_coeff * mean_t(lse_t^2) (0 when the coefficient is 0). The mean
+// divides by z_tokens (0: `tokens`): when a batch is split over ranks, pass the whole batch's
+// token count and the ranks' terms add up to the whole batch's.
+double route_forward(const MoeSpec& moe, int64_t tokens, const float* expert_bias, RouterBuffers& b,
+                     int64_t z_tokens = 0);
 
 // dlogits [T,E] (written) from: drow [N] = d loss / d perm_weight (the row scale of every
 // permuted row), aux_grad [E] = d loss / d aux_probs[t,e] (the same for every token; nullptr for
-// none), and the z-loss.
+// none), and the z-loss (mean over z_tokens as in route_forward).
 void route_backward(const MoeSpec& moe, int64_t tokens, const RouterBuffers& b, const float* drow,
-                    const double* aux_grad, float* dlogits);
+                    const double* aux_grad, float* dlogits, int64_t z_tokens = 0);
 
 }  // namespace origami::models

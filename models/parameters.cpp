@@ -1,6 +1,7 @@
 #include "models/parameters.h"
 
 #include <cmath>
+#include <vector>
 
 #include "runtime/error.h"
 
@@ -51,27 +52,57 @@ ModelParamNames param_names(const ModelSpec& s) {
   return n;
 }
 
-ParameterLayout::ParameterLayout(const ModelSpec& s) {
+ParameterLayout::ParameterLayout(const ModelSpec& s, const ShardSpec& sh) : shard_(sh) {
   s.validate();
   names_ = param_names(s);
-  const int64_t H = s.hidden, D = s.head_dim, Hq = s.heads, Hkv = s.kv_heads;
-  add(names_.embed, {s.vocab, H}, ParamInit::normal);
-  for (int64_t l = 0; l < s.layers; ++l) {
+  const int64_t H = s.hidden, D = s.head_dim, Hq = s.heads, Hkv = s.kv_heads, L = s.layers;
+  const int tp = sh.tp;
+  layer_begin_ = sh.layer_begin;
+  layer_end_ = sh.layer_end < 0 ? L : sh.layer_end;
+  ORIGAMI_CHECK(tp >= 1 && sh.tp_rank >= 0 && sh.tp_rank < tp, "parameter layout: tp rank ",
+                sh.tp_rank, " of ", tp);
+  ORIGAMI_CHECK(0 <= layer_begin_ && layer_begin_ < layer_end_ && layer_end_ <= L,
+                "parameter layout: layers [", layer_begin_, ", ", layer_end_,
+                ") are not a non-empty part of the model's ", L, " layers");
+  ORIGAMI_CHECK(Hq % tp == 0, "tensor parallel size ", tp, " does not divide the ", Hq,
+                " attention heads");
+  ORIGAMI_CHECK(Hkv % tp == 0 || tp % Hkv == 0, "tensor parallel size ", tp, " and the ", Hkv,
+                " KV heads: one must divide the other");
+  ORIGAMI_CHECK(s.vocab % tp == 0, "tensor parallel size ", tp,
+                " does not divide the vocabulary of ", s.vocab,
+                " (set model.vocab_size to a multiple of ", tp, ")");
+  const bool first = layer_begin_ == 0, last = layer_end_ == L;
+  // K and V: split like q when every rank gets whole KV heads, else each rank keeps the one KV
+  // head its query heads use (query head i uses KV head i / (Hq / Hkv)).
+  const auto add_kv = [&](const std::string& name, const Shape& global, ParamInit init) {
+    if (Hkv % tp == 0) {
+      add(name, global, init, 0, 0);
+    } else {
+      const int rep = tp / int(Hkv);
+      add_slice(name, global, init, 0, (sh.tp_rank / rep) * D, D, true, sh.tp_rank % rep == 0);
+    }
+  };
+  if (first) add(names_.embed, {s.vocab, H}, ParamInit::normal, 0, 0);
+  for (int64_t l = layer_begin_; l < layer_end_; ++l) {
     const LayerParamNames& y = names_.layers[size_t(l)];
     add(y.input_norm, {H}, ParamInit::ones);
-    add(y.q, {Hq * D, H}, ParamInit::normal);
-    if (!y.q_bias.empty()) add(y.q_bias, {Hq * D}, ParamInit::zeros);
-    add(y.k, {Hkv * D, H}, ParamInit::normal);
-    if (!y.k_bias.empty()) add(y.k_bias, {Hkv * D}, ParamInit::zeros);
-    add(y.v, {Hkv * D, H}, ParamInit::normal);
-    if (!y.v_bias.empty()) add(y.v_bias, {Hkv * D}, ParamInit::zeros);
-    add(y.o, {H, Hq * D}, ParamInit::normal);
+    add(y.q, {Hq * D, H}, ParamInit::normal, 0, 0);
+    if (!y.q_bias.empty()) add(y.q_bias, {Hq * D}, ParamInit::zeros, 0, 0);
+    add_kv(y.k, {Hkv * D, H}, ParamInit::normal);
+    if (!y.k_bias.empty()) add_kv(y.k_bias, {Hkv * D}, ParamInit::zeros);
+    add_kv(y.v, {Hkv * D, H}, ParamInit::normal);
+    if (!y.v_bias.empty()) add_kv(y.v_bias, {Hkv * D}, ParamInit::zeros);
+    add(y.o, {H, Hq * D}, ParamInit::normal, 0, 1);
     add(y.post_norm, {H}, ParamInit::ones);
     if (!y.mlp_gate.empty()) {
-      add(y.mlp_gate, {s.ffn, H}, ParamInit::normal);
-      add(y.mlp_up, {s.ffn, H}, ParamInit::normal);
-      add(y.mlp_down, {H, s.ffn}, ParamInit::normal);
+      ORIGAMI_CHECK(s.ffn % tp == 0, "tensor parallel size ", tp, " does not divide the MLP width ",
+                    s.ffn);
+      add(y.mlp_gate, {s.ffn, H}, ParamInit::normal, 0, 0);
+      add(y.mlp_up, {s.ffn, H}, ParamInit::normal, 0, 0);
+      add(y.mlp_down, {H, s.ffn}, ParamInit::normal, 0, 1);
     }
+    // MoE blocks are replicated over TP (each rank routes its own tokens under sequence
+    // parallelism; expert parallelism splits them).
     if (!y.router.empty()) {
       const int64_t E = s.moe.num_experts, Fe = s.moe.expert_ffn;
       add(y.router, {E, H}, ParamInit::normal);
@@ -87,22 +118,59 @@ ParameterLayout::ParameterLayout(const ModelSpec& s) {
       if (!y.shared_expert_gate.empty()) add(y.shared_expert_gate, {1, H}, ParamInit::normal);
     }
   }
-  add(names_.final_norm, {H}, ParamInit::ones);
-  if (!names_.lm_head.empty()) add(names_.lm_head, {s.vocab, H}, ParamInit::normal);
+  if (last) {
+    add(names_.final_norm, {H}, ParamInit::ones);
+    if (!names_.lm_head.empty()) {
+      add(names_.lm_head, {s.vocab, H}, ParamInit::normal, 0, 0);
+    } else if (!first) {
+      add(names_.embed, {s.vocab, H}, ParamInit::normal, 0, 0);
+      ParamEntry& e = entries_.back();
+      e.tied_copy = true;
+      e.owner = false;
+    }
+  }
 }
 
 void ParameterLayout::add(const std::string& name, const Shape& shape, ParamInit init,
-                          int64_t experts) {
+                          int64_t experts, int shard_dim) {
+  const int tp = shard_.tp;
+  if (shard_dim < 0 || tp == 1) {
+    add_slice(name, shape, init, -1, 0, 0, false, shard_.tp_rank == 0);
+  } else {
+    const int64_t len = shape[size_t(shard_dim)] / tp;
+    add_slice(name, shape, init, shard_dim, shard_.tp_rank * len, len, false, true);
+  }
+  entries_.back().experts = experts;
+}
+
+void ParameterLayout::add_slice(const std::string& name, const Shape& global, ParamInit init,
+                                int shard_dim, int64_t offset, int64_t length, bool shared,
+                                bool owner) {
   ParamEntry e;
   e.name = name;
-  e.shape = shape;
+  e.global_shape = global;
+  e.shape = global;
+  if (shard_dim >= 0 && length != global[size_t(shard_dim)]) {
+    e.shard_dim = shard_dim;
+    e.shard_offset = offset;
+    e.shape[size_t(shard_dim)] = length;
+  }
   e.offset = total_;
-  e.numel = shape_numel(shape);
+  e.numel = shape_numel(e.shape);
   e.init = init;
-  e.experts = experts;
+  e.tp_shared = shared && shard_.tp > 1;
+  e.tp_partial = shard_dim < 0 && shard_.tp > 1 && shard_.sequence_parallel;
+  e.owner = owner;
   index_[name] = entries_.size();
   entries_.push_back(e);
   total_ += (e.numel + kParamAlignElements - 1) / kParamAlignElements * kParamAlignElements;
+}
+
+Tensor ParameterLayout::slice_of(const ParamEntry& e, const Tensor& whole) {
+  ORIGAMI_CHECK(whole.shape() == e.global_shape, "parameter '", e.name, "': expected the whole ",
+                shape_str(e.global_shape), ", got ", whole.str());
+  if (!e.sharded()) return whole;
+  return whole.narrow(e.shard_dim, e.shard_offset, e.shape[size_t(e.shard_dim)]);
 }
 
 int64_t ParameterLayout::parameter_count() const {
@@ -166,22 +234,25 @@ uint64_t fnv1a(const std::string& s) {
 }  // namespace
 
 void ParameterBuffer::init_random(uint64_t seed, double std) {
-  Tensor host = Tensor::empty({layout_.total_numel()}, DType::f32);
-  float* p = host.data_as<float>();
-  for (int64_t i = 0; i < host.numel(); ++i) p[i] = 0.0f;
+  Tensor host = Tensor::zeros({layout_.total_numel()}, DType::f32);
+  std::vector<float> whole;
   for (const ParamEntry& e : layout_.entries()) {
-    float* q = p + e.offset;
+    const int64_t n = shape_numel(e.global_shape);
+    whole.assign(size_t(n), 0.0f);
     if (e.init == ParamInit::ones) {
-      for (int64_t i = 0; i < e.numel; ++i) q[i] = 1.0f;
+      whole.assign(size_t(n), 1.0f);
     } else if (e.init == ParamInit::normal) {
       SplitMix64 rng{seed ^ fnv1a(e.name)};
-      for (int64_t i = 0; i < e.numel; i += 2) {  // Box-Muller: two normals per draw
+      for (int64_t i = 0; i < n; i += 2) {  // Box-Muller: two normals per draw
         const double u1 = 1.0 - rng.uniform(), u2 = rng.uniform();
         const double r = std::sqrt(-2.0 * std::log(u1)), a = 2.0 * M_PI * u2;
-        q[i] = float(std * r * std::cos(a));
-        if (i + 1 < e.numel) q[i + 1] = float(std * r * std::sin(a));
+        whole[size_t(i)] = float(std * r * std::cos(a));
+        if (i + 1 < n) whole[size_t(i + 1)] = float(std * r * std::sin(a));
       }
     }
+    Tensor w = Tensor::from_vector(whole, e.global_shape, DType::f32);
+    Tensor dst = host.narrow(0, e.offset, e.numel).view(e.shape);
+    dst.copy_from(ParameterLayout::slice_of(e, w));
   }
   flat_.copy_from(host);
 }

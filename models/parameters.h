@@ -24,11 +24,40 @@ enum class ParamInit { normal, ones, zeros };
 
 struct ParamEntry {
   std::string name;
-  Shape shape;
+  Shape shape;         // this rank's slice
   int64_t offset = 0;  // elements into the flat buffer (a multiple of kParamAlignElements)
   int64_t numel = 0;
   ParamInit init = ParamInit::normal;
   int64_t experts = 0;  // > 0: stacked expert weight, dim 0 = expert
+
+  // Where the slice sits in the whole tensor (see ShardSpec). Unsharded: global_shape == shape.
+  Shape global_shape;
+  int shard_dim = -1;        // the dimension split over tensor-parallel ranks (-1: whole tensor)
+  int64_t shard_offset = 0;  // start of the slice along shard_dim
+  // Replicated over the TP group, but each rank sees only its tokens (sequence parallel): the
+  // gradients are partial sums, all-reduced over TP.
+  bool tp_partial = false;
+  // A slice held by several TP ranks (KV heads replicated when there are fewer KV heads than TP
+  // ranks): their gradients are summed among the ranks holding the same slice.
+  bool tp_shared = false;
+  // This rank is the one that owns the values (counts them in the gradient norm, writes them to
+  // checkpoints, contributes them when tensors are gathered). False for the copies of replicated
+  // and shared slices on all but one TP rank, and for the head stage's copy of a tied embedding.
+  bool owner = true;
+  bool tied_copy = false;  // the pipeline head stage's copy of the tied embedding
+  bool sharded() const { return shard_dim >= 0; }
+};
+
+// Which part of the model one rank holds: its tensor-parallel slice (Megatron-style: q/k/v and
+// gate/up split by output rows, o and down by input columns, embedding and lm_head by
+// vocabulary rows) of the layers [layer_begin, layer_end) (a pipeline chunk). The chunk that
+// starts at layer 0 holds the embedding; the one that ends at the last layer holds the final
+// norm and the head (and, with tied embeddings, a copy of the embedding kept in sync).
+struct ShardSpec {
+  int tp = 1, tp_rank = 0;
+  int64_t layer_begin = 0, layer_end = -1;  // -1: every layer
+  bool sequence_parallel = false;
+  bool whole() const { return tp == 1 && layer_begin == 0 && layer_end < 0; }
 };
 
 // Offsets are rounded up to this many elements (128 bytes of f32, 64 of bf16).
@@ -52,7 +81,7 @@ ModelParamNames param_names(const ModelSpec& spec);
 class ParameterLayout {
  public:
   ParameterLayout() = default;
-  explicit ParameterLayout(const ModelSpec& spec);
+  explicit ParameterLayout(const ModelSpec& spec, const ShardSpec& shard = {});
 
   const std::vector<ParamEntry>& entries() const { return entries_; }
   int64_t total_numel() const { return total_; }  // including alignment padding
@@ -60,9 +89,23 @@ class ParameterLayout {
   bool has(const std::string& name) const { return index_.count(name) != 0; }
   const ParamEntry& entry(const std::string& name) const;  // throws naming the unknown name
   const ModelParamNames& names() const { return names_; }
+  const ShardSpec& shard() const { return shard_; }
+  int64_t layer_begin() const { return layer_begin_; }
+  int64_t layer_end() const { return layer_end_; }
+  bool has_embedding() const { return has(names_.embed); }
+  bool has_head() const { return has(names_.final_norm); }
+
+  // The slice of `whole` (a tensor of e.global_shape) that this layout holds for entry e.
+  static Tensor slice_of(const ParamEntry& e, const Tensor& whole);
 
  private:
-  void add(const std::string& name, const Shape& shape, ParamInit init, int64_t experts = 0);
+  // Adds a tensor of global shape `shape`, split over TP along `shard_dim` (or whole).
+  void add(const std::string& name, const Shape& shape, ParamInit init, int64_t experts = 0,
+           int shard_dim = -1);
+  void add_slice(const std::string& name, const Shape& global, ParamInit init, int shard_dim,
+                 int64_t offset, int64_t length, bool shared, bool owner);
+  ShardSpec shard_;
+  int64_t layer_begin_ = 0, layer_end_ = 0;
   std::vector<ParamEntry> entries_;
   std::map<std::string, size_t> index_;
   ModelParamNames names_;
@@ -87,8 +130,9 @@ class ParameterBuffer {
   const Tensor& operator[](const std::string& name) const { return get(name); }
 
   // Deterministic init from `seed`: normal(0, std) for matrices, ones for norms, zeros for
-  // biases. Every tensor draws from its own stream (seed and name), so the values do not depend
-  // on the layout order or on the device.
+  // biases. Every tensor draws from its own stream (seed and name) over its whole shape, and a
+  // slice keeps its part, so the values depend neither on the layout order, nor on the device,
+  // nor on how the model is split over ranks.
   void init_random(uint64_t seed, double std);
   void zero() { flat_.zero_(); }
   // Copies (converting dtype / device) every element from another buffer of the same layout.

@@ -115,4 +115,75 @@ void check_peer(const Communicator& c, const char* op, int peer, int tag) {
 }
 
 }  // namespace detail
+
+namespace {
+
+class SelfCommunicator final : public Communicator {
+ public:
+  SelfCommunicator(std::string name, Milliseconds timeout)
+      : Communicator(std::move(name), 0, {0}, timeout) {}
+  const char* backend() const override { return "self"; }
+  void all_reduce(Tensor& t, ReduceOp) override { check(t, "all_reduce"); }
+  void reduce_scatter(const Tensor& in, Tensor& out, ReduceOp) override {
+    copy(in, out, "reduce_scatter");
+  }
+  void all_gather(const Tensor& in, Tensor& out) override { copy(in, out, "all_gather"); }
+  void all_gather_v(const Tensor& in, Tensor& out, const std::vector<int64_t>& counts) override {
+    detail::check_counts(*this, "all_gather_v", "counts", counts);
+    copy(in, out, "all_gather_v");
+  }
+  void reduce_scatter_v(const Tensor& in, Tensor& out, const std::vector<int64_t>& counts,
+                        ReduceOp) override {
+    detail::check_counts(*this, "reduce_scatter_v", "counts", counts);
+    copy(in, out, "reduce_scatter_v");
+  }
+  void all_to_all(const Tensor& in, Tensor& out) override { copy(in, out, "all_to_all"); }
+  void all_to_all_v(const Tensor& in, const std::vector<int64_t>& send_counts, Tensor& out,
+                    const std::vector<int64_t>& recv_counts) override {
+    detail::check_counts(*this, "all_to_all_v", "send_counts", send_counts);
+    detail::check_counts(*this, "all_to_all_v", "recv_counts", recv_counts);
+    copy(in, out, "all_to_all_v");
+  }
+  void broadcast(Tensor& t, int root) override {
+    check(t, "broadcast");
+    detail::check_peer(*this, "broadcast", root, 0);
+  }
+  void barrier() override {}
+  void send(const Tensor&, int peer, int) override { no_peer("send", peer); }
+  void recv(Tensor&, int peer, int) override { no_peer("recv", peer); }
+  Request isend(const Tensor&, int peer, int) override {
+    no_peer("isend", peer);
+    return Request();
+  }
+  Request irecv(Tensor&, int peer, int) override {
+    no_peer("irecv", peer);
+    return Request();
+  }
+  std::unique_ptr<Communicator> split(int, int, const std::string& name) override {
+    return std::make_unique<SelfCommunicator>(name, timeout());
+  }
+
+ private:
+  void check(const Tensor& t, const char* op) const {
+    detail::check_tensor(*this, op, "tensor", t);
+  }
+  void copy(const Tensor& in, Tensor& out, const char* op) const {
+    detail::check_tensor(*this, op, "input", in);
+    detail::check_tensor(*this, op, "output", out);
+    detail::check_same_dtype(*this, op, in, out);
+    detail::check_numel(*this, op, "output", out, in.numel(), "a group of one");
+    if (in.data() != out.data()) out.copy_from(in.view(out.shape()));
+  }
+  [[noreturn]] void no_peer(const char* op, int peer) const {
+    ORIGAMI_FAIL(name(), ": ", op, " to member ", peer,
+                 ": this group holds only this process (a single-rank run)");
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> self_communicator(const std::string& name, Milliseconds timeout) {
+  return std::make_unique<SelfCommunicator>(name, timeout);
+}
+
 }  // namespace origami

@@ -136,6 +136,12 @@ class Communicator {
   Milliseconds timeout_ = kDefaultCommTimeout;
 };
 
+// A group of this process alone, without MPI: collectives copy their input to their output,
+// split() gives another such group, and point-to-point transfers (which would need a peer) are an
+// error. A single-rank run uses it as its world, so it needs no MPI at all.
+std::unique_ptr<Communicator> self_communicator(const std::string& name = "world",
+                                                Milliseconds timeout = kDefaultCommTimeout);
+
 // Every rank of MPI_COMM_WORLD (duplicated), named "world". Collective; initialises MPI when
 // nobody has (see parallel/world.h for finalising it).
 std::unique_ptr<Communicator> mpi_world_communicator(Milliseconds timeout = kDefaultCommTimeout);

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# origami train with impossible layouts under mpirun: every rank must stop before allocating,
+# with a message naming the numbers, and the job must exit non-zero (not hang).
+#   cli_invalid_layout.sh MPIEXEC ORIGAMI CONFIG
+set -u
+mpiexec=$1 origami=$2 config=$3
+fail=0
+check() {  # ranks, expected message piece, flags...
+  local np=$1 want=$2
+  shift 2
+  local out rc
+  out=$(timeout 120 "$mpiexec" --oversubscribe --allow-run-as-root --bind-to none -np "$np" \
+        "$origami" train "$config" --no-resume --set train.steps=1 \
+        --set 'train.checkpoint_dir=""' "$@" 2>&1)
+  rc=$?
+  local ranks
+  ranks=$(grep -c "error: .*$want" <<<"$out")
+  if [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ] || [ "$ranks" -ne "$np" ]; then
+    echo "FAIL: -np $np $* exited $rc with $ranks of $np ranks naming '$want':"
+    echo "$out" | tail -20
+    fail=1
+  else
+    echo "ok: -np $np $*: exit $rc, every rank says: $(grep -m1 "error:" <<<"$out")"
+  fi
+}
+check 4 "is not divisible by TP" --tp 3
+check 4 "does not divide the 6 attention heads" --tp 4 --set model.num_heads=6 \
+  --set model.hidden_size=96
+check 4 "layers cannot fill 4 pipeline stages" --pp 4 --set model.num_layers=2
+exit $fail

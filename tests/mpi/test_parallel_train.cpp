@@ -1,0 +1,244 @@
+// The equivalence matrix of tensor, pipeline and data parallelism (REFERENCE.md section 6): a
+// small dense model trained 3 optimizer steps under each layout must give the single-rank run's
+// loss at every step (relative error <= 1e-5), and the same gradients (last step) and parameters
+// (after the last step), gathered to full tensors from every shard (<= 1e-5 of the tensor's
+// largest magnitude). The single-rank reference runs in every process, on the whole batch,
+// with gradient accumulation over the same microbatches.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "models/decoder.h"
+#include "models/parallel_model.h"
+#include "mpi_test.h"
+#include "ops/optimizer.h"
+#include "parallel/process_groups.h"
+#include "parallel/rank_groups.h"
+#include "runtime/data.h"
+
+namespace origami {
+namespace {
+
+using test::mpi_world;
+
+constexpr double kTol = 1e-5;  // REFERENCE.md section 6, fp32
+constexpr int kSteps = 3;
+constexpr int kGradStep = kSteps;  // gradients compared at the last step
+
+struct Case {
+  std::string name;
+  int world, tp, pp, vpp, dp;
+  bool sp = false, zero = true, tied = false;
+  std::vector<int64_t> stage_layers = {};
+  bool moe = false;  // Mixtral-style: 4 experts top-2, load-balancing and z losses
+};
+
+models::ModelSpec tiny_spec(const Case& c) {
+  models::ModelSpec s;
+  s.family = c.moe ? models::Family::mixtral : models::Family::llama;
+  s.vocab = 64;
+  s.hidden = 32;
+  s.layers = 8;
+  s.heads = 4;
+  s.kv_heads = 2;  // TP4: each KV head shared by two TP ranks
+  s.head_dim = 8;
+  s.ffn = 48;
+  s.rope.head_dim = 8;
+  s.rope.theta = 10000.0;
+  s.rms_eps = 1e-5;
+  s.tie_embeddings = c.tied;
+  if (c.moe) {
+    s.moe.num_experts = 4;
+    s.moe.top_k = 2;
+    s.moe.expert_ffn = 24;
+    s.moe.norm_topk_prob = true;
+    s.moe.aux_loss_coeff = c.pp > 1 ? 0.0 : 0.01;  // the aux loss spans stages: pp 1 only
+    s.moe.z_loss_coeff = 1e-3;
+  }
+  return s;
+}
+
+constexpr int64_t kBatch = 2;  // sequences per dp rank and microbatch
+constexpr int64_t kSeq = 8;
+constexpr int64_t kMicro = 4;  // microbatches per step (a multiple of every pp used)
+
+// Token of sequence `seq` of the global microbatch (step, m), position t (S+1 tokens: inputs and
+// shifted targets); a few targets are ignored.
+int64_t token(int step, int64_t m, int64_t seq, int64_t t) {
+  SplitMix64 r(uint64_t(step) * 1000003u + uint64_t(m) * 7919u + uint64_t(seq) * 131u +
+               uint64_t(t));
+  return int64_t(r.next() % 64);
+}
+void batch(int step, int64_t m, int64_t first_seq, int64_t n, Tensor& ids, Tensor& targets) {
+  ids = Tensor::empty({n, kSeq}, DType::i64);
+  targets = Tensor::empty({n, kSeq}, DType::i64);
+  for (int64_t b = 0; b < n; ++b)
+    for (int64_t t = 0; t < kSeq; ++t) {
+      ids.data_as<int64_t>()[b * kSeq + t] = token(step, m, first_seq + b, t);
+      const int64_t y = token(step, m, first_seq + b, t + 1);
+      targets.data_as<int64_t>()[b * kSeq + t] =
+          (first_seq + b + t + m) % 7 == 3 ? models::Decoder::kIgnoreIndex : y;
+    }
+}
+
+// Adam divides by sqrt(v): an element whose gradient is at the level of round-off (1e-7 of the
+// tensor's largest) would move by up to lr whatever its sign noise. An eps above that level keeps
+// such elements still in every layout, so that what is compared is the layout's arithmetic.
+ops::AdamWParams adamw(int step) {
+  ops::AdamWParams p;
+  p.lr = 1e-3f;
+  p.eps = 1e-4f;
+  p.weight_decay = 0.1f;
+  p.step = step;
+  return p;
+}
+constexpr double kClip = 0.5;  // small enough that clipping acts
+
+double rel_err(const Tensor& got, const Tensor& want) {
+  const std::vector<float> a = got.to_float_vector(), b = want.to_float_vector();
+  double diff = 0, scale = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    diff = std::max(diff, std::abs(double(a[i]) - double(b[i])));
+    scale = std::max(scale, std::abs(double(b[i])));
+  }
+  return scale > 0 ? diff / scale : diff;
+}
+
+struct Reference {
+  std::vector<double> losses;
+  std::vector<std::vector<float>> grads, params;  // per name, full tensors
+};
+
+Reference run_single_rank(const Case& c) {
+  const models::ModelSpec spec = tiny_spec(c);
+  models::DecoderOptions o;
+  o.batch = kBatch * c.dp;
+  o.seq = kSeq;
+  models::Decoder ref(spec, o);
+  ref.params().init_random(11, 0.2);
+  Reference out;
+  for (int step = 1; step <= kSteps; ++step) {
+    ref.grads().zero();
+    double loss = 0;
+    for (int64_t m = 0; m < kMicro; ++m) {
+      Tensor ids, targets;
+      batch(step, m, 0, kBatch * c.dp, ids, targets);
+      loss += ref.forward_backward(ids, targets).loss / double(kMicro);
+    }
+    out.losses.push_back(loss);
+    if (step == kGradStep)
+      for (const models::ParamEntry& e : ref.layout().entries())
+        out.grads.push_back(ref.grads().get(e.name).to_float_vector());
+    const double inv = 1.0 / double(kMicro);
+    const double norm = std::sqrt(ops::sum_squares(ref.grads().flat())) * inv;
+    ops::scale_(ref.grads().flat(), float(inv * ops::clip_coefficient(norm, kClip)));
+    ref.adamw_step(adamw(step));
+  }
+  for (const models::ParamEntry& e : ref.layout().entries())
+    out.params.push_back(ref.params().get(e.name).to_float_vector());
+  return out;
+}
+
+class ParallelTrain : public ::testing::TestWithParam<Case> {};
+
+TEST_P(ParallelTrain, MatchesSingleRank) {
+  const Case& c = GetParam();
+  Communicator& world = mpi_world();
+  if (world.size() != c.world) GTEST_SKIP() << "needs " << c.world << " ranks";
+  const models::ModelSpec spec = tiny_spec(c);
+  models::ParallelOptions po;
+  po.layout.tp = c.tp;
+  po.layout.pp = c.pp;
+  po.vpp = c.vpp;
+  po.sequence_parallel = c.sp;
+  po.zero = c.zero;
+  po.stage_layers = c.stage_layers;
+  po.bucket_elements = 1000;  // several buckets, uneven pieces
+  const RankGroups layout(world.size(), po.layout);
+  ASSERT_EQ(layout.dp(), c.dp);
+  ProcessGroups groups = ProcessGroups::create(world, layout);
+  models::DecoderOptions o;
+  o.batch = kBatch;
+  o.seq = kSeq;
+  models::ParallelModel pm(spec, o, po, layout, groups, kMicro);
+  pm.init_random(11, 0.2);
+  const int dp_rank = groups.dp->rank();
+
+  const Reference ref = run_single_rank(c);
+  double worst_loss = 0, worst_grad = 0, worst_param = 0;
+  std::string worst_grad_name, worst_param_name;
+  for (int step = 1; step <= kSteps; ++step) {
+    std::vector<Tensor> ids(kMicro), targets(kMicro);
+    for (int64_t m = 0; m < kMicro; ++m)
+      batch(step, m, dp_rank * kBatch, kBatch, ids[size_t(m)], targets[size_t(m)]);
+    const models::StepLoss loss = pm.forward_backward(ids, targets);
+    const double le =
+        std::abs(loss.loss - ref.losses[size_t(step - 1)]) / std::abs(ref.losses[size_t(step - 1)]);
+    worst_loss = std::max(worst_loss, le);
+    EXPECT_LE(le, kTol) << c.name << " step " << step << ": loss " << loss.loss << " vs "
+                        << ref.losses[size_t(step - 1)];
+    if (step == kGradStep) {
+      for (size_t i = 0; i < pm.names().size(); ++i) {
+        const std::string& name = pm.names()[i];
+        Tensor g = pm.gather(name, "grads");
+        const double e = rel_err(g, Tensor::from_vector(ref.grads[i], g.shape(), DType::f32));
+        if (e > worst_grad) worst_grad = e, worst_grad_name = name;
+        EXPECT_LE(e, kTol) << c.name << ": gradient of " << name;
+      }
+    }
+    const double inv = 1.0 / double(kMicro);
+    const double norm = pm.grad_norm(inv);
+    pm.scale_gradients(float(inv * ops::clip_coefficient(norm, kClip)));
+    pm.optimizer_step(adamw(step));
+  }
+  for (size_t i = 0; i < pm.names().size(); ++i) {
+    const std::string& name = pm.names()[i];
+    Tensor p = pm.gather(name, "params");
+    const double e = rel_err(p, Tensor::from_vector(ref.params[i], p.shape(), DType::f32));
+    if (e > worst_param) worst_param = e, worst_param_name = name;
+    EXPECT_LE(e, kTol) << c.name << ": parameter " << name;
+  }
+  if (world.rank() == 0)
+    std::printf("[ parallel ] %-28s loss %.2e  grads %.2e (%s)  params %.2e (%s)\n", c.name.c_str(),
+                worst_loss, worst_grad, worst_grad_name.c_str(), worst_param,
+                worst_param_name.c_str());
+}
+
+std::vector<Case> cases() {
+  std::vector<Case> v;
+  v.push_back({"tp2", 2, 2, 1, 1, 1});
+  v.push_back({"tp2_sp", 2, 2, 1, 1, 1, true});
+  v.push_back({"dp2_zero", 2, 1, 1, 1, 2, false, true});
+  v.push_back({"dp2_allreduce", 2, 1, 1, 1, 2, false, false});
+  v.push_back({"pp2_1f1b", 2, 1, 2, 1, 1});
+  v.push_back({"pp2_uneven_6_2", 2, 1, 2, 1, 1, false, true, false, {6, 2}});
+  v.push_back({"pp2_tied", 2, 1, 2, 1, 1, false, true, true});
+  v.push_back({"pp3_uneven_4_2_2", 3, 1, 3, 1, 1, false, true, false, {4, 2, 2}});
+  v.push_back({"dp3_zero", 3, 1, 1, 1, 3});
+  v.push_back({"tp4_kv_shared", 4, 4, 1, 1, 1});
+  v.push_back({"tp4_sp", 4, 4, 1, 1, 1, true});
+  v.push_back({"pp4_vpp2", 4, 1, 4, 2, 1});
+  v.push_back({"tp2_dp2", 4, 2, 1, 1, 2});
+  v.push_back({"tp2_pp2", 4, 2, 2, 1, 1});
+  v.push_back({"tp2_pp2_sp_tied", 4, 2, 2, 1, 1, true, true, true});
+  v.push_back({"tp2_pp2_dp2", 8, 2, 2, 1, 2});
+  v.push_back({"tp2_pp2_dp2_sp_vpp2", 8, 2, 2, 2, 2, true});
+  // MoE (experts replicated over TP, each rank routing the rows it holds under sequence
+  // parallelism): counts, load-balancing statistics and z-loss summed over the right ranks.
+  v.push_back({"moe_tp2", 2, 2, 1, 1, 1, false, true, false, {}, true});
+  v.push_back({"moe_tp2_sp", 2, 2, 1, 1, 1, true, true, false, {}, true});
+  v.push_back({"moe_dp2", 2, 1, 1, 1, 2, false, true, false, {}, true});
+  v.push_back({"moe_pp2", 2, 1, 2, 1, 1, false, true, false, {}, true});
+  v.push_back({"moe_tp2_dp2_sp", 4, 2, 1, 1, 2, true, true, false, {}, true});
+  return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(Matrix, ParallelTrain, ::testing::ValuesIn(cases()),
+                         [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
+
+}  // namespace
+}  // namespace origami
