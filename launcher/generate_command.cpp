@@ -37,26 +37,32 @@ std::string checkpoint_step_dir(const std::string& dir) {
   return *latest;
 }
 
-// Fills the generator's weights from a training checkpoint (flat f32 "params", as written by
-// origami train) and the expert biases it saved.
+// Fills the generator's weights from a training checkpoint (each parameter saved as
+// "params/NAME", whatever layout it was trained with) and the expert biases it saved.
 void load_training_checkpoint(const std::string& step_dir, models::Generator& gen) {
   CheckpointReader rd(step_dir);
-  const int64_t slots = gen.weights().layout().total_numel();
-  const int64_t saved = rd.user_meta().value("params", int64_t(-1));
-  ORIGAMI_CHECK(rd.has("params"), "checkpoint '", step_dir,
-                "' has no 'params' tensor: it was not written by origami train");
-  ORIGAMI_CHECK(saved == slots && rd.global_shape("params") == Shape{slots}, "checkpoint '",
-                step_dir, "' holds ", shape_str(rd.global_shape("params")),
-                " parameter slots, the model of the config (", gen.spec().str(), ") has ", slots,
-                ": give the config the checkpoint was trained with");
-  Tensor flat = gen.weights().flat();
-  rd.read("params", flat);
   const models::ModelSpec& s = gen.spec();
-  for (int64_t m = 0; m < s.num_moe_layers() && s.moe.expert_bias; ++m) {
-    const std::string name = "expert_bias." + std::to_string(m);
-    if (!rd.has(name)) continue;
-    const std::vector<float> b = rd.read_full(name).to_float_vector();
-    gen.set_expert_bias(m, b);
+  const std::string trained = rd.user_meta().value("model", std::string());
+  ORIGAMI_CHECK(trained.empty() || trained == s.str(), "checkpoint '", step_dir,
+                "' was trained for the model '", trained, "', the config describes '", s.str(),
+                "': give the config the checkpoint was trained with");
+  models::ParameterBuffer& w = gen.weights();
+  for (const models::ParamEntry& e : w.layout().entries()) {
+    const std::string key = "params/" + e.name;
+    ORIGAMI_CHECK(rd.has(key), "checkpoint '", step_dir, "' has no tensor '", key,
+                  "': it was not written by origami train for this model");
+    ORIGAMI_CHECK(rd.global_shape(key) == e.shape, "checkpoint '", step_dir, "': '", key, "' is ",
+                  shape_str(rd.global_shape(key)), ", the config's model has ", shape_str(e.shape),
+                  ": give the config the checkpoint was trained with");
+    Tensor dst = w.get(e.name);
+    rd.read(key, dst);
+  }
+  int64_t m = 0;
+  for (int64_t l = 0; l < s.layers && s.moe.expert_bias; ++l) {
+    if (!s.is_moe_layer(l)) continue;
+    const std::string name = "expert_bias/" + std::to_string(l);
+    if (rd.has(name)) gen.set_expert_bias(m, rd.read_full(name).to_float_vector());
+    ++m;
   }
 }
 

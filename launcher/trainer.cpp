@@ -12,8 +12,12 @@
 
 #include "models/decoder.h"
 #include "models/hf_import.h"
+#include "models/parallel_model.h"
 #include "ops/gemm.h"
 #include "ops/optimizer.h"
+#include "parallel/communicator.h"
+#include "parallel/process_groups.h"
+#include "parallel/rank_groups.h"
 #include "runtime/checkpoint.h"
 #include "runtime/data.h"
 #include "runtime/tokenizer.h"
@@ -65,42 +69,33 @@ double measure_cpu_peak(DType dt) {
   return best;
 }
 
-void save_checkpoint(const std::string& dir, int64_t step, models::Decoder& model,
-                     const BatchSampler& sampler, int keep) {
-  CheckpointWriter w(dir, step, 0, 1);
-  w.add("params", model.params().flat());
-  w.add("adam_m", model.optimizer_m().flat());
-  w.add("adam_v", model.optimizer_v().flat());
-  for (int64_t m = 0; m < model.spec().num_moe_layers() && model.spec().moe.expert_bias; ++m) {
-    const auto& b = model.expert_bias(m);
-    w.add("expert_bias." + std::to_string(m),
-          Tensor::from_vector(b, {int64_t(b.size())}, DType::f32));
-  }
+// Checkpoints: every rank writes its pieces, then (after a barrier) rank 0 publishes the step.
+void save_checkpoint(const std::string& dir, int64_t step, models::ParallelModel& model,
+                     Communicator& world, const BatchSampler& sampler,
+                     const models::ModelSpec& spec, int keep) {
+  CheckpointWriter w(dir, step, world.rank(), world.size());
+  model.save(w);
   w.write_rank_files();
-  const SamplerState& s = sampler.state();
-  w.commit({{"step", step},
-            {"sampler", {{"seed", s.seed}, {"epoch", s.epoch}, {"cursor", s.cursor}}},
-            {"params", model.layout().total_numel()}},
-           keep);
+  world.barrier();
+  if (world.rank() == 0) {
+    const SamplerState& s = sampler.state();
+    w.commit({{"step", step},
+              {"sampler", {{"seed", s.seed}, {"epoch", s.epoch}, {"cursor", s.cursor}}},
+              {"model", spec.str()}},
+             keep);
+  }
+  world.barrier();
 }
 
-int64_t load_checkpoint(const std::string& step_dir, models::Decoder& model,
-                        BatchSampler& sampler) {
+int64_t load_checkpoint(const std::string& step_dir, models::ParallelModel& model,
+                        BatchSampler& sampler, const models::ModelSpec& spec) {
   CheckpointReader rd(step_dir);
   const auto& meta = rd.user_meta();
-  ORIGAMI_CHECK(meta.value("params", int64_t(-1)) == model.layout().total_numel(), "checkpoint '",
-                step_dir, "' was written for a model with ", meta.value("params", int64_t(-1)),
-                " parameter slots, this model has ", model.layout().total_numel(),
-                ": the model config changed");
-  rd.read("params", model.params().flat());
-  rd.read("adam_m", model.optimizer_m().flat());
-  rd.read("adam_v", model.optimizer_v().flat());
-  for (int64_t m = 0; m < model.spec().num_moe_layers() && model.spec().moe.expert_bias; ++m) {
-    Tensor b = rd.read_full("expert_bias." + std::to_string(m));
-    auto v = b.to_float_vector();
-    model.expert_bias(m).assign(v.begin(), v.end());
-  }
-  model.sync_compute_weights();
+  ORIGAMI_CHECK(meta.value("model", std::string()) == spec.str(), "checkpoint '", step_dir,
+                "' was written for the model '", meta.value("model", std::string("?")),
+                "', this config describes '", spec.str(),
+                "': use another train.checkpoint_dir, or --no-resume");
+  model.load(rd);
   SamplerState s;
   s.seed = meta.at("sampler").at("seed").get<uint64_t>();
   s.epoch = meta.at("sampler").at("epoch").get<int64_t>();
@@ -121,11 +116,51 @@ void draw_progress(int64_t step, int64_t total, double loss, double elapsed_s) {
 
 }  // namespace
 
+static models::ParallelOptions parallel_options(const config::ParallelConfig& p) {
+  models::ParallelOptions po;
+  po.layout.tp = p.tp();
+  po.layout.pp = p.pp();
+  po.layout.cp = p.cp();
+  po.layout.ep = p.ep();
+  po.layout.etp = p.etp();
+  po.layout.dp = p.dp();
+  po.layout.order = p.order();
+  po.vpp = p.vpp();
+  po.sequence_parallel = p.sequence_parallel();
+  po.zero = p.optimizer() == "zero1";
+  po.stage_layers.assign(p.stage_layers().begin(), p.stage_layers().end());
+  po.bucket_elements = p.bucket_mb() * (int64_t(1) << 20) / 4;
+  return po;
+}
+
 std::vector<StepRecord> train(const Config& config, const TrainOptions& opt) {
   const auto& tc = config.train();
   models::ModelSpec spec = opt.init_from.empty() ? models::spec_from_config(config.model())
                                                  : models::spec_from_hf_config(opt.init_from);
   spec.validate();
+
+  // The world: every rank mpirun / srun / origami launch started, or this process alone.
+  const Milliseconds timeout{int64_t(opt.collective_timeout_s * 1000)};
+  std::unique_ptr<Communicator> world_comm =
+      opt.multi_rank ? mpi_world_communicator(timeout) : self_communicator("world", timeout);
+  Communicator& world = *world_comm;
+  const bool root = world.rank() == 0;
+  const bool quiet = opt.quiet || !root;
+
+  // The layout, checked on every rank before anything is allocated.
+  models::DecoderOptions dopt;
+  dopt.batch = tc.micro_batch_size();
+  dopt.seq = tc.seq_len();
+  dopt.compute = dtype_from_name(tc.dtype());
+  dopt.device = device_from_string(tc.device());
+  dopt.recompute = tc.recompute();
+  const models::ParallelOptions po = parallel_options(config.parallel());
+  models::check_parallel_layout(spec, dopt, po, world.size(), tc.grad_accum());
+  const RankGroups layout(world.size(), po.layout);
+  ProcessGroupsOptions pgo;
+  pgo.timeout = timeout;
+  ProcessGroups groups = ProcessGroups::create(world, layout, pgo);
+  const int dp_rank = groups.dp->rank(), dp_size = groups.dp->size();
 
   // Data.
   std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(config.data().tokenizer());
@@ -141,15 +176,9 @@ std::vector<StepRecord> train(const Config& config, const TrainOptions& opt) {
   BatchSampler sampler(stream, tc.seq_len(), tc.seed());
 
   // Model.
-  models::DecoderOptions dopt;
-  dopt.batch = tc.micro_batch_size();
-  dopt.seq = tc.seq_len();
-  dopt.compute = dtype_from_name(tc.dtype());
-  dopt.device = device_from_string(tc.device());
-  dopt.recompute = tc.recompute();
-  models::Decoder model(spec, dopt);
-  if (!opt.quiet) {
-    model.print_plan(std::cout);
+  models::ParallelModel model(spec, dopt, po, layout, groups, tc.grad_accum());
+  if (!quiet) {
+    std::cout << model.describe();
     std::printf("data: %lld tokens, %lld windows of %lld per epoch\n",
                 static_cast<long long>(stream.size()),
                 static_cast<long long>(sampler.windows_per_epoch()),
@@ -157,52 +186,55 @@ std::vector<StepRecord> train(const Config& config, const TrainOptions& opt) {
   }
   int64_t step = 0;
   if (!opt.init_from.empty()) {
-    models::load_hf_weights(opt.init_from, model.params());
+    models::ParameterBuffer whole(models::ParameterLayout(spec), DType::f32);
+    models::load_hf_weights(opt.init_from, whole);
+    model.load_whole(whole);
   } else {
-    model.params().init_random(tc.seed(), config.model().init_std());
+    model.init_random(tc.seed(), config.model().init_std());
   }
-  model.sync_compute_weights();
-  model.optimizer_m().zero();
-  model.optimizer_v().zero();
   if (opt.resume && !tc.checkpoint_dir().empty()) {
     if (auto latest = CheckpointReader::latest(tc.checkpoint_dir())) {
-      step = load_checkpoint(*latest, model, sampler);
-      if (!opt.quiet)
+      step = load_checkpoint(*latest, model, sampler, spec);
+      if (!quiet)
         std::printf("resumed from %s at step %lld\n", latest->c_str(),
                     static_cast<long long>(step));
     }
   }
 
-  const double tokens_per_step = double(tc.micro_batch_size() * tc.seq_len() * tc.grad_accum());
-  const double peak = tc.peak_flops() > 0 ? tc.peak_flops() : measure_cpu_peak(dopt.compute);
+  const double tokens_per_step =
+      double(tc.micro_batch_size() * tc.seq_len() * tc.grad_accum() * dp_size);
+  const double peak =
+      (tc.peak_flops() > 0 ? tc.peak_flops() : measure_cpu_peak(dopt.compute)) * world.size();
   const double fpt = flops_per_token(spec, tc.seq_len());
   std::ofstream metrics;
-  if (!tc.metrics_file().empty()) metrics.open(tc.metrics_file(), std::ios::app);
-  const bool bar = opt.progress && isatty(STDERR_FILENO);
+  if (root && !tc.metrics_file().empty()) metrics.open(tc.metrics_file(), std::ios::app);
+  const bool bar = root && opt.progress && isatty(STDERR_FILENO);
 
-  Tensor ids = Tensor::empty({tc.micro_batch_size(), tc.seq_len()}, DType::i64);
-  Tensor targets = Tensor::empty({tc.micro_batch_size(), tc.seq_len()}, DType::i64);
+  const int64_t M = tc.grad_accum();
+  std::vector<Tensor> ids, targets;
+  for (int64_t m = 0; m < M; ++m) {
+    ids.push_back(Tensor::empty({tc.micro_batch_size(), tc.seq_len()}, DType::i64));
+    targets.push_back(Tensor::empty({tc.micro_batch_size(), tc.seq_len()}, DType::i64));
+  }
   std::vector<StepRecord> records;
   const auto run_start = std::chrono::steady_clock::now();
   int64_t run_steps = 0;
   while (step < tc.steps()) {
     const auto t0 = std::chrono::steady_clock::now();
     ++step;
-    model.grads().zero();
     StepRecord r;
     r.step = step;
-    for (int64_t micro = 0; micro < tc.grad_accum(); ++micro) {
-      sampler.next(ids, targets);
-      models::LossInfo li = model.forward_backward(ids, targets);
-      r.loss += li.loss / double(tc.grad_accum());
-      r.ce += li.ce / double(tc.grad_accum());
-    }
-    // Gradients summed over micro-batches: average, then clip the global norm.
-    const double inv_accum = 1.0 / double(tc.grad_accum());
-    r.grad_norm = std::sqrt(ops::sum_squares(model.grads().flat())) * inv_accum;
+    // Every rank draws every microbatch (so all samplers stay in step), keeping its dp slice.
+    for (int64_t m = 0; m < M; ++m)
+      sampler.next(ids[size_t(m)], targets[size_t(m)], dp_rank, dp_size);
+    const models::StepLoss loss = model.forward_backward(ids, targets);
+    r.loss = loss.loss;
+    r.ce = loss.ce;
+    // Gradients summed over microbatches: average, then clip the global norm.
+    const double inv_accum = 1.0 / double(M);
+    r.grad_norm = model.grad_norm(inv_accum);
     const float coef = ops::clip_coefficient(r.grad_norm, tc.clip_grad());
-    if (coef != 1.0f || tc.grad_accum() != 1)
-      ops::scale_(model.grads().flat(), float(inv_accum * coef));
+    if (coef != 1.0f || M != 1) model.scale_gradients(float(inv_accum * coef));
     r.lr = learning_rate(tc, step);
     ops::AdamWParams p;
     p.lr = float(r.lr);
@@ -211,14 +243,14 @@ std::vector<StepRecord> train(const Config& config, const TrainOptions& opt) {
     p.eps = float(tc.eps());
     p.weight_decay = float(tc.weight_decay());
     p.step = step;
-    model.adamw_step(p);
-    model.update_expert_bias();
+    model.optimizer_step(p);
+    for (int c = 0; c < model.num_chunks(); ++c) model.chunk(c).update_expert_bias();
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     r.tokens_per_s = tokens_per_step / dt;
     r.mfu = r.tokens_per_s * fpt / peak;
     records.push_back(r);
     ++run_steps;
-    if (!opt.quiet && (step % tc.log_every() == 0 || step == tc.steps())) {
+    if (!quiet && (step % tc.log_every() == 0 || step == tc.steps())) {
       if (bar) std::fprintf(stderr, "\r\033[K");
       std::printf("step %6lld | loss %.4f | lr %.3e | grad norm %.3f | %.0f tok/s | MFU %.1f%%\n",
                   static_cast<long long>(step), r.loss, r.lr, r.grad_norm, r.tokens_per_s,
@@ -240,13 +272,23 @@ std::vector<StepRecord> train(const Config& config, const TrainOptions& opt) {
     const bool last = step == tc.steps() || (opt.stop_after >= 0 && run_steps >= opt.stop_after);
     if (!tc.checkpoint_dir().empty() &&
         (last || (tc.save_every() > 0 && step % tc.save_every() == 0)))
-      save_checkpoint(tc.checkpoint_dir(), step, model, sampler, int(tc.keep()));
+      save_checkpoint(tc.checkpoint_dir(), step, model, world, sampler, spec, int(tc.keep()));
     if (last) break;
   }
   if (bar) std::fprintf(stderr, "\n");
   if (!opt.export_hf.empty()) {
-    models::export_hf(opt.export_hf, spec, model.params());
-    if (!opt.quiet) std::printf("exported the model to %s\n", opt.export_hf.c_str());
+    // Every parameter gathered (collective), written by rank 0.
+    models::ParameterBuffer whole(models::ParameterLayout(spec), DType::f32);
+    for (const std::string& name : model.names()) {
+      Tensor full = model.gather(name, "params");
+      Tensor dst = whole.get(name);
+      dst.copy_from(full);
+    }
+    if (root) {
+      models::export_hf(opt.export_hf, spec, whole);
+      if (!quiet) std::printf("exported the model to %s\n", opt.export_hf.c_str());
+    }
+    world.barrier();
   }
   return records;
 }

@@ -1,6 +1,8 @@
-// The single-process training loop behind `origami train`: data, model, AdamW with warmup +
-// cosine schedule, gradient accumulation and clipping, logging (a line per step, a progress bar
-// on a terminal, JSON lines), and crash-safe checkpoints that resume bit for bit.
+// The training loop behind `origami train`, on one rank or many (tensor, pipeline and data
+// parallel, models/parallel_model.h): data, model, AdamW with warmup + cosine schedule, gradient
+// accumulation (the pipeline's microbatches) and clipping, logging on rank 0 (a line per step, a
+// progress bar on a terminal, JSON lines), and crash-safe checkpoints that resume bit for bit and
+// load under any other layout of the same model.
 #pragma once
 
 #include <cstdint>
@@ -20,6 +22,10 @@ struct TrainOptions {
   bool progress = false;    // draw a progress bar (on a terminal)
   bool quiet = false;       // no per-step lines (tests)
   int64_t stop_after = -1;  // stop (with a checkpoint) after this many steps of this run
+  // Several ranks (MPI must be initialised: started by mpirun, srun or origami launch); else
+  // this process alone, without MPI.
+  bool multi_rank = false;
+  double collective_timeout_s = 300;  // every collective's deadline
 };
 
 struct StepRecord {

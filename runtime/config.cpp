@@ -8,6 +8,7 @@
 #include <functional>
 #include <map>
 #include <sstream>
+#include <utility>
 
 #include "runtime/error.h"
 
@@ -152,6 +153,16 @@ void fill_defaults(Config& c) {
   if (t.device().empty()) t.set_device("cpu");
   auto& d = *c.mutable_data();
   if (d.tokenizer().empty()) d.set_tokenizer("byte");
+  auto& p = *c.mutable_parallel();
+  if (p.tp() == 0) p.set_tp(1);
+  if (p.pp() == 0) p.set_pp(1);
+  if (p.vpp() == 0) p.set_vpp(1);
+  if (p.cp() == 0) p.set_cp(1);
+  if (p.ep() == 0) p.set_ep(1);
+  if (p.etp() == 0) p.set_etp(p.tp());
+  if (p.optimizer().empty()) p.set_optimizer("zero1");
+  if (p.order().empty()) p.set_order("tp-cp-ep-dp-pp");
+  if (p.bucket_mb() == 0) p.set_bucket_mb(16);
 }
 
 void validate(const Config& c, const Locations& locs) {
@@ -189,6 +200,21 @@ void validate(const Config& c, const Locations& locs) {
   check(m.sliding_window() >= 0, "model.sliding_window", "must be >= 0 (0 = off)");
   check(m.rope_scaling().factor() == 0 || m.rope_scaling().factor() >= 1,
         "model.rope_scaling.factor", "must be 0 (off) or >= 1");
+  const auto& p = c.parallel();
+  for (const auto& [name, v] : {std::pair<std::string, int>{"tp", p.tp()},
+                                {"pp", p.pp()},
+                                {"vpp", p.vpp()},
+                                {"cp", p.cp()},
+                                {"ep", p.ep()},
+                                {"etp", p.etp()}})
+    check(v >= 1, "parallel." + name, "must be >= 1, got " + std::to_string(v));
+  check(p.dp() >= 0, "parallel.dp", "must be >= 0 (0: derived from the world size)");
+  check(in(p.optimizer(), {"zero1", "allreduce"}), "parallel.optimizer",
+        "unknown optimizer sharding '" + p.optimizer() + "'; expected zero1 or allreduce");
+  check(p.bucket_mb() >= 1, "parallel.bucket_mb", "must be >= 1");
+  for (int64_t n : p.stage_layers())
+    check(n >= 1, "parallel.stage_layers",
+          "every stage needs >= 1 layer, got " + std::to_string(n));
   const auto& e = m.moe();
   check(e.num_experts() >= 0, "model.moe.num_experts", "must be >= 0");
   if (e.num_experts() > 0) {
