@@ -130,6 +130,7 @@ static models::ParallelOptions parallel_options(const config::ParallelConfig& p)
   po.zero = p.optimizer() == "zero1";
   po.stage_layers.assign(p.stage_layers().begin(), p.stage_layers().end());
   po.bucket_elements = p.bucket_mb() * (int64_t(1) << 20) / 4;
+  po.allgather_dispatcher = p.allgather_dispatcher();
   return po;
 }
 

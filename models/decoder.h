@@ -53,6 +53,13 @@ struct DecoderParallel {
   // and MoE statistics are summed over it (null: this rank holds the whole batch).
   Communicator* dp = nullptr;
   bool sequence_parallel = false;
+  // Expert layout (MoE parallel folding, REFERENCE.md sections 1-2): experts split over ep, each
+  // expert's width over etp; tokens dispatched over ep (all-to-all) and gathered over etp, or
+  // with the all-gather dispatcher gathered over tp_ep (the ETP x EP group). Null: size 1.
+  Communicator* ep = nullptr;
+  Communicator* etp = nullptr;
+  Communicator* tp_ep = nullptr;
+  bool allgather_dispatcher = false;
   int64_t layer_begin = 0, layer_end = -1;  // this chunk's layers (-1: to the last)
   int slots = 1;  // microbatches whose activations are held at once (pipeline schedules)
 };
@@ -158,6 +165,11 @@ class Decoder {
   void mlp_backward(int64_t l, LayerActivations& a);
   void moe_forward(int64_t l, LayerActivations& a);
   void moe_backward(int64_t l, LayerActivations& a);
+  // The experts of a layer across ranks (ep > 1 or etp > 1): xg/pw hold this rank's N permuted
+  // token copies; y receives their expert outputs (forward); dy -> dxg, drow (backward).
+  void experts_forward_dispatched(LayerActivations& a, const LayerWeights& w, int64_t N, Tensor& y);
+  void experts_backward_dispatched(LayerActivations& a, const LayerWeights& w, LayerWeights& g,
+                                   int64_t N, const Tensor& dy, Tensor& dxg, Tensor& drow);
   LayerActivations& acts_for(int64_t l);
 
   ModelSpec spec_;
@@ -177,7 +189,9 @@ class Decoder {
   int64_t Lb_ = 0, Le_ = 0;               // this chunk's layers [Lb_, Le_)
   int64_t hq_ = 0, hkv_ = 0, ffn_ = 0;    // this rank's query heads, KV heads, MLP width
   int64_t vocab_ = 0, vocab_offset_ = 0;  // this rank's vocabulary rows
-  std::vector<int64_t> moe_index_;        // layer -> MoE layer index (-1 for dense)
+  bool dispatch_ = false;                 // experts across ranks (ep or etp > 1)
+  int ep_ = 1, ep_rank_ = 0, etp_ = 1, etp_rank_ = 0;
+  std::vector<int64_t> moe_index_;  // layer -> MoE layer index (-1 for dense)
   std::vector<std::vector<int64_t>> expert_counts_;
   std::vector<std::vector<float>> expert_bias_;
   std::vector<double> aux_prob_sums_;  // [E] sum over MoE layers and tokens of aux_probs

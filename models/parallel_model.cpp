@@ -39,10 +39,19 @@ void check_parallel_layout(const ModelSpec& spec, const DecoderOptions& base,
                            const ParallelOptions& po, int world_size, int64_t microbatches) {
   const RankGroups groups(world_size, po.layout);  // world = product, PP groups equal
   const int tp = groups.tp(), pp = groups.pp();
-  ORIGAMI_CHECK(groups.cp() == 1 && groups.ep() == 1 && groups.etp() == tp,
-                "context and expert parallelism are not available in this build's trainer yet "
-                "(cp=",
-                groups.cp(), ", ep=", groups.ep(), ", etp=", groups.etp(), ")");
+  ORIGAMI_CHECK(groups.cp() == 1, "context parallelism (cp=", groups.cp(),
+                ") is not available in the trainer yet");
+  if (spec.is_moe()) {
+    ORIGAMI_CHECK(spec.moe.num_experts % groups.ep() == 0, "expert parallel size ", groups.ep(),
+                  " does not divide the ", spec.moe.num_experts, " experts");
+    ORIGAMI_CHECK(spec.moe.expert_ffn % groups.etp() == 0, "expert tensor parallel size ",
+                  groups.etp(), " does not divide the expert width ", spec.moe.expert_ffn);
+    ORIGAMI_CHECK(tp == 1 || po.sequence_parallel, "an MoE model with tensor parallelism (tp=", tp,
+                  ") needs sequence parallelism, so that each rank routes distinct tokens "
+                  "(--sequence-parallel)");
+  } else {
+    ORIGAMI_CHECK(groups.ep() == 1, "expert parallelism (ep=", groups.ep(), ") needs an MoE model");
+  }
   ORIGAMI_CHECK(spec.heads % tp == 0, "tensor parallel size ", tp, " does not divide the ",
                 spec.heads, " attention heads");
   ORIGAMI_CHECK(spec.kv_heads % tp == 0 || tp % spec.kv_heads == 0, "tensor parallel size ", tp,
@@ -115,6 +124,12 @@ ParallelModel::ParallelModel(const ModelSpec& spec, const DecoderOptions& base,
     o.parallel.tp = tp_ > 1 ? groups.tp.get() : nullptr;
     o.parallel.dp = dp_ > 1 ? groups.dp.get() : nullptr;
     o.parallel.sequence_parallel = po.sequence_parallel && tp_ > 1;
+    if (spec.is_moe()) {
+      o.parallel.ep = layout.ep() > 1 ? groups.ep.get() : nullptr;
+      o.parallel.etp = layout.etp() > 1 ? groups.etp.get() : nullptr;
+      o.parallel.tp_ep = groups.tp_ep.get();
+      o.parallel.allgather_dispatcher = po.allgather_dispatcher;
+    }
     o.parallel.layer_begin = start[size_t(v)];
     o.parallel.layer_end = start[size_t(v) + 1];
     o.parallel.slots = std::max(1, in_flight[size_t(c)]);
@@ -124,17 +139,30 @@ ParallelModel::ParallelModel(const ModelSpec& spec, const DecoderOptions& base,
     DistributedOptimizerOptions oo;
     oo.zero = po.zero;
     oo.bucket_elements = po.bucket_elements;
-    optimizers_.push_back(std::make_unique<DistributedOptimizer>(
-        d.params().flat(), d.grads().flat(), d.compute_flat(), *groups.dp, oo));
-    std::vector<FlatRange> counted;
+    const int64_t P = d.layout().total_numel(), X = d.layout().expert_offset();
     int64_t shared_max = 0;
+    for (int part = 0; part < 2; ++part) {
+      Region r;
+      r.chunk = c;
+      r.begin = part == 0 ? 0 : X;
+      r.end = part == 0 ? X : P;
+      if (r.end == r.begin) continue;
+      r.group = part == 0 ? groups.dp.get() : groups.edp.get();
+      Tensor compute = d.compute_flat();
+      r.opt = std::make_unique<DistributedOptimizer>(
+          d.params().flat().narrow(0, r.begin, r.end - r.begin),
+          d.grads().flat().narrow(0, r.begin, r.end - r.begin),
+          compute.defined() ? compute.narrow(0, r.begin, r.end - r.begin) : Tensor(), *r.group, oo);
+      for (const ParamEntry& e : d.layout().entries())
+        if (e.owner && e.offset >= r.begin && e.offset < r.end)
+          r.counted.push_back({e.offset - r.begin, e.numel});
+      regions_.push_back(std::move(r));
+    }
     for (const ParamEntry& e : d.layout().entries()) {
-      if (e.owner) counted.push_back({e.offset, e.numel});
       if (e.tp_shared) shared_max = std::max(shared_max, shape_numel(e.global_shape));
       if (e.tied_copy || (e.name == d.layout().names().embed && spec.tie_embeddings && pp_ > 1))
         if (!tied_scratch_.defined()) tied_scratch_ = Tensor::zeros(e.shape, DType::f32);
     }
-    counted_.push_back(std::move(counted));
     if (shared_max > 0 && (!shared_scratch_.defined() || shared_scratch_.numel() < shared_max))
       shared_scratch_ = Tensor::zeros({shared_max}, DType::f32);
   }
@@ -186,7 +214,7 @@ StepLoss ParallelModel::forward_backward(const std::vector<Tensor>& ids,
   }
   reduce_tensor_parallel();
   reduce_tied_embedding();
-  for (auto& o : optimizers_) o->reduce_gradients();
+  for (Region& r : regions_) r.opt->reduce_gradients();
   StepLoss out;
   out.loss = loss_sum / double(microbatches_);
   out.ce = ce_sum / double(microbatches_);
@@ -302,8 +330,7 @@ void ParallelModel::reduce_tied_embedding() {
 
 double ParallelModel::grad_norm(double scale) {
   double local = 0;
-  for (size_t c = 0; c < chunks_.size(); ++c)
-    local += optimizers_[c]->local_grad_sum_squares(counted_[c]);
+  for (const Region& r : regions_) local += r.opt->local_grad_sum_squares(r.counted);
   // Every rank's share, summed in rank order on every rank: the same double everywhere.
   Communicator& world = *groups_.world;
   Tensor mine = Tensor::empty({1}, DType::i64);
@@ -316,11 +343,17 @@ double ParallelModel::grad_norm(double scale) {
 }
 
 void ParallelModel::scale_gradients(float s) {
-  for (auto& o : optimizers_) o->scale_gradients(s);
+  for (Region& r : regions_) r.opt->scale_gradients(s);
 }
 
 void ParallelModel::optimizer_step(const ops::AdamWParams& p) {
-  for (auto& o : optimizers_) o->step(p);
+  for (Region& r : regions_) r.opt->step(p);
+}
+
+const ParallelModel::Region& ParallelModel::region_of(int chunk, int64_t offset) const {
+  for (const Region& r : regions_)
+    if (r.chunk == chunk && offset >= r.begin && offset < r.end) return r;
+  ORIGAMI_FAIL("parallel model: no optimizer region holds offset ", offset, " of chunk ", chunk);
 }
 
 Tensor ParallelModel::gather(const std::string& name, const std::string& which) {
@@ -329,35 +362,36 @@ Tensor ParallelModel::gather(const std::string& name, const std::string& which) 
   const ParameterLayout whole_layout(spec_);
   const ParamEntry& ge = whole_layout.entry(name);
   Tensor full = Tensor::zeros(ge.global_shape, DType::f32);
-  const int dp_rank = groups_.dp->rank();
   for (size_t c = 0; c < chunks_.size(); ++c) {
     Decoder& d = *chunks_[c];
     if (!d.layout().has(name)) continue;
     const ParamEntry& e = d.layout().entry(name);
     if (!e.owner) continue;
+    const Region& r = region_of(int(c), e.offset);
+    const int rank_in_group = r.group->rank();
     Tensor dst = ParameterLayout::slice_of(e, full);
     if (which == "params") {
-      if (dp_rank == 0) dst.copy_from(d.params().get(name));
+      if (rank_in_group == 0) dst.copy_from(d.params().get(name));
     } else if (which == "grads") {
-      // The reduced gradient of an element lives on the dp rank owning its piece.
+      // The reduced gradient of an element lives on the rank owning its piece.
       Tensor src_flat = d.grads().flat();
       Tensor part = Tensor::zeros({e.numel}, DType::f32);
-      for (const FlatRange& r : optimizers_[c]->owned_pieces()) {
-        const int64_t lo = std::max(r.offset, e.offset), hi = std::min(r.end(), e.offset + e.numel);
+      for (const FlatRange& q : r.opt->owned_pieces()) {
+        const int64_t lo = std::max(q.offset + r.begin, e.offset);
+        const int64_t hi = std::min(q.end() + r.begin, e.offset + e.numel);
         if (lo < hi)
           part.narrow(0, lo - e.offset, hi - lo).copy_from(src_flat.narrow(0, lo, hi - lo));
       }
       dst.copy_from(part.view(e.shape));
     } else {
-      const int64_t P = d.layout().total_numel();
-      Tensor m = Tensor::zeros({P}, DType::f32), v = Tensor::zeros({P}, DType::f32);
-      optimizers_[c]->gather_state(m, v);
+      const int64_t n = r.end - r.begin;
+      Tensor m = Tensor::zeros({n}, DType::f32), v = Tensor::zeros({n}, DType::f32);
+      r.opt->gather_state(m, v);  // collective over the region's group: same layout on all
       const Tensor& src = which == "adam_m" ? m : v;
-      if (dp_rank == 0) dst.copy_from(src.narrow(0, e.offset, e.numel).view(e.shape));
+      if (rank_in_group == 0)
+        dst.copy_from(src.narrow(0, e.offset - r.begin, e.numel).view(e.shape));
     }
   }
-  // gather_state is collective over dp: ranks without the tensor must still take part. Each
-  // chunk calls it the same number of times on every dp rank (same layout), so this holds.
   Tensor flat = full.view({full.numel()});
   groups_.world->all_reduce(flat);
   return full;
@@ -375,29 +409,27 @@ void ParallelModel::load_whole(const ParameterBuffer& whole) {
 
 namespace {
 Shape offsets_of(const ParamEntry& e) {
-  Shape off(e.global_shape.size(), 0);
-  if (e.sharded()) off[size_t(e.shard_dim)] = e.shard_offset;
-  return off;
+  return e.slice_offset;
 }
 }  // namespace
 
 void ParallelModel::save(CheckpointWriter& w) {
-  const int dp_rank = groups_.dp->rank();
   const int tp_rank = groups_.tp->rank();
-  for (size_t c = 0; c < chunks_.size(); ++c) {
-    Decoder& d = *chunks_[c];
-    const int64_t P = d.layout().total_numel();
-    Tensor m = Tensor::zeros({P}, DType::f32), v = Tensor::zeros({P}, DType::f32);
-    optimizers_[c]->gather_state(m, v);  // collective over dp
-    if (dp_rank != 0) continue;
+  for (const Region& r : regions_) {
+    Decoder& d = *chunks_[size_t(r.chunk)];
+    const int64_t n = r.end - r.begin;
+    Tensor m = Tensor::zeros({n}, DType::f32), v = Tensor::zeros({n}, DType::f32);
+    r.opt->gather_state(m, v);  // collective over the region's group
+    if (r.group->rank() != 0) continue;
     for (const ParamEntry& e : d.layout().entries()) {
-      if (!e.owner) continue;
+      if (!e.owner || e.offset < r.begin || e.offset >= r.end) continue;
       const Shape off = offsets_of(e);
+      const int64_t at = e.offset - r.begin;
       w.add("params/" + e.name, d.params().get(e.name), e.global_shape, off);
-      w.add("adam_m/" + e.name, m.narrow(0, e.offset, e.numel).view(e.shape), e.global_shape, off);
-      w.add("adam_v/" + e.name, v.narrow(0, e.offset, e.numel).view(e.shape), e.global_shape, off);
+      w.add("adam_m/" + e.name, m.narrow(0, at, e.numel).view(e.shape), e.global_shape, off);
+      w.add("adam_v/" + e.name, v.narrow(0, at, e.numel).view(e.shape), e.global_shape, off);
     }
-    if (spec_.moe.expert_bias && tp_rank == 0) {
+    if (r.begin == 0 && spec_.moe.expert_bias && tp_rank == 0) {
       int64_t m_index = 0;
       for (int64_t l = 0; l < spec_.layers; ++l) {
         if (!spec_.is_moe_layer(l)) continue;
@@ -434,7 +466,10 @@ void ParallelModel::load(const CheckpointReader& rd) {
       Tensor pv = v.narrow(0, e.offset, e.numel).view(e.shape);
       rd.read("adam_v/" + e.name, pv, off);
     }
-    optimizers_[c]->load_state(m, v);
+    for (const Region& r : regions_)
+      if (r.chunk == int(c))
+        r.opt->load_state(m.narrow(0, r.begin, r.end - r.begin),
+                          v.narrow(0, r.begin, r.end - r.begin));
     d.sync_compute_weights();
     int64_t m_index = 0;
     for (int64_t l = 0; l < spec_.layers; ++l) {
@@ -451,7 +486,7 @@ void ParallelModel::load(const CheckpointReader& rd) {
 
 int64_t ParallelModel::optimizer_state_elements() const {
   int64_t n = 0;
-  for (const auto& o : optimizers_) n += o->state_elements();
+  for (const Region& r : regions_) n += r.opt->state_elements();
   return n;
 }
 
@@ -463,7 +498,10 @@ std::string ParallelModel::describe() const {
   os << groups_.summary();
   for (size_t c = 0; c < chunks_.size(); ++c) {
     chunks_[c]->print_plan(os);
-    os << "optimizer: " << optimizers_[c]->describe() << "\n";
+    for (const Region& r : regions_)
+      if (r.chunk == int(c))
+        os << (r.begin == 0 ? "optimizer (dense): " : "optimizer (experts): ") << r.opt->describe()
+           << "\n";
   }
   return os.str();
 }

@@ -33,12 +33,13 @@
 namespace origami::models {
 
 struct ParallelOptions {
-  ParallelLayout layout;              // tp, pp, dp, order (cp/ep/etp: later layers)
+  ParallelLayout layout;              // tp, cp, pp, ep, etp, dp, order
   int vpp = 1;                        // virtual pipeline chunks per rank (interleaved schedule)
   bool sequence_parallel = false;     // with tp > 1
   bool zero = true;                   // ZeRO-1 optimizer sharding over dp (else all-reduce)
   std::vector<int64_t> stage_layers;  // layers of each virtual stage (pp*vpp), empty: even
   int64_t bucket_elements = 1 << 22;  // gradient bucket size (elements)
+  bool allgather_dispatcher = false;  // MoE: all-gather tokens over tp-ep, not all-to-all
 };
 
 // Layers of every virtual stage: `stage_layers` checked, or the even split (earlier stages one
@@ -119,9 +120,18 @@ class ParallelModel {
   int64_t microbatches_;
   int pp_ = 1, pp_rank_ = 0, tp_ = 1, dp_ = 1;
   std::vector<std::unique_ptr<Decoder>> chunks_;
-  std::vector<std::unique_ptr<DistributedOptimizer>> optimizers_;
-  std::vector<int> slots_;                       // activation slots per chunk
-  std::vector<std::vector<FlatRange>> counted_;  // per chunk: ranges counted in the norm
+  // A chunk's flat buffer is two regions: the dense tensors, reduced over dp, and the experts
+  // (from ParameterLayout::expert_offset()), reduced over the expert-data-parallel group.
+  struct Region {
+    int chunk = 0;
+    int64_t begin = 0, end = 0;  // in the chunk's flat buffer
+    Communicator* group = nullptr;
+    std::unique_ptr<DistributedOptimizer> opt;
+    std::vector<FlatRange> counted;  // owned tensors, relative to begin (gradient norm)
+  };
+  std::vector<Region> regions_;
+  const Region& region_of(int chunk, int64_t offset) const;
+  std::vector<int> slots_;  // activation slots per chunk
   std::vector<std::string> all_names_;
   Tensor shared_scratch_;                    // [max global numel of a tp_shared entry] f32
   Tensor tied_scratch_;                      // [embedding slice] f32

@@ -79,7 +79,10 @@ ParameterLayout::ParameterLayout(const ModelSpec& s, const ShardSpec& sh) : shar
       add(name, global, init, 0, 0);
     } else {
       const int rep = tp / int(Hkv);
-      add_slice(name, global, init, 0, (sh.tp_rank / rep) * D, D, true, sh.tp_rank % rep == 0);
+      Shape off(global.size(), 0), shape = global;
+      off[0] = (sh.tp_rank / rep) * D;
+      shape[0] = D;
+      add_slice(name, global, init, off, shape, true, sh.tp_rank % rep == 0);
     }
   };
   if (first) add(names_.embed, {s.vocab, H}, ParamInit::normal, 0, 0);
@@ -101,15 +104,8 @@ ParameterLayout::ParameterLayout(const ModelSpec& s, const ShardSpec& sh) : shar
       add(y.mlp_up, {s.ffn, H}, ParamInit::normal, 0, 0);
       add(y.mlp_down, {H, s.ffn}, ParamInit::normal, 0, 1);
     }
-    // MoE blocks are replicated over TP (each rank routes its own tokens under sequence
-    // parallelism; expert parallelism splits them).
-    if (!y.router.empty()) {
-      const int64_t E = s.moe.num_experts, Fe = s.moe.expert_ffn;
-      add(y.router, {E, H}, ParamInit::normal);
-      add(y.expert_gate, {E, Fe, H}, ParamInit::normal, E);
-      add(y.expert_up, {E, Fe, H}, ParamInit::normal, E);
-      add(y.expert_down, {E, H, Fe}, ParamInit::normal, E);
-    }
+    // MoE: the router is replicated over TP; the experts follow the expert layout (added last).
+    if (!y.router.empty()) add(y.router, {s.moe.num_experts, H}, ParamInit::normal);
     if (!y.shared_gate.empty()) {
       const int64_t Fs = s.moe.shared_expert_ffn;
       add(y.shared_gate, {Fs, H}, ParamInit::normal);
@@ -120,6 +116,7 @@ ParameterLayout::ParameterLayout(const ModelSpec& s, const ShardSpec& sh) : shar
   }
   if (last) {
     add(names_.final_norm, {H}, ParamInit::ones);
+    // (the head follows; experts come after everything else)
     if (!names_.lm_head.empty()) {
       add(names_.lm_head, {s.vocab, H}, ParamInit::normal, 0, 0);
     } else if (!first) {
@@ -129,37 +126,63 @@ ParameterLayout::ParameterLayout(const ModelSpec& s, const ShardSpec& sh) : shar
       e.owner = false;
     }
   }
+  // The expert region: every expert tensor of the chunk's layers, after all the others.
+  expert_offset_ = total_;
+  const int64_t E = s.moe.num_experts;
+  ORIGAMI_CHECK(sh.ep >= 1 && sh.etp >= 1 && sh.ep_rank >= 0 && sh.ep_rank < sh.ep &&
+                    sh.etp_rank >= 0 && sh.etp_rank < sh.etp,
+                "parameter layout: ep rank ", sh.ep_rank, " of ", sh.ep, ", etp rank ", sh.etp_rank,
+                " of ", sh.etp);
+  for (int64_t l = layer_begin_; l < layer_end_; ++l) {
+    const LayerParamNames& y = names_.layers[size_t(l)];
+    if (y.router.empty()) continue;
+    ORIGAMI_CHECK(E % sh.ep == 0, "expert parallel size ", sh.ep, " does not divide the ", E,
+                  " experts");
+    ORIGAMI_CHECK(s.moe.expert_ffn % sh.etp == 0, "expert tensor parallel size ", sh.etp,
+                  " does not divide the expert width ", s.moe.expert_ffn);
+    const int64_t Fe = s.moe.expert_ffn;
+    add_expert(y.expert_gate, {E, Fe, H}, 1);
+    add_expert(y.expert_up, {E, Fe, H}, 1);
+    add_expert(y.expert_down, {E, H, Fe}, 2);
+  }
+}
+
+void ParameterLayout::add_expert(const std::string& name, const Shape& global, int etp_dim) {
+  const ShardSpec& sh = shard_;
+  Shape off(global.size(), 0), shape = global;
+  shape[0] = global[0] / sh.ep;
+  off[0] = sh.ep_rank * shape[0];
+  shape[size_t(etp_dim)] = global[size_t(etp_dim)] / sh.etp;
+  off[size_t(etp_dim)] = sh.etp_rank * shape[size_t(etp_dim)];
+  add_slice(name, global, ParamInit::normal, off, shape, false, true);
+  entries_.back().experts = shape[0];
 }
 
 void ParameterLayout::add(const std::string& name, const Shape& shape, ParamInit init,
                           int64_t experts, int shard_dim) {
   const int tp = shard_.tp;
-  if (shard_dim < 0 || tp == 1) {
-    add_slice(name, shape, init, -1, 0, 0, false, shard_.tp_rank == 0);
-  } else {
-    const int64_t len = shape[size_t(shard_dim)] / tp;
-    add_slice(name, shape, init, shard_dim, shard_.tp_rank * len, len, false, true);
+  Shape off(shape.size(), 0), local = shape;
+  if (shard_dim >= 0 && tp > 1) {
+    local[size_t(shard_dim)] = shape[size_t(shard_dim)] / tp;
+    off[size_t(shard_dim)] = shard_.tp_rank * local[size_t(shard_dim)];
   }
+  const bool replicated = shard_dim < 0 && tp > 1;
+  add_slice(name, shape, init, off, local, false, !replicated || shard_.tp_rank == 0);
+  entries_.back().tp_partial = replicated && shard_.sequence_parallel;
   entries_.back().experts = experts;
 }
 
 void ParameterLayout::add_slice(const std::string& name, const Shape& global, ParamInit init,
-                                int shard_dim, int64_t offset, int64_t length, bool shared,
-                                bool owner) {
+                                const Shape& offset, const Shape& shape, bool shared, bool owner) {
   ParamEntry e;
   e.name = name;
   e.global_shape = global;
-  e.shape = global;
-  if (shard_dim >= 0 && length != global[size_t(shard_dim)]) {
-    e.shard_dim = shard_dim;
-    e.shard_offset = offset;
-    e.shape[size_t(shard_dim)] = length;
-  }
+  e.shape = shape;
+  e.slice_offset = offset;
   e.offset = total_;
   e.numel = shape_numel(e.shape);
   e.init = init;
   e.tp_shared = shared && shard_.tp > 1;
-  e.tp_partial = shard_dim < 0 && shard_.tp > 1 && shard_.sequence_parallel;
   e.owner = owner;
   index_[name] = entries_.size();
   entries_.push_back(e);
@@ -169,8 +192,10 @@ void ParameterLayout::add_slice(const std::string& name, const Shape& global, Pa
 Tensor ParameterLayout::slice_of(const ParamEntry& e, const Tensor& whole) {
   ORIGAMI_CHECK(whole.shape() == e.global_shape, "parameter '", e.name, "': expected the whole ",
                 shape_str(e.global_shape), ", got ", whole.str());
-  if (!e.sharded()) return whole;
-  return whole.narrow(e.shard_dim, e.shard_offset, e.shape[size_t(e.shard_dim)]);
+  Tensor t = whole;
+  for (size_t d = 0; d < e.shape.size(); ++d)
+    if (e.shape[d] != e.global_shape[d]) t = t.narrow(int(d), e.slice_offset[d], e.shape[d]);
+  return t;
 }
 
 int64_t ParameterLayout::parameter_count() const {

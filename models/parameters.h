@@ -30,10 +30,9 @@ struct ParamEntry {
   ParamInit init = ParamInit::normal;
   int64_t experts = 0;  // > 0: stacked expert weight, dim 0 = expert
 
-  // Where the slice sits in the whole tensor (see ShardSpec). Unsharded: global_shape == shape.
+  // Where the slice sits in the whole tensor (see ShardSpec): shape == global_shape when whole.
   Shape global_shape;
-  int shard_dim = -1;        // the dimension split over tensor-parallel ranks (-1: whole tensor)
-  int64_t shard_offset = 0;  // start of the slice along shard_dim
+  Shape slice_offset;  // per dimension: where this rank's slice starts in the whole tensor
   // Replicated over the TP group, but each rank sees only its tokens (sequence parallel): the
   // gradients are partial sums, all-reduced over TP.
   bool tp_partial = false;
@@ -45,7 +44,8 @@ struct ParamEntry {
   // and shared slices on all but one TP rank, and for the head stage's copy of a tied embedding.
   bool owner = true;
   bool tied_copy = false;  // the pipeline head stage's copy of the tied embedding
-  bool sharded() const { return shard_dim >= 0; }
+  bool sharded() const { return shape != global_shape; }
+  bool is_expert() const { return experts > 0; }
 };
 
 // Which part of the model one rank holds: its tensor-parallel slice (Megatron-style: q/k/v and
@@ -53,11 +53,17 @@ struct ParamEntry {
 // vocabulary rows) of the layers [layer_begin, layer_end) (a pipeline chunk). The chunk that
 // starts at layer 0 holds the embedding; the one that ends at the last layer holds the final
 // norm and the head (and, with tied embeddings, a copy of the embedding kept in sync).
+//
+// Expert weights follow the expert layout of the same ranks (MoE parallel folding): the rank holds
+// experts [ep_rank*E/ep, (ep_rank+1)*E/ep), each split over ETP like the MLP (gate/up by rows of
+// the expert width, down by columns). They are placed after every other tensor, from
+// expert_offset() on, so that the expert region is reduced over the expert-data-parallel group.
 struct ShardSpec {
   int tp = 1, tp_rank = 0;
+  int ep = 1, ep_rank = 0, etp = 1, etp_rank = 0;
   int64_t layer_begin = 0, layer_end = -1;  // -1: every layer
   bool sequence_parallel = false;
-  bool whole() const { return tp == 1 && layer_begin == 0 && layer_end < 0; }
+  bool whole() const { return tp == 1 && ep == 1 && etp == 1 && layer_begin == 0 && layer_end < 0; }
 };
 
 // Offsets are rounded up to this many elements (128 bytes of f32, 64 of bf16).
@@ -92,6 +98,8 @@ class ParameterLayout {
   const ShardSpec& shard() const { return shard_; }
   int64_t layer_begin() const { return layer_begin_; }
   int64_t layer_end() const { return layer_end_; }
+  // Where the expert tensors start (== total_numel() when there are none).
+  int64_t expert_offset() const { return expert_offset_; }
   bool has_embedding() const { return has(names_.embed); }
   bool has_head() const { return has(names_.final_norm); }
 
@@ -102,10 +110,12 @@ class ParameterLayout {
   // Adds a tensor of global shape `shape`, split over TP along `shard_dim` (or whole).
   void add(const std::string& name, const Shape& shape, ParamInit init, int64_t experts = 0,
            int shard_dim = -1);
-  void add_slice(const std::string& name, const Shape& global, ParamInit init, int shard_dim,
-                 int64_t offset, int64_t length, bool shared, bool owner);
+  // A slice of shape `shape` at `offset` (per dimension) of a tensor of shape `global`.
+  void add_slice(const std::string& name, const Shape& global, ParamInit init, const Shape& offset,
+                 const Shape& shape, bool shared, bool owner);
+  void add_expert(const std::string& name, const Shape& global, int etp_dim);
   ShardSpec shard_;
-  int64_t layer_begin_ = 0, layer_end_ = 0;
+  int64_t layer_begin_ = 0, layer_end_ = 0, expert_offset_ = 0;
   std::vector<ParamEntry> entries_;
   std::map<std::string, size_t> index_;
   ModelParamNames names_;

@@ -159,7 +159,6 @@ void fill_defaults(Config& c) {
   if (p.vpp() == 0) p.set_vpp(1);
   if (p.cp() == 0) p.set_cp(1);
   if (p.ep() == 0) p.set_ep(1);
-  if (p.etp() == 0) p.set_etp(p.tp());
   if (p.optimizer().empty()) p.set_optimizer("zero1");
   if (p.order().empty()) p.set_order("tp-cp-ep-dp-pp");
   if (p.bucket_mb() == 0) p.set_bucket_mb(16);
@@ -209,6 +208,7 @@ void validate(const Config& c, const Locations& locs) {
                                 {"etp", p.etp()}})
     check(v >= 1, "parallel." + name, "must be >= 1, got " + std::to_string(v));
   check(p.dp() >= 0, "parallel.dp", "must be >= 0 (0: derived from the world size)");
+  check(p.etp() >= 0, "parallel.etp", "must be >= 0 (0: the same as tp)");
   check(in(p.optimizer(), {"zero1", "allreduce"}), "parallel.optimizer",
         "unknown optimizer sharding '" + p.optimizer() + "'; expected zero1 or allreduce");
   check(p.bucket_mb() >= 1, "parallel.bucket_mb", "must be >= 1");

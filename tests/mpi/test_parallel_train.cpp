@@ -31,10 +31,13 @@ constexpr int kGradStep = kSteps;  // gradients compared at the last step
 
 struct Case {
   std::string name;
-  int world, tp, pp, vpp, dp;
+  int world = 1, tp = 1, pp = 1, vpp = 1, dp = 1;
   bool sp = false, zero = true, tied = false;
   std::vector<int64_t> stage_layers = {};
-  bool moe = false;  // Mixtral-style: 4 experts top-2, load-balancing and z losses
+  bool moe = false;        // Mixtral-style: top-2, load-balancing and z losses
+  int ep = 1, etp = 0;     // expert layout (etp 0: the same as tp)
+  bool allgather = false;  // the all-gather dispatcher instead of all-to-all
+  int experts = 4;
 };
 
 models::ModelSpec tiny_spec(const Case& c) {
@@ -52,7 +55,7 @@ models::ModelSpec tiny_spec(const Case& c) {
   s.rms_eps = 1e-5;
   s.tie_embeddings = c.tied;
   if (c.moe) {
-    s.moe.num_experts = 4;
+    s.moe.num_experts = c.experts;
     s.moe.top_k = 2;
     s.moe.expert_ffn = 24;
     s.moe.norm_topk_prob = true;
@@ -158,6 +161,9 @@ TEST_P(ParallelTrain, MatchesSingleRank) {
   po.zero = c.zero;
   po.stage_layers = c.stage_layers;
   po.bucket_elements = 1000;  // several buckets, uneven pieces
+  po.layout.ep = c.ep;
+  po.layout.etp = c.etp;
+  po.allgather_dispatcher = c.allgather;
   const RankGroups layout(world.size(), po.layout);
   ASSERT_EQ(layout.dp(), c.dp);
   ProcessGroups groups = ProcessGroups::create(world, layout);
@@ -209,31 +215,63 @@ TEST_P(ParallelTrain, MatchesSingleRank) {
 }
 
 std::vector<Case> cases() {
-  std::vector<Case> v;
-  v.push_back({"tp2", 2, 2, 1, 1, 1});
-  v.push_back({"tp2_sp", 2, 2, 1, 1, 1, true});
-  v.push_back({"dp2_zero", 2, 1, 1, 1, 2, false, true});
-  v.push_back({"dp2_allreduce", 2, 1, 1, 1, 2, false, false});
-  v.push_back({"pp2_1f1b", 2, 1, 2, 1, 1});
-  v.push_back({"pp2_uneven_6_2", 2, 1, 2, 1, 1, false, true, false, {6, 2}});
-  v.push_back({"pp2_tied", 2, 1, 2, 1, 1, false, true, true});
-  v.push_back({"pp3_uneven_4_2_2", 3, 1, 3, 1, 1, false, true, false, {4, 2, 2}});
-  v.push_back({"dp3_zero", 3, 1, 1, 1, 3});
-  v.push_back({"tp4_kv_shared", 4, 4, 1, 1, 1});
-  v.push_back({"tp4_sp", 4, 4, 1, 1, 1, true});
-  v.push_back({"pp4_vpp2", 4, 1, 4, 2, 1});
-  v.push_back({"tp2_dp2", 4, 2, 1, 1, 2});
-  v.push_back({"tp2_pp2", 4, 2, 2, 1, 1});
-  v.push_back({"tp2_pp2_sp_tied", 4, 2, 2, 1, 1, true, true, true});
-  v.push_back({"tp2_pp2_dp2", 8, 2, 2, 1, 2});
-  v.push_back({"tp2_pp2_dp2_sp_vpp2", 8, 2, 2, 2, 2, true});
-  // MoE (experts replicated over TP, each rank routing the rows it holds under sequence
-  // parallelism): counts, load-balancing statistics and z-loss summed over the right ranks.
-  v.push_back({"moe_tp2", 2, 2, 1, 1, 1, false, true, false, {}, true});
-  v.push_back({"moe_tp2_sp", 2, 2, 1, 1, 1, true, true, false, {}, true});
-  v.push_back({"moe_dp2", 2, 1, 1, 1, 2, false, true, false, {}, true});
-  v.push_back({"moe_pp2", 2, 1, 2, 1, 1, false, true, false, {}, true});
-  v.push_back({"moe_tp2_dp2_sp", 4, 2, 1, 1, 2, true, true, false, {}, true});
+  std::vector<Case> v = {
+      {.name = "tp2", .world = 2, .tp = 2},
+      {.name = "tp2_sp", .world = 2, .tp = 2, .sp = true},
+      {.name = "dp2_zero", .world = 2, .dp = 2},
+      {.name = "dp2_allreduce", .world = 2, .dp = 2, .zero = false},
+      {.name = "pp2_1f1b", .world = 2, .pp = 2},
+      {.name = "pp2_uneven_6_2", .world = 2, .pp = 2, .stage_layers = {6, 2}},
+      {.name = "pp2_tied", .world = 2, .pp = 2, .tied = true},
+      {.name = "pp3_uneven_4_2_2", .world = 3, .pp = 3, .stage_layers = {4, 2, 2}},
+      {.name = "dp3_zero", .world = 3, .dp = 3},
+      {.name = "tp4_kv_shared", .world = 4, .tp = 4},
+      {.name = "tp4_sp", .world = 4, .tp = 4, .sp = true},
+      {.name = "pp4_vpp2", .world = 4, .pp = 4, .vpp = 2},
+      {.name = "tp2_dp2", .world = 4, .tp = 2, .dp = 2},
+      {.name = "tp2_pp2", .world = 4, .tp = 2, .pp = 2},
+      {.name = "tp2_pp2_sp_tied", .world = 4, .tp = 2, .pp = 2, .sp = true, .tied = true},
+      {.name = "tp2_pp2_dp2", .world = 8, .tp = 2, .pp = 2, .dp = 2},
+      {.name = "tp2_pp2_dp2_sp_vpp2", .world = 8, .tp = 2, .pp = 2, .vpp = 2, .dp = 2, .sp = true},
+      // MoE. Experts over ep (all-to-all dispatcher unless named), each split over etp; expert
+      // gradients reduced over edp; router statistics and z-loss summed over the token ranks.
+      {.name = "moe_tp2_sp_etp2", .world = 2, .tp = 2, .sp = true, .moe = true},
+      {.name = "moe_tp2_sp_etp1", .world = 2, .tp = 2, .sp = true, .moe = true, .etp = 1},
+      {.name = "moe_dp2", .world = 2, .dp = 2, .moe = true},
+      {.name = "moe_pp2", .world = 2, .pp = 2, .moe = true},
+      {.name = "moe_ep2", .world = 2, .dp = 2, .moe = true, .ep = 2},
+      {.name = "moe_ep2_allgather", .world = 2, .dp = 2, .moe = true, .ep = 2, .allgather = true},
+      {.name = "moe_pp2_ep2", .world = 4, .pp = 2, .dp = 2, .moe = true, .ep = 2},
+      {.name = "moe_ep4", .world = 4, .dp = 4, .moe = true, .ep = 4},
+      {.name = "moe_etp2_ep2", .world = 4, .tp = 2, .dp = 2, .sp = true, .moe = true, .ep = 2},
+      {.name = "moe_etp2_ep2_allgather",
+       .world = 4,
+       .tp = 2,
+       .dp = 2,
+       .sp = true,
+       .moe = true,
+       .ep = 2,
+       .allgather = true},
+      {.name = "moe_tp2_dp2_sp_ep4",
+       .world = 4,
+       .tp = 2,
+       .dp = 2,
+       .sp = true,
+       .moe = true,
+       .ep = 4,
+       .etp = 1},
+      {.name = "moe_ep8", .world = 8, .dp = 8, .moe = true, .ep = 8, .experts = 8},
+      {.name = "moe_tp2_pp2_sp_ep4",
+       .world = 8,
+       .tp = 2,
+       .pp = 2,
+       .dp = 2,
+       .sp = true,
+       .moe = true,
+       .ep = 4,
+       .etp = 1},
+      {.name = "moe_dp6_ep3", .world = 6, .dp = 6, .moe = true, .ep = 3, .experts = 6},
+  };
   return v;
 }
 
