@@ -204,8 +204,7 @@ void validate(const Config& c, const Locations& locs) {
                                 {"pp", p.pp()},
                                 {"vpp", p.vpp()},
                                 {"cp", p.cp()},
-                                {"ep", p.ep()},
-                                {"etp", p.etp()}})
+                                {"ep", p.ep()}})
     check(v >= 1, "parallel." + name, "must be >= 1, got " + std::to_string(v));
   check(p.dp() >= 0, "parallel.dp", "must be >= 0 (0: derived from the world size)");
   check(p.etp() >= 0, "parallel.etp", "must be >= 0 (0: the same as tp)");
