@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # origami train with impossible layouts under mpirun: every rank must stop before allocating,
 # with a message naming the numbers, and the job must exit non-zero (not hang).
-#   cli_invalid_layout.sh MPIEXEC ORIGAMI CONFIG
+#   cli_invalid_layout.sh MPIEXEC ORIGAMI DENSE_CONFIG MOE_CONFIG
 set -u
-mpiexec=$1 origami=$2 config=$3
+mpiexec=$1 origami=$2 config=$3 moe_config=$4
 fail=0
 check() {  # ranks, expected message piece, flags...
   local np=$1 want=$2
@@ -27,4 +27,10 @@ check 4 "is not divisible by TP" --tp 3
 check 4 "does not divide the 6 attention heads" --tp 4 --set model.num_heads=6 \
   --set model.hidden_size=96
 check 4 "layers cannot fill 4 pipeline stages" --pp 4 --set model.num_layers=2
+# MoE layouts (the demo MoE has 4 experts).
+config=$moe_config
+check 3 "does not divide the 4 experts" --set parallel.ep=3
+check 4 "needs sequence parallelism" --tp 2 --set parallel.ep=2
+check 8 "EDP" --tp 2 --pp 2 --sequence-parallel --set parallel.ep=4 --set parallel.etp=1 \
+  --set 'parallel.order="tp-cp-ep-pp-dp"' --set model.moe.aux_loss_coeff=0
 exit $fail

@@ -43,7 +43,16 @@ struct Case {
   int ep = 1, etp = 0;     // expert layout (etp 0: the same as tp)
   bool allgather = false;  // the all-gather dispatcher instead of all-to-all
   int experts = 4;
+  // Sigmoid router whose expert bias rules out experts 2 and 3: with EP4 two ranks receive no
+  // tokens at all, and must still complete forward and backward.
+  bool starve = false;
 };
+
+// The starving bias (see Case::starve) on every MoE layer of a decoder.
+void starve_experts(models::Decoder& d) {
+  for (int64_t m = 0; m < d.spec().num_moe_layers(); ++m)
+    d.expert_bias(m) = {0.0f, 0.0f, -1000.0f, -1000.0f};
+}
 
 models::ModelSpec tiny_spec(const Case& c) {
   models::ModelSpec s;
@@ -66,6 +75,11 @@ models::ModelSpec tiny_spec(const Case& c) {
     s.moe.norm_topk_prob = true;
     s.moe.aux_loss_coeff = c.pp > 1 ? 0.0 : 0.01;  // the aux loss spans stages: pp 1 only
     s.moe.z_loss_coeff = 1e-3;
+    if (c.starve) {
+      s.moe.router = models::RouterKind::sigmoid;
+      s.moe.expert_bias = true;
+      s.moe.expert_bias_update_rate = 0.0;
+    }
   }
   return s;
 }
@@ -128,6 +142,7 @@ Reference run_single_rank(const Case& c) {
   o.seq = kSeq;
   models::Decoder ref(spec, o);
   ref.params().init_random(11, 0.2);
+  if (c.starve) starve_experts(ref);
   Reference out;
   for (int step = 1; step <= kSteps; ++step) {
     ref.grads().zero();
@@ -177,6 +192,8 @@ TEST_P(ParallelTrain, MatchesSingleRank) {
   o.seq = kSeq;
   models::ParallelModel pm(spec, o, po, layout, groups, kMicro);
   pm.init_random(11, 0.2);
+  if (c.starve)
+    for (int k = 0; k < pm.num_chunks(); ++k) starve_experts(pm.chunk(k));
   const int dp_rank = groups.dp->rank();
 
   const Reference ref = run_single_rank(c);
@@ -276,8 +293,82 @@ std::vector<Case> cases() {
        .ep = 4,
        .etp = 1},
       {.name = "moe_dp6_ep3", .world = 6, .dp = 6, .moe = true, .ep = 3, .experts = 6},
+      {.name = "moe_ep4_two_ranks_without_tokens",
+       .world = 4,
+       .dp = 4,
+       .moe = true,
+       .ep = 4,
+       .starve = true},
+      {.name = "moe_ep4_allgather_without_tokens",
+       .world = 4,
+       .dp = 4,
+       .moe = true,
+       .ep = 4,
+       .allgather = true,
+       .starve = true},
   };
   return v;
+}
+
+// Both dispatchers on the same layout and data agree within 1e-6 (REFERENCE.md section 6): the
+// losses of 3 steps, the first step's gradients and the parameters after the 3 steps.
+TEST(Dispatchers, AllToAllAndAllGatherAgree) {
+  Communicator& world = mpi_world();
+  if (world.size() != 4) GTEST_SKIP() << "needs 4 ranks";
+  struct Run {
+    std::vector<double> losses;
+    std::map<std::string, std::vector<float>> tensors;
+  };
+  auto run = [&](bool allgather) {
+    Case c;
+    c.moe = true;
+    models::ParallelOptions po;
+    po.layout.tp = 2;
+    po.layout.ep = 2;  // ETP2 x EP2 over the 4 ranks (etp defaults to tp)
+    po.sequence_parallel = true;
+    po.allgather_dispatcher = allgather;
+    const RankGroups layout(world.size(), po.layout);
+    ProcessGroups groups = ProcessGroups::create(world, layout);
+    models::DecoderOptions o;
+    o.batch = kBatch;
+    o.seq = kSeq;
+    models::ParallelModel pm(tiny_spec(c), o, po, layout, groups, kMicro);
+    pm.init_random(11, 0.2);
+    Run r;
+    for (int step = 1; step <= kSteps; ++step) {
+      std::vector<Tensor> ids(kMicro), targets(kMicro);
+      for (int64_t m = 0; m < kMicro; ++m)
+        batch(step, m, groups.dp->rank() * kBatch, kBatch, ids[size_t(m)], targets[size_t(m)]);
+      r.losses.push_back(pm.forward_backward(ids, targets).loss);
+      if (step == 1)  // before AdamW turns round-off into updates
+        for (const std::string& n : pm.names())
+          r.tensors["grads/" + n] = pm.gather(n, "grads").to_float_vector();
+      const double inv = 1.0 / double(kMicro);
+      pm.scale_gradients(float(inv * ops::clip_coefficient(pm.grad_norm(inv), kClip)));
+      pm.optimizer_step(adamw(step));
+    }
+    for (const std::string& n : pm.names())
+      r.tensors["params/" + n] = pm.gather(n, "params").to_float_vector();
+    return r;
+  };
+  const Run a2a = run(false), ag = run(true);
+  double worst_loss = 0, worst = 0;
+  std::string worst_name;
+  for (size_t i = 0; i < a2a.losses.size(); ++i)
+    worst_loss = std::max(worst_loss, std::abs(a2a.losses[i] - ag.losses[i]) / a2a.losses[i]);
+  for (const auto& [name, v] : a2a.tensors) {
+    const std::vector<float>& w = ag.tensors.at(name);
+    const Shape shape{int64_t(v.size())};
+    const double e = rel_err(Tensor::from_vector(w, shape, DType::f32),
+                             Tensor::from_vector(v, shape, DType::f32));
+    if (e > worst) worst = e, worst_name = name;
+  }
+  EXPECT_LE(worst_loss, 1e-6);
+  EXPECT_LE(worst, 1e-6) << worst_name;
+  if (world.rank() == 0)
+    std::printf(
+        "[ dispatch ] all-to-all vs all-gather (ETP2 x EP2): loss %.2e, tensors %.2e (%s)\n",
+        worst_loss, worst, worst_name.c_str());
 }
 
 // ---- resharding checkpoints ----------------------------------------------------------------
