@@ -16,6 +16,7 @@
 #include "ops/norm.h"
 #include "ops/rope.h"
 #include "parallel/communicator.h"
+#include "parallel/context_parallel.h"
 #include "runtime/error.h"
 
 namespace origami::models {
@@ -552,10 +553,21 @@ Decoder::Decoder(const ModelSpec& spec, const DecoderOptions& opt)
   expert_bias_.assign(size_t(m), std::vector<float>(size_t(spec_.moe.num_experts), 0.0f));
   aux_prob_sums_.assign(size_t(spec_.moe.num_experts), 0.0);
 
-  // Constant inputs: positions (t mod S), rope frequencies, ones.
+  // Constant inputs: positions (t mod S; with CP the zigzag positions of this rank's tokens),
+  // rope frequencies, ones.
   const int64_t T = T_;
   Tensor pos = Tensor::empty({T}, DType::i64);
-  for (int64_t t = 0; t < T; ++t) pos.data_as<int64_t>()[t] = t % opt.seq;
+  Communicator* cp = opt.parallel.cp;
+  if (cp && cp->size() > 1) {
+    const std::vector<int64_t> zz = zigzag_positions(opt.seq * cp->size(), cp->size(), cp->rank());
+    for (int64_t t = 0; t < T; ++t) pos.data_as<int64_t>()[t] = zz[size_t(t % opt.seq)];
+    cp_attn_ = std::make_unique<CpAttention>(
+        *cp, opt.parallel.cp_ring ? CpVariant::ring : CpVariant::all_gather, opt.batch, opt.seq,
+        hq_, hkv_, spec_.head_dim, opt.compute,
+        spec_.sliding_window > 0 ? spec_.sliding_window + 1 : -1, 0.0f, opt.device);
+  } else {
+    for (int64_t t = 0; t < T; ++t) pos.data_as<int64_t>()[t] = t % opt.seq;
+  }
   s_->positions.copy_from(pos);
   s_->inv_freq.copy_from(ops::rope_inv_freq(spec_.rope));
   s_->ones.copy_from(Tensor::from_vector(std::vector<float>(size_t(T), 1.0f), {T}, opt.compute));
@@ -950,8 +962,12 @@ void Decoder::attention_forward(int64_t l, LayerActivations& a) {
   ops::AttentionParams p;
   p.window = spec_.sliding_window > 0 ? spec_.sliding_window + 1 : -1;  // ops: i - j < window
   Tensor attn4 = a.attn.view({B, S, Hq, D});
-  ops::attention_forward(a.q.view({B, S, Hq, D}), a.k.view({B, S, Hkv, D}),
-                         a.v.view({B, S, Hkv, D}), p, attn4, a.lse);
+  if (cp_attn_)  // this rank's zigzag part of the sequence against the whole of it
+    cp_attn_->forward(a.q.view({B, S, Hq, D}), a.k.view({B, S, Hkv, D}), a.v.view({B, S, Hkv, D}),
+                      attn4, a.lse);
+  else
+    ops::attention_forward(a.q.view({B, S, Hq, D}), a.k.view({B, S, Hkv, D}),
+                           a.v.view({B, S, Hkv, D}), p, attn4, a.lse);
   // x_mid [Tl,H] = x + attn Wo^T (summed over TP)
   row_parallel_residual(a.attn, w.wo, x, a.x_mid);
 }
@@ -972,9 +988,14 @@ void Decoder::attention_backward(int64_t l, LayerActivations& a) {
   p.window = spec_.sliding_window > 0 ? spec_.sliding_window + 1 : -1;  // ops: i - j < window
   Tensor dq4 = s.dq.view({B, S, Hq, D}), dk4 = s.dk.view({B, S, Hkv, D}),
          dv4 = s.dv.view({B, S, Hkv, D});
-  ops::attention_backward(a.q.view({B, S, Hq, D}), a.k.view({B, S, Hkv, D}),
-                          a.v.view({B, S, Hkv, D}), a.attn.view({B, S, Hq, D}), a.lse,
-                          s.dattn.view({B, S, Hq, D}), p, dq4, dk4, dv4);
+  if (cp_attn_)
+    cp_attn_->backward(a.q.view({B, S, Hq, D}), a.k.view({B, S, Hkv, D}), a.v.view({B, S, Hkv, D}),
+                       a.attn.view({B, S, Hq, D}), a.lse, s.dattn.view({B, S, Hq, D}), dq4, dk4,
+                       dv4);
+  else
+    ops::attention_backward(a.q.view({B, S, Hq, D}), a.k.view({B, S, Hkv, D}),
+                            a.v.view({B, S, Hkv, D}), a.attn.view({B, S, Hq, D}), a.lse,
+                            s.dattn.view({B, S, Hq, D}), p, dq4, dk4, dv4);
   // back through rope (inverse rotation), in place
   Tensor dq3 = s.dq.view({T, Hq, D}), dk3 = s.dk.view({T, Hkv, D});
   ops::rope_backward(dq3, s.positions, s.inv_freq, dq3);

@@ -43,7 +43,8 @@
 
 namespace origami {
 class Communicator;
-}
+class CpAttention;
+}  // namespace origami
 
 namespace origami::models {
 
@@ -60,6 +61,11 @@ struct DecoderParallel {
   Communicator* etp = nullptr;
   Communicator* tp_ep = nullptr;
   bool allgather_dispatcher = false;
+  // Context parallelism (REFERENCE.md section 3): the batch's sequences are split over cp in the
+  // zigzag order (DecoderOptions::seq is then this rank's S/cp tokens); attention runs across
+  // the group, by ring or by all-gather of K/V. `dp` must then span dp x cp.
+  Communicator* cp = nullptr;
+  bool cp_ring = true;
   int64_t layer_begin = 0, layer_end = -1;  // this chunk's layers (-1: to the last)
   int slots = 1;  // microbatches whose activations are held at once (pipeline schedules)
 };
@@ -182,6 +188,7 @@ class Decoder {
   std::vector<std::unique_ptr<Microbatch>> mbs_;  // one per slot
   std::vector<LayerActivations> shared_acts_;     // the one set reused with recompute
   std::unique_ptr<Scratch> s_;
+  std::unique_ptr<CpAttention> cp_attn_;  // context parallel attention (cp > 1)
   int cur_ = 0;                           // the slot being run
   int tp_ = 1, tp_rank_ = 0;              // tensor-parallel size and rank
   bool sp_ = false;                       // sequence parallel (with tp_ > 1)

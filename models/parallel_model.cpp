@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "ops/optimizer.h"
+#include "parallel/context_parallel.h"
 #include "parallel/pipeline_schedule.h"
 #include "runtime/error.h"
 
@@ -39,8 +40,9 @@ void check_parallel_layout(const ModelSpec& spec, const DecoderOptions& base,
                            const ParallelOptions& po, int world_size, int64_t microbatches) {
   const RankGroups groups(world_size, po.layout);  // world = product, PP groups equal
   const int tp = groups.tp(), pp = groups.pp();
-  ORIGAMI_CHECK(groups.cp() == 1, "context parallelism (cp=", groups.cp(),
-                ") is not available in the trainer yet");
+  ORIGAMI_CHECK(base.seq % (2 * groups.cp()) == 0, "context parallelism: the sequence of ",
+                base.seq, " tokens does not split into 2 x cp = ", 2 * groups.cp(),
+                " equal chunks (make train.seq_len a multiple of ", 2 * groups.cp(), ")");
   if (spec.is_moe()) {
     ORIGAMI_CHECK(spec.moe.num_experts % groups.ep() == 0, "expert parallel size ", groups.ep(),
                   " does not divide the ", spec.moe.num_experts, " experts");
@@ -104,6 +106,7 @@ ParallelModel::ParallelModel(const ModelSpec& spec, const DecoderOptions& base,
   pp_ = layout.pp();
   tp_ = layout.tp();
   dp_ = groups.dp->size();
+  cp_ = layout.cp();
   pp_rank_ = layout.coordinate("pp", rank);
   const int vpp = po.vpp;
   const std::vector<int64_t> per_stage = split_layers(spec.layers, pp_ * vpp, po.stage_layers);
@@ -122,7 +125,14 @@ ParallelModel::ParallelModel(const ModelSpec& spec, const DecoderOptions& base,
     DecoderOptions o = base;
     o.optimizer_state = false;  // the DistributedOptimizer holds Adam's state
     o.parallel.tp = tp_ > 1 ? groups.tp.get() : nullptr;
-    o.parallel.dp = dp_ > 1 ? groups.dp.get() : nullptr;
+    // Token counts and MoE statistics are summed over every rank holding other tokens of the
+    // batch: dp x cp.
+    o.parallel.dp = dp_ * cp_ > 1 ? groups.dp_cp.get() : nullptr;
+    if (cp_ > 1) {
+      o.seq = base.seq / cp_;
+      o.parallel.cp = groups.cp.get();
+      o.parallel.cp_ring = po.cp_ring;
+    }
     o.parallel.sequence_parallel = po.sequence_parallel && tp_ > 1;
     if (spec.is_moe()) {
       o.parallel.ep = layout.ep() > 1 ? groups.ep.get() : nullptr;
@@ -147,7 +157,7 @@ ParallelModel::ParallelModel(const ModelSpec& spec, const DecoderOptions& base,
       r.begin = part == 0 ? 0 : X;
       r.end = part == 0 ? X : P;
       if (r.end == r.begin) continue;
-      r.group = part == 0 ? groups.dp.get() : groups.edp.get();
+      r.group = part == 0 ? groups.dp_cp.get() : groups.edp.get();
       Tensor compute = d.compute_flat();
       r.opt = std::make_unique<DistributedOptimizer>(
           d.params().flat().narrow(0, r.begin, r.end - r.begin),
@@ -166,6 +176,11 @@ ParallelModel::ParallelModel(const ModelSpec& spec, const DecoderOptions& base,
     if (shared_max > 0 && (!shared_scratch_.defined() || shared_scratch_.numel() < shared_max))
       shared_scratch_ = Tensor::zeros({shared_max}, DType::f32);
   }
+  if (cp_ > 1)
+    for (int64_t m = 0; m < microbatches; ++m) {
+      cp_ids_.push_back(Tensor::empty({base.batch, base.seq / cp_}, DType::i64));
+      cp_targets_.push_back(Tensor::empty({base.batch, base.seq / cp_}, DType::i64));
+    }
   const int64_t Tl = chunks_.front()->local_tokens();
   recv_fwd_.push_back(Tensor::zeros({Tl, spec.hidden}, base.compute));
   recv_bwd_.push_back(Tensor::zeros({Tl, spec.hidden}, DType::f32));
@@ -188,6 +203,19 @@ StepLoss ParallelModel::forward_backward(const std::vector<Tensor>& ids,
                 "parallel model: ", microbatches_, " microbatches expected, got ", ids.size(),
                 " ids and ", targets.size(), " targets");
   for (auto& c : chunks_) c->grads().zero();
+  if (cp_ > 1) {  // this rank's zigzag part of every sequence
+    const int cp_rank = groups_.cp->rank();
+    for (int64_t m = 0; m < microbatches_; ++m) {
+      zigzag_split(ids[size_t(m)], cp_, cp_rank, cp_ids_[size_t(m)]);
+      zigzag_split(targets[size_t(m)], cp_, cp_rank, cp_targets_[size_t(m)]);
+    }
+    return run_step(cp_ids_, cp_targets_);
+  }
+  return run_step(ids, targets);
+}
+
+StepLoss ParallelModel::run_step(const std::vector<Tensor>& ids,
+                                 const std::vector<Tensor>& targets) {
   double loss_sum = 0, ce_sum = 0;
   if (pp_ == 1) {
     Decoder& d = *chunks_.front();
@@ -492,8 +520,8 @@ int64_t ParallelModel::optimizer_state_elements() const {
 
 std::string ParallelModel::describe() const {
   std::ostringstream os;
-  os << "parallel: tp=" << tp_ << " pp=" << pp_ << " vpp=" << po_.vpp << " dp=" << dp_
-     << (po_.sequence_parallel && tp_ > 1 ? " sequence-parallel" : "")
+  os << "parallel: tp=" << tp_ << " cp=" << cp_ << " pp=" << pp_ << " vpp=" << po_.vpp
+     << " dp=" << dp_ << (po_.sequence_parallel && tp_ > 1 ? " sequence-parallel" : "")
      << (po_.zero && dp_ > 1 ? " zero-1" : "") << ", " << microbatches_ << " microbatch(es)\n";
   os << groups_.summary();
   for (size_t c = 0; c < chunks_.size(); ++c) {

@@ -39,7 +39,9 @@ struct ParallelOptions {
   bool zero = true;                   // ZeRO-1 optimizer sharding over dp (else all-reduce)
   std::vector<int64_t> stage_layers;  // layers of each virtual stage (pp*vpp), empty: even
   int64_t bucket_elements = 1 << 22;  // gradient bucket size (elements)
-  bool allgather_dispatcher = false;  // MoE: all-gather tokens over tp-ep, not all-to-all
+  bool allgather_dispatcher = false;
+  bool cp_ring = true;  // context-parallel attention by ring (else all-gather of K/V)  // MoE:
+                        // all-gather tokens over tp-ep, not all-to-all
 };
 
 // Layers of every virtual stage: `stage_layers` checked, or the even split (earlier stages one
@@ -109,6 +111,7 @@ class ParallelModel {
   std::string describe() const;
 
  private:
+  StepLoss run_step(const std::vector<Tensor>& ids, const std::vector<Tensor>& targets);
   void run_pipeline(const std::vector<Tensor>& ids, const std::vector<Tensor>& targets,
                     double& loss_sum, double& ce_sum);
   void reduce_tensor_parallel();
@@ -118,7 +121,8 @@ class ParallelModel {
   ParallelOptions po_;
   ProcessGroups& groups_;
   int64_t microbatches_;
-  int pp_ = 1, pp_rank_ = 0, tp_ = 1, dp_ = 1;
+  int pp_ = 1, pp_rank_ = 0, tp_ = 1, dp_ = 1, cp_ = 1;
+  std::vector<Tensor> cp_ids_, cp_targets_;  // this rank's zigzag part of each microbatch
   std::vector<std::unique_ptr<Decoder>> chunks_;
   // A chunk's flat buffer is two regions: the dense tensors, reduced over dp, and the experts
   // (from ParameterLayout::expert_offset()), reduced over the expert-data-parallel group.

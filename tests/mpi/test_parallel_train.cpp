@@ -46,6 +46,8 @@ struct Case {
   // Sigmoid router whose expert bias rules out experts 2 and 3: with EP4 two ranks receive no
   // tokens at all, and must still complete forward and backward.
   bool starve = false;
+  int cp = 1;           // context parallel
+  bool cp_ring = true;  // ring attention (else all-gather of K/V)
 };
 
 // The starving bias (see Case::starve) on every MoE layer of a decoder.
@@ -183,6 +185,8 @@ TEST_P(ParallelTrain, MatchesSingleRank) {
   po.bucket_elements = 1000;  // several buckets, uneven pieces
   po.layout.ep = c.ep;
   po.layout.etp = c.etp;
+  po.layout.cp = c.cp;
+  po.cp_ring = c.cp_ring;
   po.allgather_dispatcher = c.allgather;
   const RankGroups layout(world.size(), po.layout);
   ASSERT_EQ(layout.dp(), c.dp);
@@ -293,6 +297,24 @@ std::vector<Case> cases() {
        .ep = 4,
        .etp = 1},
       {.name = "moe_dp6_ep3", .world = 6, .dp = 6, .moe = true, .ep = 3, .experts = 6},
+      // Context parallelism: zigzag halves of every sequence, attention by ring or all-gather.
+      {.name = "cp2_ring", .world = 2, .cp = 2},
+      {.name = "cp2_allgather", .world = 2, .cp = 2, .cp_ring = false},
+      {.name = "cp4_ring", .world = 4, .cp = 4},
+      {.name = "cp4_allgather", .world = 4, .cp = 4, .cp_ring = false},
+      {.name = "tp2_cp2_sp", .world = 4, .tp = 2, .sp = true, .cp = 2},
+      {.name = "cp2_dp2_zero", .world = 4, .dp = 2, .cp = 2},
+      // REFERENCE.md's worked example: attention TP2 x CP2 x DP2, experts ETP1 x EP4 x EDP2.
+      {.name = "moe_tp2_cp2_dp2_sp_ep4",
+       .world = 8,
+       .tp = 2,
+       .dp = 2,
+       .sp = true,
+       .moe = true,
+       .ep = 4,
+       .etp = 1,
+       .cp = 2},
+      {.name = "moe_cp2_ep2", .world = 2, .moe = true, .ep = 2, .cp = 2, .cp_ring = false},
       {.name = "moe_ep4_two_ranks_without_tokens",
        .world = 4,
        .dp = 4,
