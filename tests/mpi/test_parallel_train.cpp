@@ -404,6 +404,7 @@ struct Layout {
   std::string name;
   int tp = 1, pp = 1, ep = 1;
   bool single = false;  // one rank (this process alone)
+  int cp = 1;
 };
 
 constexpr int64_t kGlobalBatch = 4;  // sequences per microbatch over all dp ranks
@@ -421,6 +422,7 @@ struct Trainer {
     po.layout.pp = l.pp;
     po.layout.ep = l.ep;
     po.layout.etp = 1;
+    po.layout.cp = l.cp;
     po.sequence_parallel = l.tp > 1;
     layout = std::make_unique<RankGroups>(world.size(), po.layout);
     groups = ProcessGroups::create(world, *layout);
@@ -477,8 +479,9 @@ TEST(Resharding, LoadsUnderEveryLayout) {
     for (int s = 3; s <= 4; ++s) continued.push_back(t.step(s));
   }
   const std::string step_dir = *CheckpointReader::latest(dir);
-  for (const Layout& l : {Layout{"tp1_pp4_ep2", 1, 4, 2}, Layout{"tp1_pp2_ep4", 1, 2, 4},
-                          Layout{"tp2_pp1_ep4", 2, 1, 4}, Layout{"single rank", 1, 1, 1, true}}) {
+  for (const Layout& l :
+       {Layout{"tp1_pp4_ep2", 1, 4, 2}, Layout{"tp1_pp2_ep4", 1, 2, 4},
+        Layout{"tp2_cp2_ep4", 2, 1, 4, false, 2}, Layout{"single rank", 1, 1, 1, true}}) {
     Trainer t(c, l);
     t.pm->init_random(99, 0.2);  // different values: everything must come from the checkpoint
     t.pm->load(CheckpointReader(step_dir));
