@@ -605,6 +605,15 @@ const Tensor& Decoder::logits() const {
   return mbs_[0]->logits;
 }
 
+const RouterBuffers& Decoder::routing(int64_t layer, int slot) const {
+  ORIGAMI_CHECK(!opt_.recompute, "decoder: routing() needs the activations kept (no recompute)");
+  ORIGAMI_CHECK(layer >= Lb_ && layer < Le_ && spec_.is_moe_layer(layer) && slot >= 0 &&
+                    slot < int(mbs_.size()),
+                "decoder: no routing of layer ", layer, " slot ", slot, " on this rank (layers [",
+                Lb_, ", ", Le_, "))");
+  return mbs_[size_t(slot)]->acts[size_t(layer - Lb_)].router;
+}
+
 LayerActivations& Decoder::acts_for(int64_t l) {
   return opt_.recompute ? shared_acts_[0] : mb().acts[size_t(l - Lb_)];
 }

@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "models/model_spec.h"
+#include "models/moe_router.h"
 #include "models/parameters.h"
 #include "ops/optimizer.h"
 #include "runtime/arena.h"
@@ -151,6 +152,10 @@ class Decoder {
   const Tensor& logits() const;
   // After forward: tokens routed to each expert (before dropping), [num_moe_layers][E].
   const std::vector<std::vector<int64_t>>& expert_counts() const { return expert_counts_; }
+  // After forward (without recompute): the routing of MoE layer `layer` (a global layer index of
+  // this chunk) for the microbatch in `slot`, over this rank's rows: probabilities, chosen
+  // experts, and slot -1 for the copies capacity dropped.
+  const RouterBuffers& routing(int64_t layer, int slot = 0) const;
   // Sigmoid router with expert bias: bias_e += rate * sign(mean count - count_e), per layer.
   void update_expert_bias();
   std::vector<float>& expert_bias(int64_t moe_layer) { return expert_bias_[size_t(moe_layer)]; }

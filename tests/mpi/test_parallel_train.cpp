@@ -393,6 +393,74 @@ TEST(Dispatchers, AllToAllAndAllGatherAgree) {
         worst_loss, worst, worst_name.c_str());
 }
 
+// Capacity mode (capacity factor 1, optionally padded): every rank drops copies of its own
+// tokens (capacity = ceil(T_local * k / E * cf)), so experts spread over EP2 must give what the
+// same ranks give with every expert at home (DP2); and the dropped copies are exactly the
+// lowest-probability ones of each over-full expert, as computed here from the router's outputs.
+TEST(Capacity, DropsTheLowestProbabilityCopiesUnderExpertParallelism) {
+  Communicator& world = mpi_world();
+  if (world.size() != 2) GTEST_SKIP() << "needs 2 ranks";
+  for (const bool pad : {false, true}) {
+    std::vector<double> losses[2];
+    for (int ep : {1, 2}) {
+      Case c;
+      c.moe = true;
+      models::ModelSpec spec = tiny_spec(c);
+      spec.moe.capacity_factor = 1.0;
+      spec.moe.pad_to_capacity = pad;
+      spec.moe.aux_loss_coeff = 0.0;  // local statistics would differ from the global ones
+      models::ParallelOptions po;
+      po.layout.ep = ep;
+      const RankGroups layout(world.size(), po.layout);
+      ProcessGroups groups = ProcessGroups::create(world, layout);
+      models::DecoderOptions o;
+      o.batch = kBatch;
+      o.seq = kSeq;
+      models::ParallelModel pm(spec, o, po, layout, groups, 1);
+      pm.init_random(11, 0.2);
+      int64_t dropped_total = 0;
+      for (int step = 1; step <= kSteps; ++step) {
+        std::vector<Tensor> ids(1), targets(1);
+        batch(step, 0, groups.dp->rank() * kBatch, kBatch, ids[0], targets[0]);
+        losses[ep - 1].push_back(pm.forward_backward(ids, targets).loss);
+        // The reference drop of every MoE layer of this rank.
+        for (int64_t l = 0; l < spec.layers; ++l) {
+          const models::RouterBuffers& r = pm.chunk(0).routing(l);
+          const int64_t T = kBatch * kSeq, k = spec.moe.top_k, E = spec.moe.num_experts;
+          const int64_t cap = int64_t(std::ceil(double(T * k) / double(E)));
+          const int64_t* sel = r.selected.data_as<int64_t>();
+          const int64_t* slot = r.slot.data_as<int64_t>();
+          const float* probs = r.probs.data_as<float>();
+          for (int64_t e = 0; e < E; ++e) {
+            std::vector<int64_t> copies;
+            for (int64_t i = 0; i < T * k; ++i)
+              if (sel[i] == e) copies.push_back(i);
+            std::stable_sort(copies.begin(), copies.end(), [&](int64_t a, int64_t b) {
+              return probs[(a / k) * E + e] > probs[(b / k) * E + e];
+            });
+            for (size_t j = 0; j < copies.size(); ++j) {
+              const bool dropped = slot[copies[j]] < 0;
+              EXPECT_EQ(dropped, int64_t(j) >= cap)
+                  << "ep " << ep << " layer " << l << " expert " << e << " copy " << copies[j];
+              dropped_total += dropped ? 1 : 0;
+            }
+          }
+        }
+        const double inv = 1.0;
+        pm.scale_gradients(float(inv * ops::clip_coefficient(pm.grad_norm(inv), kClip)));
+        pm.optimizer_step(adamw(step));
+      }
+      EXPECT_GT(dropped_total, 0) << "capacity 1.0 should drop some copies";
+      if (world.rank() == 0)
+        std::printf("[ capacity ] pad=%d ep=%d: %lld copies dropped on rank 0 over %d steps\n",
+                    int(pad), ep, static_cast<long long>(dropped_total), kSteps);
+    }
+    for (int s = 0; s < kSteps; ++s)
+      EXPECT_LE(std::abs(losses[0][size_t(s)] - losses[1][size_t(s)]) / losses[0][size_t(s)], kTol)
+          << "pad " << pad << " step " << s + 1;
+  }
+}
+
 // ---- resharding checkpoints ----------------------------------------------------------------
 //
 // A model trained 2 steps under one layout is saved (every tensor by name, with its global
