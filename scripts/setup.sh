@@ -23,6 +23,9 @@ packages=(
   build-essential cmake ninja-build pkg-config git clang-format
   # host collectives, process bootstrap, point-to-point transfers
   openmpi-bin libopenmpi-dev libucx-dev
+  # Slurm for the one-node cluster of the slurm tests (scripts/slurm/local_cluster.sh). Slurm's
+  # PMIx plugin (srun --mpi=pmix) loads the unversioned libpmix.so, which only libpmix-dev ships.
+  slurm-wlm slurmctld slurmd slurm-client munge libpmix2 libpmix-dev
   # configs, HTTP, tests, CPU GEMM, NVMe I/O, tokenizers (PCRE2 regexes, ICU normalisation)
   libprotobuf-dev protobuf-compiler libboost-dev libgtest-dev libgmock-dev
   libdnnl-dev liburing-dev libicu-dev nlohmann-json3-dev libpcre2-dev zlib1g-dev
@@ -41,6 +44,13 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup.sh: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # Without systemd (a container), package scripts would start munged (and try slurmd/slurmctld)
+  # from /etc/init.d; the slurm tests start their own. Deny those starts while installing.
+  if [ ! -e /usr/sbin/policy-rc.d ] && [ "$(cat /proc/1/comm 2>/dev/null)" != systemd ]; then
+    trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod 755 /usr/sbin/policy-rc.d
+  fi
   $SUDO apt-get update -q
   $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 else
