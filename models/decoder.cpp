@@ -580,11 +580,14 @@ Decoder::Decoder(const ModelSpec& spec, const DecoderOptions& opt)
 Decoder::~Decoder() = default;
 
 void Decoder::print_plan(std::ostream& os, bool detail) const {
+  const ShardSpec& sh = layout_.shard();
+  const bool whole =
+      sh.tp == 1 && sh.ep == 1 && sh.etp == 1 && Lb_ == 0 && Le_ == spec_.layers && !cp_attn_;
   os << "model: " << spec_.str() << ", " << layout_.parameter_count()
-     << (layout_.shard().whole() ? " parameters" : " parameters on this rank")
-     << ", B=" << opt_.batch << " S=" << opt_.seq << " " << dtype_name(opt_.compute)
-     << (opt_.recompute ? " recompute" : "") << "\n";
-  if (!layout_.shard().whole())
+     << (whole ? " parameters" : " parameters on this rank") << ", B=" << opt_.batch
+     << " S=" << opt_.seq << " " << dtype_name(opt_.compute) << (opt_.recompute ? " recompute" : "")
+     << "\n";
+  if (!whole)
     os << "this rank: layers [" << Lb_ << ", " << Le_ << "), tp " << tp_rank_ << "/" << tp_
        << (sp_ ? " sequence parallel" : "") << ", " << opt_.parallel.slots
        << " microbatch slot(s)\n";
