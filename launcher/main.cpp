@@ -1,4 +1,5 @@
 // The origami command line.
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
@@ -16,6 +17,7 @@ void print_help() {
       "usage: origami [--help] [--version] COMMAND [ARGS...]\n"
       "\n"
       "commands:\n"
+      "  launch      start N ranks of a command on this machine, supervised (see docs/launch.md)\n"
       "  train       train a model from a config file (configs/*.pbtxt)\n"
       "  generate    generate text from a prompt (Hugging Face folder or training checkpoint)\n"
       "  doctor      print devices, library versions and a quick compute check\n"
@@ -36,6 +38,17 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string cmd = argv[1];
+  // Output goes to pipes under launchers: line by line, so every rank's lines arrive whole and
+  // in time.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  // origami launch starts ranks with the stop signals blocked until `train` can handle them;
+  // every other command takes them as usual.
+  if (cmd != "train") {
+    sigset_t set;
+    sigemptyset(&set);
+    for (int sig : {SIGTERM, SIGUSR1, SIGINT}) sigaddset(&set, sig);
+    sigprocmask(SIG_UNBLOCK, &set, nullptr);
+  }
   if (cmd == "-h" || cmd == "--help" || cmd == "help") {
     print_help();
     return 0;
@@ -48,6 +61,7 @@ int main(int argc, char** argv) {
     if (cmd == "doctor") return origami::cli::doctor(argc - 1, argv + 1);
     if (cmd == "train") return origami::cli::train(argc - 1, argv + 1);
     if (cmd == "generate") return origami::cli::generate(argc - 1, argv + 1);
+    if (cmd == "launch") return origami::cli::launch(argc - 1, argv + 1);
   } catch (const origami::Error& e) {
     std::fprintf(stderr, "origami %s: error: %s\n", cmd.c_str(), e.what());
     return 1;

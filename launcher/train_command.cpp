@@ -1,6 +1,8 @@
 // origami train CONFIG [options]
+#include <mpi.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <cstdio>
 #include <optional>
 #include <string>
@@ -14,6 +16,36 @@
 #include "runtime/error.h"
 
 namespace origami::cli {
+
+namespace {
+
+// The first stop signal received (0: none). Set by the handler, read at step boundaries.
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+void on_stop_signal(int sig) {
+  if (g_stop_signal == 0) g_stop_signal = sig;
+  // A second Ctrl-C ends the process at once.
+  if (sig == SIGINT) std::signal(SIGINT, SIG_DFL);
+}
+
+// SIGTERM and SIGUSR1 (what Slurm, mpirun and origami launch send to preempt) and SIGINT ask for
+// a checkpoint at the next step boundary. origami launch starts ranks with these signals blocked
+// so one that arrives before this point waits instead of killing the rank; unblock them now.
+void install_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigset_t set;
+  sigemptyset(&set);
+  for (int sig : {SIGTERM, SIGUSR1, SIGINT}) {
+    sigaction(sig, &sa, nullptr);
+    sigaddset(&set, sig);
+  }
+  sigprocmask(SIG_UNBLOCK, &set, nullptr);
+}
+
+}  // namespace
 
 int train(int argc, char** argv) {
   Flags flags("train", "CONFIG [options]",
@@ -33,6 +65,9 @@ int train(int argc, char** argv) {
   flags.add_bool("zero", true, "ZeRO-1: shard the Adam state over dp (--no-zero: all-reduce)");
   flags.add_bool("sequence-parallel", false, "split the residual stream's rows over TP");
   flags.add("collective-timeout", "300", "seconds a collective may wait before the job ends");
+  flags.add("fault", "",
+            "TESTING ONLY: make rank R fail at step S: R:S:sleep (hang before the step's "
+            "collectives), R:S:abort (die of SIGABRT mid-step) or R:S:throw (an error mid-step)");
   if (!flags.parse(argc, argv)) return 0;
   ORIGAMI_CHECK(flags.positional().size() == 1,
                 "origami train needs exactly one CONFIG file (see 'origami train --help')");
@@ -55,16 +90,31 @@ int train(int argc, char** argv) {
   opt.stop_after = flags.get_int("stop-after");
   opt.collective_timeout_s = flags.get_double("collective-timeout");
   ORIGAMI_CHECK(opt.collective_timeout_s > 0, "--collective-timeout must be > 0 seconds");
+  if (!flags.get("fault").empty()) opt.fault = parse_fault(flags.get("fault"));
+  install_stop_handlers();
+  opt.stop_requested = [] { return int(g_stop_signal); };
   // Several ranks when a launcher says so; then MPI runs for the whole command.
   const LaunchEnvironment env = read_launch_environment(current_environment());
   opt.multi_rank = env.world_size.value_or(1) > 1;
   std::optional<MpiSession> mpi;
-  if (opt.multi_rank) mpi.emplace(&argc, &argv);
+  if (opt.multi_rank) {
+    mpi.emplace(&argc, &argv);
+    // One rank failing mid-run names itself and ends the whole job: the other ranks would
+    // otherwise wait in their next collective until it times out. MPI_Abort makes mpirun / srun
+    // kill them.
+    opt.on_fatal_error = [rank = env.rank.value_or(-1)](const std::string& what) {
+      std::fprintf(stderr, "origami train: rank %d: error: %s\n", rank, what.c_str());
+      std::fflush(stdout);
+      std::fflush(stderr);
+      MPI_Abort(MPI_COMM_WORLD, 1);
+    };
+  }
   try {
     train(config, opt);
-  } catch (const Error& e) {
+  } catch (const std::exception& e) {
     if (!opt.multi_rank) throw;
-    // Every rank reports its own failure, naming itself.
+    // An error every rank meets alike (a layout that does not fit, a missing file): each rank
+    // names itself and ends. Errors during the steps end the job through on_fatal_error instead.
     std::fprintf(stderr, "origami train: rank %d: error: %s\n", env.rank.value_or(-1), e.what());
     return 1;
   }

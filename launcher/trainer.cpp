@@ -4,9 +4,13 @@
 
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <iostream>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -35,7 +39,38 @@ double learning_rate(const config::TrainConfig& t, int64_t step) {
   return t.min_lr() + 0.5 * (t.lr() - t.min_lr()) * (1.0 + std::cos(M_PI * progress));
 }
 
+TrainOptions::Fault parse_fault(const std::string& text) {
+  TrainOptions::Fault f;
+  const size_t a = text.find(':'), b = a == std::string::npos ? a : text.find(':', a + 1);
+  ORIGAMI_CHECK(b != std::string::npos, "--fault: expected RANK:STEP:KIND (KIND sleep, abort or ",
+                "throw), got '", text, "'");
+  char* end = nullptr;
+  const std::string rank = text.substr(0, a), step = text.substr(a + 1, b - a - 1),
+                    kind = text.substr(b + 1);
+  f.rank = int(std::strtol(rank.c_str(), &end, 10));
+  ORIGAMI_CHECK(!rank.empty() && *end == '\0' && f.rank >= 0, "--fault '", text,
+                "': RANK must be an integer >= 0");
+  f.step = std::strtoll(step.c_str(), &end, 10);
+  ORIGAMI_CHECK(!step.empty() && *end == '\0' && f.step >= 1, "--fault '", text,
+                "': STEP must be an integer >= 1");
+  if (kind == "sleep")
+    f.kind = TrainOptions::Fault::kSleep;
+  else if (kind == "abort")
+    f.kind = TrainOptions::Fault::kAbort;
+  else if (kind == "throw")
+    f.kind = TrainOptions::Fault::kThrow;
+  else
+    ORIGAMI_FAIL("--fault '", text, "': KIND must be sleep, abort or throw, got '", kind, "'");
+  return f;
+}
+
 namespace {
+
+// "SIGTERM" for SIGTERM.
+std::string signal_name(int sig) {
+  const char* abbrev = sigabbrev_np(sig);
+  return abbrev ? std::string("SIG") + abbrev : "signal " + std::to_string(sig);
+}
 
 // Model FLOPs per trained token: 6 x active parameters of the matrix products, plus attention
 // (q k^T and p v: 2 x 2 x S x D per head, causal half, forward and backward = 3x).
@@ -218,78 +253,125 @@ std::vector<StepRecord> train(const Config& config, const TrainOptions& opt) {
     targets.push_back(Tensor::empty({tc.micro_batch_size(), tc.seq_len()}, DType::i64));
   }
   std::vector<StepRecord> records;
-  const auto run_start = std::chrono::steady_clock::now();
-  int64_t run_steps = 0;
-  while (step < tc.steps()) {
-    const auto t0 = std::chrono::steady_clock::now();
-    ++step;
-    StepRecord r;
-    r.step = step;
-    // Every rank draws every microbatch (so all samplers stay in step), keeping its dp slice.
-    for (int64_t m = 0; m < M; ++m)
-      sampler.next(ids[size_t(m)], targets[size_t(m)], dp_rank, dp_size);
-    const models::StepLoss loss = model.forward_backward(ids, targets);
-    r.loss = loss.loss;
-    r.ce = loss.ce;
-    // Gradients summed over microbatches: average, then clip the global norm.
-    const double inv_accum = 1.0 / double(M);
-    r.grad_norm = model.grad_norm(inv_accum);
-    const float coef = ops::clip_coefficient(r.grad_norm, tc.clip_grad());
-    if (coef != 1.0f || M != 1) model.scale_gradients(float(inv_accum * coef));
-    r.lr = learning_rate(tc, step);
-    ops::AdamWParams p;
-    p.lr = float(r.lr);
-    p.beta1 = float(tc.beta1());
-    p.beta2 = float(tc.beta2());
-    p.eps = float(tc.eps());
-    p.weight_decay = float(tc.weight_decay());
-    p.step = step;
-    model.optimizer_step(p);
-    for (int c = 0; c < model.num_chunks(); ++c) model.chunk(c).update_expert_bias();
-    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    r.tokens_per_s = tokens_per_step / dt;
-    r.mfu = r.tokens_per_s * fpt / peak;
-    records.push_back(r);
-    ++run_steps;
-    if (!quiet && (step % tc.log_every() == 0 || step == tc.steps())) {
-      if (bar) std::fprintf(stderr, "\r\033[K");
-      std::printf("step %6lld | loss %.4f | lr %.3e | grad norm %.3f | %.0f tok/s | MFU %.1f%%\n",
-                  static_cast<long long>(step), r.loss, r.lr, r.grad_norm, r.tokens_per_s,
-                  100.0 * r.mfu);
-      std::fflush(stdout);
+  // From here on the ranks work in lockstep: an error on one (a collective that timed out, a
+  // fault) must end the whole job at once. on_fatal_error runs before the communicators'
+  // destructors, which would wait for the other ranks.
+  try {
+    const auto run_start = std::chrono::steady_clock::now();
+    int64_t run_steps = 0;
+    while (step < tc.steps()) {
+      const auto t0 = std::chrono::steady_clock::now();
+      ++step;
+      StepRecord r;
+      r.step = step;
+      const bool fault_here = opt.fault.kind != TrainOptions::Fault::kNone &&
+                              opt.fault.rank == world.rank() && opt.fault.step == step;
+      if (fault_here && opt.fault.kind == TrainOptions::Fault::kSleep) {
+        std::fprintf(stderr, "origami train: rank %d: --fault: hanging at step %lld (test only)\n",
+                     world.rank(), static_cast<long long>(step));
+        for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+      }
+      // Every rank draws every microbatch (so all samplers stay in step), keeping its dp slice.
+      for (int64_t m = 0; m < M; ++m)
+        sampler.next(ids[size_t(m)], targets[size_t(m)], dp_rank, dp_size);
+      const models::StepLoss loss = model.forward_backward(ids, targets);
+      r.loss = loss.loss;
+      r.ce = loss.ce;
+      if (fault_here && opt.fault.kind == TrainOptions::Fault::kAbort) {
+        std::fprintf(stderr, "origami train: rank %d: --fault: aborting in step %lld (test only)\n",
+                     world.rank(), static_cast<long long>(step));
+        std::abort();
+      }
+      if (fault_here && opt.fault.kind == TrainOptions::Fault::kThrow)
+        ORIGAMI_FAIL("--fault: rank ", world.rank(), " fails in step ", step, " (test only)");
+      // Gradients summed over microbatches: average, then clip the global norm.
+      const double inv_accum = 1.0 / double(M);
+      r.grad_norm = model.grad_norm(inv_accum);
+      const float coef = ops::clip_coefficient(r.grad_norm, tc.clip_grad());
+      if (coef != 1.0f || M != 1) model.scale_gradients(float(inv_accum * coef));
+      r.lr = learning_rate(tc, step);
+      ops::AdamWParams p;
+      p.lr = float(r.lr);
+      p.beta1 = float(tc.beta1());
+      p.beta2 = float(tc.beta2());
+      p.eps = float(tc.eps());
+      p.weight_decay = float(tc.weight_decay());
+      p.step = step;
+      model.optimizer_step(p);
+      for (int c = 0; c < model.num_chunks(); ++c) model.chunk(c).update_expert_bias();
+      const double dt =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      r.tokens_per_s = tokens_per_step / dt;
+      r.mfu = r.tokens_per_s * fpt / peak;
+      records.push_back(r);
+      ++run_steps;
+      if (!quiet && (step % tc.log_every() == 0 || step == tc.steps())) {
+        if (bar) std::fprintf(stderr, "\r\033[K");
+        std::printf("step %6lld | loss %.4f | lr %.3e | grad norm %.3f | %.0f tok/s | MFU %.1f%%\n",
+                    static_cast<long long>(step), r.loss, r.lr, r.grad_norm, r.tokens_per_s,
+                    100.0 * r.mfu);
+        std::fflush(stdout);
+      }
+      if (metrics.is_open()) {
+        metrics
+            << json{{"step", step}, {"loss", r.loss},           {"ce", r.ce},
+                    {"lr", r.lr},   {"grad_norm", r.grad_norm}, {"tokens_per_s", r.tokens_per_s},
+                    {"mfu", r.mfu}}
+                   .dump()
+            << "\n";
+        metrics.flush();
+      }
+      if (bar)
+        draw_progress(
+            step, tc.steps(), r.loss,
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count());
+      // Preemption: one tiny all-reduce per step makes every rank see a stop any rank was asked
+      // for, so all of them stop after this same step.
+      int stop_signal = 0;
+      if (opt.stop_requested) {
+        Tensor flag = Tensor::zeros({1}, DType::i32);
+        flag.data_as<int32_t>()[0] = opt.stop_requested();
+        world.all_reduce(flag, ReduceOp::max);
+        stop_signal = flag.data_as<int32_t>()[0];
+      }
+      const bool last = step == tc.steps() ||
+                        (opt.stop_after >= 0 && run_steps >= opt.stop_after) || stop_signal > 0;
+      if (!tc.checkpoint_dir().empty() &&
+          (last || (tc.save_every() > 0 && step % tc.save_every() == 0)))
+        save_checkpoint(tc.checkpoint_dir(), step, model, world, sampler, spec, int(tc.keep()));
+      if (stop_signal > 0 && root) {
+        if (bar) std::fprintf(stderr, "\r\033[K");
+        if (tc.checkpoint_dir().empty())
+          std::printf("stopped after step %lld on %s; no train.checkpoint_dir, nothing saved\n",
+                      static_cast<long long>(step), signal_name(stop_signal).c_str());
+        else
+          std::printf(
+              "stopped after step %lld on %s: checkpoint saved in %s; run the same command again "
+              "to resume\n",
+              static_cast<long long>(step), signal_name(stop_signal).c_str(),
+              tc.checkpoint_dir().c_str());
+        std::fflush(stdout);
+      }
+      if (last) break;
     }
-    if (metrics.is_open()) {
-      metrics << json{{"step", step}, {"loss", r.loss},           {"ce", r.ce},
-                      {"lr", r.lr},   {"grad_norm", r.grad_norm}, {"tokens_per_s", r.tokens_per_s},
-                      {"mfu", r.mfu}}
-                     .dump()
-              << "\n";
-      metrics.flush();
+    if (bar) std::fprintf(stderr, "\n");
+    if (!opt.export_hf.empty()) {
+      // Every parameter gathered (collective), written by rank 0.
+      models::ParameterBuffer whole(models::ParameterLayout(spec), DType::f32);
+      for (const std::string& name : model.names()) {
+        Tensor full = model.gather(name, "params");
+        Tensor dst = whole.get(name);
+        dst.copy_from(full);
+      }
+      if (root) {
+        models::export_hf(opt.export_hf, spec, whole);
+        if (!quiet) std::printf("exported the model to %s\n", opt.export_hf.c_str());
+      }
+      world.barrier();
     }
-    if (bar)
-      draw_progress(
-          step, tc.steps(), r.loss,
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count());
-    const bool last = step == tc.steps() || (opt.stop_after >= 0 && run_steps >= opt.stop_after);
-    if (!tc.checkpoint_dir().empty() &&
-        (last || (tc.save_every() > 0 && step % tc.save_every() == 0)))
-      save_checkpoint(tc.checkpoint_dir(), step, model, world, sampler, spec, int(tc.keep()));
-    if (last) break;
-  }
-  if (bar) std::fprintf(stderr, "\n");
-  if (!opt.export_hf.empty()) {
-    // Every parameter gathered (collective), written by rank 0.
-    models::ParameterBuffer whole(models::ParameterLayout(spec), DType::f32);
-    for (const std::string& name : model.names()) {
-      Tensor full = model.gather(name, "params");
-      Tensor dst = whole.get(name);
-      dst.copy_from(full);
-    }
-    if (root) {
-      models::export_hf(opt.export_hf, spec, whole);
-      if (!quiet) std::printf("exported the model to %s\n", opt.export_hf.c_str());
-    }
-    world.barrier();
+  } catch (const std::exception& e) {
+    if (opt.on_fatal_error) opt.on_fatal_error(e.what());
+    throw;
   }
   return records;
 }

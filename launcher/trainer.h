@@ -26,7 +26,29 @@ struct TrainOptions {
   // this process alone, without MPI.
   bool multi_rank = false;
   double collective_timeout_s = 300;  // every collective's deadline
+  // Preemption: polled at every step boundary; returns a signal number (> 0) once this rank was
+  // asked to stop (SIGTERM, SIGUSR1, ...), else 0. The ranks agree on it with an all-reduce max
+  // over the world, so one signalled rank stops them all at the same step; then they save a
+  // checkpoint (when train.checkpoint_dir is set) and train() returns normally.
+  std::function<int()> stop_requested;
+  // Called with the message when an error ends this rank during the steps (when the ranks work in
+  // lockstep), before anything that would wait for the other ranks; origami train prints it and
+  // ends the job (MPI_Abort). Unset: the error propagates.
+  std::function<void(const std::string&)> on_fatal_error;
+  // Test-only fault injection (origami train --fault RANK:STEP:KIND): rank `rank` misbehaves at
+  // 1-based step `step`. sleep: hangs before the step's first collective (the others must time
+  // out); abort: dies of SIGABRT between forward-backward and the gradient norm; throw: throws
+  // origami::Error at that point.
+  struct Fault {
+    enum Kind { kNone, kSleep, kAbort, kThrow } kind = kNone;
+    int rank = -1;
+    int64_t step = 0;
+  };
+  Fault fault;
 };
+
+// Parses "RANK:STEP:KIND" (KIND sleep, abort or throw) into a Fault; throws origami::Error.
+TrainOptions::Fault parse_fault(const std::string& text);
 
 struct StepRecord {
   int64_t step = 0;
