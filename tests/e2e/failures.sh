@@ -33,7 +33,9 @@ rc=${PIPESTATUS[0]}
 end=$(date +%s.%N)
 total=$(python3 -c "print('%.2f' % ($end - $start))")
 after_fault=$(seconds_since_line "$work/out.txt" "rank $want_rank: --fault:|--fault: rank $want_rank" "$end")
-sed 's/^[0-9.]* //' "$work/out.txt" | grep -v -E '^(\[r0\] )?(  |layout|memory plan|parallel:|model:|this rank|optimizer|data:)'
+# The output without rank 0's start-up tables.
+sed 's/^[0-9.]* //' "$work/out.txt" |
+  grep -v -E '^(\[r0\] )?(  [a-z-]+ +[0-9]+ x |  (dense|expert): |  [a-z() ]+ +[0-9]+ bytes|layout|memory plan|parallel:|model:|this rank|optimizer|data:)'
 echo "== $kind under $how: exit $rc, the job took ${total} s, ended ${after_fault} s after the fault"
 
 [ "$rc" -ne 0 ] || fail "the job exited 0"
