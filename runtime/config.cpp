@@ -162,6 +162,7 @@ void fill_defaults(Config& c) {
   if (p.optimizer().empty()) p.set_optimizer("zero1");
   if (p.order().empty()) p.set_order("tp-cp-ep-dp-pp");
   if (p.bucket_mb() == 0) p.set_bucket_mb(16);
+  if (p.cp_attention().empty()) p.set_cp_attention("ring");
 }
 
 void validate(const Config& c, const Locations& locs) {
@@ -211,6 +212,9 @@ void validate(const Config& c, const Locations& locs) {
   check(in(p.optimizer(), {"zero1", "allreduce"}), "parallel.optimizer",
         "unknown optimizer sharding '" + p.optimizer() + "'; expected zero1 or allreduce");
   check(p.bucket_mb() >= 1, "parallel.bucket_mb", "must be >= 1");
+  check(
+      in(p.cp_attention(), {"ring", "all_gather"}), "parallel.cp_attention",
+      "unknown context-parallel attention '" + p.cp_attention() + "'; expected ring or all_gather");
   for (int64_t n : p.stage_layers())
     check(n >= 1, "parallel.stage_layers",
           "every stage needs >= 1 layer, got " + std::to_string(n));
