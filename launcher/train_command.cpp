@@ -61,7 +61,11 @@ int train(int argc, char** argv) {
   flags.add("pp", "", "pipeline-parallel stages (parallel.pp; default 1)");
   flags.add("vpp", "",
             "virtual chunks per pipeline rank, interleaved 1F1B (parallel.vpp; default 1)");
-  flags.add("dp", "", "data-parallel size (parallel.dp; default: world / (tp x pp))");
+  flags.add("dp", "", "data-parallel size (parallel.dp; default: world / (tp x cp x pp))");
+  flags.add("cp", "",
+            "context-parallel size: sequences split over cp ranks (parallel.cp; default 1)");
+  flags.add("ep", "", "expert-parallel size (parallel.ep; default 1)");
+  flags.add("etp", "", "expert tensor-parallel size (parallel.etp; default: as tp)");
   flags.add_bool("zero", true, "ZeRO-1: shard the Adam state over dp (--no-zero: all-reduce)");
   flags.add_bool("sequence-parallel", false, "split the residual stream's rows over TP");
   flags.add("collective-timeout", "300", "seconds a collective may wait before the job ends");
@@ -73,7 +77,7 @@ int train(int argc, char** argv) {
                 "origami train needs exactly one CONFIG file (see 'origami train --help')");
   // Flags are config overrides, applied after any --set.
   std::vector<std::string> sets = flags.get_list("set");
-  for (const char* f : {"tp", "pp", "vpp", "dp"})
+  for (const char* f : {"tp", "pp", "vpp", "dp", "cp", "ep", "etp"})
     if (flags.given(f)) sets.push_back(std::string("parallel.") + f + "=" + flags.get(f));
   if (flags.given("zero"))
     sets.push_back(std::string("parallel.optimizer=") +

@@ -166,6 +166,7 @@ static models::ParallelOptions parallel_options(const config::ParallelConfig& p)
   po.stage_layers.assign(p.stage_layers().begin(), p.stage_layers().end());
   po.bucket_elements = p.bucket_mb() * (int64_t(1) << 20) / 4;
   po.allgather_dispatcher = p.allgather_dispatcher();
+  po.cp_ring = p.cp_attention() != "all_gather";
   return po;
 }
 

@@ -27,7 +27,7 @@ if [ "$ranks" -gt 1 ]; then
   export OMPI_MCA_pml=ob1 OMP_NUM_THREADS=1
   # 4 sequences per data-parallel rank: the global batch of 8 sequences of the config.
   mpirun --oversubscribe --allow-run-as-root --bind-to none -np "$ranks" "${train[@]}" \
-    --tp 2 --sequence-parallel --set parallel.ep=4 --set parallel.etp=1 \
+    --tp 2 --sequence-parallel --ep 4 --etp 1 \
     --set train.micro_batch_size=4 "$@"
 else
   "${train[@]}" "$@"

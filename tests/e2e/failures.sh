@@ -55,12 +55,13 @@ if [ "$how" = launch ]; then
   esac
   expect "^  rank $want_rank: "
 else
+  # mpirun's own notices ("MPI_ABORT was invoked ...", "process rank N ... exited on signal")
+  # go through Open MPI's help aggregation, which drops them now and then when ranks fail at the
+  # same moment (ORTE_ERROR_LOG in show_help.c): the lines the ranks print are what is checked.
   case $kind in
-    crash) expect "process rank 3 with PID [0-9]+ on node .* exited on signal 6" ;;
-    hang) expect "origami train: rank [013]: error: .* timed out after 5 s .*Ranks that never arrived: member [0-9]+ \(global rank 2\)"
-          expect "MPI_ABORT was invoked on rank [013] in communicator MPI_COMM_WORLD" ;;
-    error) expect "origami train: rank 1: error: --fault: rank 1 fails in step 3"
-           expect "MPI_ABORT was invoked on rank 1 in communicator MPI_COMM_WORLD" ;;
+    crash) expect "origami train: rank 3: --fault: aborting in step 3" ;;
+    hang) expect "origami train: rank [013]: error: .* timed out after 5 s .*Ranks that never arrived: member [0-9]+ \(global rank 2\)" ;;
+    error) expect "origami train: rank 1: error: --fault: rank 1 fails in step 3" ;;
   esac
 fi
 python3 -c "import sys; sys.exit(0 if $after_fault == $after_fault and $after_fault <= $limit else 1)" ||

@@ -27,10 +27,11 @@ check 4 "is not divisible by TP" --tp 3
 check 4 "does not divide the 6 attention heads" --tp 4 --set model.num_heads=6 \
   --set model.hidden_size=96
 check 4 "layers cannot fill 4 pipeline stages" --pp 4 --set model.num_layers=2
+check 4 "does not split into 2 x cp = 8" --cp 4 --set train.seq_len=36
 # MoE layouts (the demo MoE has 4 experts).
 config=$moe_config
-check 3 "does not divide the 4 experts" --set parallel.ep=3
-check 4 "needs sequence parallelism" --tp 2 --set parallel.ep=2
-check 8 "EDP" --tp 2 --pp 2 --sequence-parallel --set parallel.ep=4 --set parallel.etp=1 \
+check 3 "does not divide the 4 experts" --ep 3
+check 4 "needs sequence parallelism" --tp 2 --ep 2
+check 8 "EDP" --tp 2 --pp 2 --sequence-parallel --ep 4 --etp 1 \
   --set 'parallel.order="tp-cp-ep-pp-dp"' --set model.moe.aux_loss_coeff=0
 exit $fail
