@@ -105,7 +105,7 @@ json probe_rank(const World& w) {
   for (int i = 0; i < cuda_device_count(); ++i) {
     cudaDeviceProp p{};
     cudaGetDeviceProperties(&p, i);
-    char buf[256];
+    char buf[640];  // the device name is up to 256 characters
     std::snprintf(buf, sizeof buf, "cuda:%d %s, %.1f GiB, sm_%d%d", i, p.name,
                   double(p.totalGlobalMem) / 1073741824.0, p.major, p.minor);
     devices.push_back(buf);
