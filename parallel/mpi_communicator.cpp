@@ -2,8 +2,6 @@
 // an arrival record per member (an MPI window) that names the ranks that never arrived.
 #include "parallel/mpi_communicator.h"
 
-#include <atomic>
-
 #include <algorithm>
 #include <chrono>
 #include <climits>
@@ -268,18 +266,11 @@ MpiCommunicator::MpiCommunicator(MPI_Comm comm, std::string name, Milliseconds t
   MPI_Win_lock_all(MPI_MODE_NOCHECK, window_);
 }
 
-std::atomic<bool>& MpiCommunicator::job_failed() {
-  static std::atomic<bool> failed{false};
-  return failed;
-}
-
 MpiCommunicator::~MpiCommunicator() {
   if (mpi_finalized()) return;
   sweep_abandoned();
-  // A window read that never completed (a dead peer) would make freeing wait forever, and so
-  // would the collective frees once any group of this process has failed (a peer may be gone):
-  // then the handles are left to MPI_Finalize / MPI_Abort.
-  if (window_reads_pending_ || !broken_.empty() || job_failed().load()) return;
+  // A window read that never completed (a dead peer) would make freeing wait forever.
+  if (window_reads_pending_) return;
   MPI_Win_unlock_all(window_);
   MPI_Win_free(&window_);
   MPI_Comm_free(&ring_comm_);
@@ -435,7 +426,6 @@ void MpiCommunicator::wait_or_throw(MPI_Request* reqs, int n, Clock::time_point 
     const int rc = n == 1 ? MPI_Test(reqs, &done, MPI_STATUS_IGNORE)
                           : MPI_Testall(n, reqs, &done, MPI_STATUSES_IGNORE);
     if (rc != MPI_SUCCESS) {
-      job_failed().store(true);
       broken_ = name_ + ": " + collective_name(kind) + " #" + std::to_string(op) +
                 " failed: " + mpi_error_string(rc);
       throw Error(broken_);
@@ -448,7 +438,6 @@ void MpiCommunicator::wait_or_throw(MPI_Request* reqs, int n, Clock::time_point 
     abandon(reqs[i], keep);
     reqs[i] = MPI_REQUEST_NULL;
   }
-  job_failed().store(true);
   broken_ = message;
   throw Error(message);
 }
@@ -460,7 +449,6 @@ void MpiCommunicator::run(CollectiveKind kind, const Tensor* described, const st
   MPI_Request req = MPI_REQUEST_NULL;
   const int rc = start(&req);
   if (rc != MPI_SUCCESS) {
-    job_failed().store(true);
     broken_ = name_ + ": " + collective_name(kind) + " #" + std::to_string(op) +
               " could not start: " + mpi_error_string(rc);
     throw Error(broken_);
@@ -501,7 +489,6 @@ int MpiCommunicator::post_exchange(int recv_peer, void* recv, int64_t recv_count
   if (rc == MPI_SUCCESS && send_peer >= 0)
     rc = MPI_Isend(send, int(send_count), type, send_peer, 0, ring_comm_, &reqs[n++]);
   if (rc != MPI_SUCCESS) {
-    job_failed().store(true);
     broken_ = name_ + ": " + collective_name(ctx.kind) + " #" + std::to_string(ctx.index) +
               " could not start a transfer: " + mpi_error_string(rc);
     throw Error(broken_);

@@ -10,7 +10,6 @@
 
 #include <mpi.h>
 
-#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -88,13 +87,7 @@ class MpiCommunicator final : public Communicator {
   std::string describe_timeout(int64_t op, CollectiveKind kind, const Tensor* t,
                                const std::string& details, Milliseconds waited);
   // Marks the communicator unusable after a failed operation.
-  void mark_broken(const std::string& why) {
-    job_failed().store(true);
-    broken_ = why;
-  }
-  // Set once any communicator of this process has failed (a timeout, a broken peer): from then
-  // on destructors skip the collective frees that would wait for a rank that may be gone.
-  static std::atomic<bool>& job_failed();
+  void mark_broken(const std::string& why) { broken_ = why; }
   void check_usable(const char* op) const;
 
  private:
