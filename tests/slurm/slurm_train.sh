@@ -111,6 +111,26 @@ if ! grep -q "^origami-train: job .*, 4 ranks on " "$work/sbatch.out" ||
   exit 1
 fi
 
+echo "== srun -n 4 with rank 3 aborting in step 3 (--fault, test only)"
+# As Slurm runs it: --kill-on-bad-exit ends the other tasks when one dies; the job must end
+# quickly, non-zero, with rank 3 named.
+fault_start=$(python3 -c 'import time; print(time.time())')
+# shellcheck disable=SC2046
+set +e
+timeout 120 srun --mpi="$mpi_plugin" -n 4 --time=5 --kill-on-bad-exit=1 \
+  "$origami" train "$config" $(train_flags crash) --fault 3:3:abort >"$work/crash.out" 2>&1
+crash_rc=$?
+set -e
+crash_s=$(python3 -c "import sys,time; print(f'{time.time() - float(sys.argv[1]):.1f}')" "$fault_start")
+if [ "$crash_rc" -eq 0 ] || [ "$crash_rc" -eq 124 ] ||
+  ! grep -q "origami train: rank 3: --fault: aborting in step 3" "$work/crash.out"; then
+  echo "srun with a crashing rank: exit $crash_rc after ${crash_s} s; output:"
+  tail -20 "$work/crash.out"
+  exit 1
+fi
+echo "   exit $crash_rc after ${crash_s} s: $(grep -m1 'rank 3: --fault' "$work/crash.out")"
+echo "   srun: $(grep -m1 -E 'error|task 3|Aborted' "$work/crash.out" | grep -v 'rank 3: --fault' || true)"
+
 python3 - "$steps" "$work" <<'PY'
 import json, sys
 steps, work = int(sys.argv[1]), sys.argv[2]
