@@ -182,6 +182,11 @@ ParallelModel::ParallelModel(const ModelSpec& spec, const DecoderOptions& base,
       cp_targets_.push_back(Tensor::empty({base.batch, base.seq / cp_}, DType::i64));
     }
   const int64_t Tl = chunks_.front()->local_tokens();
+  // Doubles exchanged as i64 bits every step (loss over stages, gradient norm over the world).
+  loss_mine_ = Tensor::zeros({2}, DType::i64);
+  loss_all_ = Tensor::zeros({2 * int64_t(pp_)}, DType::i64);
+  norm_mine_ = Tensor::zeros({1}, DType::i64);
+  norm_all_ = Tensor::zeros({int64_t(groups.world->size())}, DType::i64);
   recv_fwd_.push_back(Tensor::zeros({Tl, spec.hidden}, base.compute));
   recv_bwd_.push_back(Tensor::zeros({Tl, spec.hidden}, DType::f32));
   const ParameterLayout whole(spec);
@@ -229,10 +234,9 @@ StepLoss ParallelModel::run_step(const std::vector<Tensor>& ids,
     run_pipeline(ids, targets, loss_sum, ce_sum);
     // The last stage knows the cross-entropy, every stage its MoE z-loss terms: summed over the
     // stages (in stage order, the same double on every rank).
-    Tensor mine = Tensor::empty({2}, DType::i64);
+    Tensor mine = loss_mine_, all = loss_all_;
     mine.data_as<int64_t>()[0] = bits_of(loss_sum);
     mine.data_as<int64_t>()[1] = bits_of(ce_sum);
-    Tensor all = Tensor::empty({2 * pp_}, DType::i64);
     groups_.pp->all_gather(mine, all);
     loss_sum = ce_sum = 0;
     for (int r = 0; r < pp_; ++r) {
@@ -361,9 +365,8 @@ double ParallelModel::grad_norm(double scale) {
   for (const Region& r : regions_) local += r.opt->local_grad_sum_squares(r.counted);
   // Every rank's share, summed in rank order on every rank: the same double everywhere.
   Communicator& world = *groups_.world;
-  Tensor mine = Tensor::empty({1}, DType::i64);
+  Tensor mine = norm_mine_, all = norm_all_;
   mine.data_as<int64_t>()[0] = bits_of(local);
-  Tensor all = Tensor::empty({world.size()}, DType::i64);
   world.all_gather(mine, all);
   double total = 0;
   for (int r = 0; r < world.size(); ++r) total += double_of(all.data_as<int64_t>()[r]);

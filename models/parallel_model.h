@@ -141,6 +141,7 @@ class ParallelModel {
   Tensor tied_scratch_;                      // [embedding slice] f32
   std::vector<Tensor> recv_fwd_, send_bwd_;  // pipeline transfer buffers
   std::vector<Tensor> recv_bwd_;
+  Tensor loss_mine_, loss_all_, norm_mine_, norm_all_;  // per-step exchanges, allocated once
   bool reduced_ = false;
 };
 
