@@ -1,4 +1,5 @@
 // origami generate (--model HF_DIR | --config CONFIG [--checkpoint DIR]) --prompt TEXT [options]
+#include <mpi.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,6 +16,10 @@
 #include "launcher/flags.h"
 #include "models/generator.h"
 #include "models/hf_import.h"
+#include "parallel/communicator.h"
+#include "parallel/process_groups.h"
+#include "parallel/rank_groups.h"
+#include "parallel/world.h"
 #include "runtime/checkpoint.h"
 #include "runtime/config.h"
 #include "runtime/error.h"
@@ -37,35 +42,6 @@ std::string checkpoint_step_dir(const std::string& dir) {
   return *latest;
 }
 
-// Fills the generator's weights from a training checkpoint (each parameter saved as
-// "params/NAME", whatever layout it was trained with) and the expert biases it saved.
-void load_training_checkpoint(const std::string& step_dir, models::Generator& gen) {
-  CheckpointReader rd(step_dir);
-  const models::ModelSpec& s = gen.spec();
-  const std::string trained = rd.user_meta().value("model", std::string());
-  ORIGAMI_CHECK(trained.empty() || trained == s.str(), "checkpoint '", step_dir,
-                "' was trained for the model '", trained, "', the config describes '", s.str(),
-                "': give the config the checkpoint was trained with");
-  models::ParameterBuffer& w = gen.weights();
-  for (const models::ParamEntry& e : w.layout().entries()) {
-    const std::string key = "params/" + e.name;
-    ORIGAMI_CHECK(rd.has(key), "checkpoint '", step_dir, "' has no tensor '", key,
-                  "': it was not written by origami train for this model");
-    ORIGAMI_CHECK(rd.global_shape(key) == e.shape, "checkpoint '", step_dir, "': '", key, "' is ",
-                  shape_str(rd.global_shape(key)), ", the config's model has ", shape_str(e.shape),
-                  ": give the config the checkpoint was trained with");
-    Tensor dst = w.get(e.name);
-    rd.read(key, dst);
-  }
-  int64_t m = 0;
-  for (int64_t l = 0; l < s.layers && s.moe.expert_bias; ++l) {
-    if (!s.is_moe_layer(l)) continue;
-    const std::string name = "expert_bias/" + std::to_string(l);
-    if (rd.has(name)) gen.set_expert_bias(m, rd.read_full(name).to_float_vector());
-    ++m;
-  }
-}
-
 // Text of ids the tokenizer knows (a model vocabulary may be padded beyond the tokenizer's).
 std::string decode_known(const Tokenizer& tok, const std::vector<int64_t>& ids) {
   std::vector<TokenId> known;
@@ -77,6 +53,8 @@ std::string decode_known(const Tokenizer& tok, const std::vector<int64_t>& ids) 
 
 }  // namespace
 
+int run_generate(const Flags& flags, bool multi_rank);
+
 int generate(int argc, char** argv) {
   Flags flags(
       "generate", "(--model HF_DIR | --config CONFIG [--checkpoint DIR]) --prompt TEXT [options]",
@@ -85,7 +63,9 @@ int generate(int argc, char** argv) {
       "token is sampled per step (greedy with --temperature 0; else temperature, top-k, top-p)\n"
       "until the end-of-sequence token or --max-new-tokens. The model is a Hugging Face folder\n"
       "(config.json + safetensors, e.g. from 'origami train --export-hf') or a training\n"
-      "checkpoint of 'origami train' with the config it was trained with.");
+      "checkpoint of 'origami train' with the config it was trained with (under any layout).\n"
+      "Under mpirun, srun or 'origami launch' the model is split over the ranks with --tp, --pp,\n"
+      "--ep and --etp as in training; rank 0 prints the text.");
   flags.add("model", "", "Hugging Face model folder (config.json and *.safetensors)");
   flags.add("config", "", "training config (configs/*.pbtxt) describing the checkpoint's model");
   flags.add("checkpoint", "",
@@ -111,9 +91,37 @@ int generate(int argc, char** argv) {
   flags.add("device", "cpu", "cpu or cuda[:N]");
   flags.add("max-context", "0",
             "tokens per sequence (prompt and generated); 0 = the model's max_seq_len");
+  flags.add("kv-block-size", "16", "tokens per block of the paged KV cache");
+  flags.add("kv-blocks", "0",
+            "blocks in the KV cache; 0 = enough for every prompt at the full context");
+  flags.add("tp", "1", "tensor-parallel size (heads, KV cache and vocabulary split over tp ranks)");
+  flags.add("pp", "1", "pipeline stages (layers split over pp ranks, microbatches in flight)");
+  flags.add("ep", "1", "expert-parallel size (MoE experts split over ep ranks)");
+  flags.add("etp", "0", "expert tensor-parallel size; 0 = as tp");
+  flags.add("microbatches", "0",
+            "groups of prompts in flight through the pipeline; 0 = pp (at least 2 with pp > 1)");
+  flags.add("collective-timeout", "300", "seconds a collective may wait before the job ends");
   flags.add_bool("stream", true, "print tokens as they are generated (a single prompt only)");
   flags.add_bool("stats", true, "print prefill and decode speed on stderr at the end");
   if (!flags.parse(argc, argv)) return 0;
+  // Several ranks when a launcher says so; then MPI runs for the whole command.
+  const LaunchEnvironment env = read_launch_environment(current_environment());
+  const bool multi_rank = env.world_size.value_or(1) > 1;
+  if (!multi_rank) return run_generate(flags, false);
+  MpiSession mpi(&argc, &argv);
+  try {
+    return run_generate(flags, true);
+  } catch (const std::exception& e) {
+    // One rank's error ends the job at once: the others would wait in their next collective.
+    std::fprintf(stderr, "origami generate: rank %d: error: %s\n", env.rank.value_or(-1), e.what());
+    std::fflush(stdout);
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  }
+  return 1;
+}
+
+int run_generate(const Flags& flags, bool multi_rank) {
   ORIGAMI_CHECK(flags.positional().empty(), "origami generate takes no positional arguments, got '",
                 flags.positional().empty() ? "" : flags.positional()[0],
                 "'; give the text with --prompt");
@@ -200,21 +208,46 @@ int generate(int argc, char** argv) {
   go.max_seq = context;
   go.compute = dtype_from_name(flags.get("dtype"));
   go.device = device_from_string(flags.get("device"));
-  models::Generator gen(spec, go);
+  go.kv_block_size = flags.get_int("kv-block-size");
+  go.kv_blocks = flags.get_int("kv-blocks");
+
+  // The ranks: every rank mpirun / srun / origami launch started, or this process alone.
+  const Milliseconds timeout{int64_t(flags.get_double("collective-timeout") * 1000)};
+  ORIGAMI_CHECK(timeout.count() > 0, "--collective-timeout must be > 0 seconds");
+  std::unique_ptr<Communicator> world =
+      multi_rank ? mpi_world_communicator(timeout) : self_communicator("world", timeout);
+  const bool root = world->rank() == 0;
+  ParallelLayout pl;
+  pl.tp = int(flags.get_int("tp"));
+  pl.pp = int(flags.get_int("pp"));
+  pl.ep = int(flags.get_int("ep"));
+  pl.etp = int(flags.get_int("etp"));
+  const RankGroups layout(world->size(), pl);
+  models::check_inference_layout(spec, layout);
+  ProcessGroupsOptions pgo;
+  pgo.timeout = timeout;
+  ProcessGroups groups = ProcessGroups::create(*world, layout, pgo);
+  models::GeneratorParallel par;
+  if (multi_rank) {
+    par.groups = &groups;
+    par.layout = &layout;
+    par.microbatches = int(flags.get_int("microbatches"));
+  }
+  models::Generator gen(spec, go, par);
   const auto t_load = Clock::now();
   if (!model_dir.empty())
     models::load_hf_weights(model_dir, gen.weights());
   else
-    load_training_checkpoint(checkpoint_step_dir(checkpoint_dir), gen);
+    models::load_training_checkpoint(checkpoint_step_dir(checkpoint_dir), gen);
   const double load_s = std::chrono::duration<double>(Clock::now() - t_load).count();
-  const bool stats = flags.get_bool("stats");
+  const bool stats = flags.get_bool("stats") && root;
   if (stats) {
-    gen.print_plan(std::cerr);
+    std::cerr << gen.describe();
     std::fprintf(stderr, "loaded the weights in %.2f s\n", load_s);
   }
 
   // Generate, streaming the text of a single prompt as its tokens arrive.
-  const bool stream = flags.get_bool("stream") && ids.size() == 1;
+  const bool stream = flags.get_bool("stream") && ids.size() == 1 && root;
   std::vector<int64_t> streamed = ids[0];
   size_t printed = decode_known(*tok, streamed).size();
   if (stream) {
@@ -239,7 +272,7 @@ int generate(int argc, char** argv) {
   const std::vector<models::GenerationResult> results = gen.generate(ids, gc, on_token);
   const auto t_end = Clock::now();
 
-  for (size_t i = 0; i < results.size(); ++i) {
+  for (size_t i = 0; i < results.size() && root; ++i) {
     std::vector<int64_t> out = results[i].tokens;
     if (results[i].reason == models::StopReason::eos && !out.empty()) out.pop_back();
     if (stream) {

@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <map>
 #include <ostream>
 #include <span>
 
+#include "models/decoder_internal.h"
 #include "models/moe_router.h"
 #include "ops/activation.h"
 #include "ops/attention.h"
@@ -21,473 +21,22 @@
 
 namespace origami::models {
 
-// ---- buffers ------------------------------------------------------------------------------------
-
-// One layer's weights (compute dtype) or gradients (f32), as views into a ParameterBuffer.
-struct LayerWeights {
-  Tensor ln1, wq, bq, wk, bk, wv, bv, wo, ln2;  // attention
-  Tensor gate, up, down;                        // dense MLP
-  Tensor router, e_gate, e_up, e_down;          // MoE: [E,H], [E,Fe,H], [E,Fe,H], [E,H,Fe]
-  Tensor s_gate, s_up, s_down, s_expert_gate;   // shared expert
-};
-
-// Activations of one layer kept for backward (per microbatch slot, or one shared set with
-// recompute). T = B*S rows, Tl = the rows this rank holds (T/tp with sequence parallelism), N =
-// rows of the permuted (token, expert) copies; q/k/v/attn/gate/up are this rank's TP columns.
-struct LayerActivations {
-  Tensor hn1;                  // [T,H]      rmsnorm(x_l) (gathered over TP with SP)
-  Tensor rstd1;                // [Tl] f32
-  Tensor q;                    // [T,Hq*D]   after rope
-  Tensor k, v;                 // [T,Hkv*D]  k after rope
-  Tensor attn;                 // [T,Hq*D]   attention output
-  Tensor lse;                  // [B,Hq,S] f32
-  Tensor x_mid;                // [Tl,H]     x_l + attn Wo^T
-  Tensor hn2;                  // [T,H]      rmsnorm(x_mid) (MoE: its first Tl rows)
-  Tensor rstd2;                // [Tl] f32
-  Tensor gate, up, act;        // dense MLP [T,F]
-  Tensor router_logits;        // [Tl,E] f32
-  Tensor perm_token;           // [Nmax] i64
-  Tensor perm_weight;          // [Nmax] f32
-  Tensor xg;                   // [Nmax,H]  gathered token copies
-  Tensor eg, eu, ea;           // [Nmax,Fe] expert gate, up, swiglu * prob
-  Tensor sg_logit;             // [Tl,1] f32 shared-expert gate logit
-  Tensor s_scale;              // [Tl] f32   sigmoid(sg_logit)
-  Tensor s_gate, s_up, s_act;  // [Tl,Fs]    shared expert
-  RouterBuffers router;        // host
-  // Experts across ranks (dispatch): rows gathered from the source ranks ("source order", blocks
-  // per source rank and expert), of which this rank computes the rows of its local experts in
-  // expert order: xe = src[idx].
-  Tensor table;                 // [G*E] i64 host: rows per (source rank of tp-ep, global expert)
-  Tensor idx;                   // [Smax] i64: source row of each expert-order row
-  Tensor xe;                    // [Smax,H] expert-order input rows
-  Tensor pe;                    // [Smax] f32 their routing weights
-  std::vector<int64_t> rows_e;  // [E/ep] rows per local expert
-  int64_t src_rows = 0, exp_rows = 0;
-};
-
-// One microbatch in flight through this chunk (a pipeline holds several).
-struct Microbatch {
-  Tensor ids, targets;                 // [T] i64 (device)
-  Tensor ids_host, targets_host;       // [T] i64 (host staging)
-  std::vector<Tensor> xs;              // [Lc+1] x [Tl,H]: chunk input, each layer's output
-  Tensor hf, rstd_f;                   // [T,H] final norm out (gathered), [Tl] rstd
-  Tensor logits;                       // [T,V] this rank's vocabulary columns
-  Tensor ce_lse;                       // [T] f32
-  std::vector<LayerActivations> acts;  // [Lc] (empty with recompute)
-  int64_t n_valid = 0;                 // valid targets of the whole batch (over dp)
-  std::vector<double> aux_grad;        // [E] d loss / d aux_probs, from the forward's counts
-};
-
-// Buffers shared by all layers and microbatches.
-struct Scratch {
-  Tensor positions;                  // [T] i64 (device)
-  Tensor inv_freq;                   // [D/2] f32
-  Tensor ones;                       // [T] compute: bias add and bias gradient as rank-1 GEMMs
-  Tensor dlogits;                    // [T,V]
-  Tensor ce_loss, ce_loss_host;      // [T] f32
-  Tensor ce_max, ce_sum, ce_target;  // [T] f32 (vocabulary-parallel cross-entropy)
-  Tensor dres;                       // [Tl,H] f32 gradient of the residual stream
-  Tensor dres_c;                     // [Tl,H] compute copy of dres (bf16 only; else dres)
-  Tensor dres_full;                  // [T,H] f32 gathered dres (SP; embedding backward)
-  Tensor dfull;                      // [T,H] compute: dres_c gathered over TP (SP; else dres_c)
-  Tensor dx, dh;                     // [Tl,H] compute
-  Tensor dh_full;                    // [T,H] compute: partial dh before the TP sum (else dh)
-  Tensor hn_local;                   // [Tl,H] compute: norm output before the gather (SP)
-  Tensor partial;                    // [T,H] compute: row-parallel output before the TP sum
-  Tensor reduced;                    // [Tl,H] compute: its reduce-scatter (SP)
-  Tensor dq, dattn;                  // [T,Hq*D]
-  Tensor dk, dv;                     // [T,Hkv*D]
-  Tensor dact, dgate, dup;           // [T*max(F,Fs)] flat
-  Tensor y, dy, dxg;                 // [Nmax,H]
-  Tensor dea, deg, deu;              // [Nmax,Fe]
-  Tensor drow, drow_host;            // [Nmax] f32
-  Tensor drouter_host, drouter, drouter_c;  // [Tl,E] f32 host, f32 device, compute
-  Tensor sg_host, ds, ds_host, dsl_c;       // [Tl] f32 host, [Tl] f32, [Tl] host, [Tl,1] compute
-  Tensor d_src_x, d_src_y, d_recv;          // [Smax,H] compute: source-order rows, a2a receive
-  Tensor d_src_p, d_recv_p, d_pe_scratch;   // [Smax] f32
-  Tensor d_ye, d_dxe;                       // [Smax,H] expert-order outputs / input gradients
-  Tensor d_drow_e;                          // [Smax] f32
-  Tensor d_back, d_back_p;                  // [Nmax,H], [Nmax] f32: returned rows
-  Tensor d_idx_host;                        // [Smax] i64 host
-  Tensor d_rows_host;                       // [G] i64 host (scratch for counts)
-  Tensor moe_counts;                        // [Lm*E] i64 host: token counts to reduce over ranks
-  Tensor moe_stats;                         // [E+1] f32 host: aux prob sums, z-loss
-  Tensor valid;                             // [1] i64 host: valid targets to reduce over dp
-};
-
-namespace {
-
-// Hands out every buffer: in planning mode it records the request in a MemoryPlan and returns an
-// undefined tensor; otherwise it carves the tensor from the named arena. The same enumeration
-// runs in both modes, so the plan is exactly what is allocated.
-struct BufferMaker {
-  bool planning = true;
-  MemoryPlan* plan = nullptr;
-  std::map<std::string, Arena*> arenas;
-  Tensor operator()(const std::string& arena, const std::string& name, const Shape& shape,
-                    DType dtype) {
-    if (planning) {
-      plan->add(arena, name, shape, dtype);
-      return Tensor();
-    }
-    return arenas.at(arena)->allocate(shape, dtype);
-  }
-};
-
-const char* kParams = "parameters";
-const char* kGrads = "gradients";
-const char* kCompute = "compute weights";
-const char* kOptim = "optimizer state";
-const char* kActs = "activations";
-const char* kHost = "router (host)";
-
-LayerWeights layer_weights(const ParameterBuffer& p, const LayerParamNames& n) {
-  LayerWeights w;
-  w.ln1 = p.get(n.input_norm);
-  w.wq = p.get(n.q);
-  w.bq = p.get(n.q_bias);
-  w.wk = p.get(n.k);
-  w.bk = p.get(n.k_bias);
-  w.wv = p.get(n.v);
-  w.bv = p.get(n.v_bias);
-  w.wo = p.get(n.o);
-  w.ln2 = p.get(n.post_norm);
-  w.gate = p.get(n.mlp_gate);
-  w.up = p.get(n.mlp_up);
-  w.down = p.get(n.mlp_down);
-  w.router = p.get(n.router);
-  w.e_gate = p.get(n.expert_gate);
-  w.e_up = p.get(n.expert_up);
-  w.e_down = p.get(n.expert_down);
-  w.s_gate = p.get(n.shared_gate);
-  w.s_up = p.get(n.shared_up);
-  w.s_down = p.get(n.shared_down);
-  w.s_expert_gate = p.get(n.shared_expert_gate);
-  return w;
-}
-
-// ---- small GEMM wrappers: every linear layer is y = x W^T
-// ----------------------------------------
-
-// y [T,N] = x [T,K] @ w[N,K]^T + beta * y
-void linear(const Tensor& x, const Tensor& w, Tensor y, float beta = 0.0f) {
-  ops::gemm(x, w, y, {false, true, 1.0f, beta});
-}
-// dx [T,K] = dy [T,N] @ w [N,K] + beta * dx
-void linear_dx(const Tensor& dy, const Tensor& w, Tensor dx, float beta = 0.0f) {
-  ops::gemm(dy, w, dx, {false, false, 1.0f, beta});
-}
-// dw [N,K] (f32) += dy [T,N]^T @ x [T,K]
-void linear_dw(const Tensor& dy, const Tensor& x, Tensor dw) {
-  ops::gemm(dy, x, dw, {true, false, 1.0f, 1.0f});
-}
-// y [T,N] += ones [T,1] @ b [1,N]
-void add_bias(const Tensor& ones, const Tensor& b, Tensor y) {
-  const int64_t T = y.size(0), N = y.size(1);
-  ops::gemm(ones.view({T, 1}), b.view({1, N}), y, {false, false, 1.0f, 1.0f});
-}
-// db [N] (f32) += ones [1,T] @ dy [T,N]
-void bias_grad(const Tensor& ones, const Tensor& dy, Tensor db) {
-  const int64_t T = dy.size(0), N = dy.size(1);
-  Tensor out = db.view({1, N});
-  ops::gemm(ones.view({1, T}), dy, out, {false, false, 1.0f, 1.0f});
-}
-
-Tensor rows_of(const Tensor& t, int64_t n) {
-  return t.narrow(0, 0, n);
-}
-// A [rows, cols] view of the front of a flat buffer.
-Tensor front(const Tensor& flat, int64_t rows, int64_t cols) {
-  return flat.narrow(0, 0, rows * cols).view({rows, cols});
-}
-
-}  // namespace
-
-// ---- the memory plan: one enumeration of every buffer ------------------------------------------
-
-namespace {
-
-ShardSpec shard_of(const DecoderOptions& o) {
-  ShardSpec sh;
-  const DecoderParallel& p = o.parallel;
-  if (p.tp) {
-    sh.tp = p.tp->size();
-    sh.tp_rank = p.tp->rank();
-  }
-  if (p.ep) {
-    sh.ep = p.ep->size();
-    sh.ep_rank = p.ep->rank();
-  }
-  if (p.etp) {
-    sh.etp = p.etp->size();
-    sh.etp_rank = p.etp->rank();
-  }
-  sh.layer_begin = p.layer_begin;
-  sh.layer_end = p.layer_end;
-  sh.sequence_parallel = p.sequence_parallel && sh.tp > 1;
-  return sh;
-}
-
-// Sizes of this rank's part of the model and of one microbatch.
-struct Dims {
-  int tp = 1;
-  bool sp = false;
-  int64_t T = 0, Tl = 0, H = 0, V = 0, Lb = 0, Le = 0, Dq = 0, Dkv = 0, Hq = 0, F = 0;
-  int64_t E = 0, k = 0, Fe = 0, Fs = 0, Nmax = 0, Lm = 0;
-  bool first = false, last = false, any_dense = false, any_moe = false;
-  bool dispatch = false;            // experts across ranks
-  int64_t G = 1, El = 0, Smax = 0;  // tp-ep group size, local experts, source-order rows
-};
-
-Dims dims_of(const ModelSpec& sp, const DecoderOptions& o, const ParameterLayout& layout) {
-  Dims d;
-  const ShardSpec& sh = layout.shard();
-  d.tp = sh.tp;
-  d.sp = sh.sequence_parallel && sh.tp > 1;
-  d.T = o.batch * o.seq;
-  ORIGAMI_CHECK(!d.sp || d.T % d.tp == 0, "sequence parallelism: the ", d.T,
-                " tokens of a microbatch (batch x seq) do not divide over tp=", d.tp);
-  d.Tl = d.sp ? d.T / d.tp : d.T;
-  d.H = sp.hidden;
-  d.V = sp.vocab / d.tp;
-  d.Lb = layout.layer_begin();
-  d.Le = layout.layer_end();
-  d.Hq = sp.heads / d.tp;
-  d.Dq = d.Hq * sp.head_dim;
-  d.Dkv = (sp.kv_heads % d.tp == 0 ? sp.kv_heads / d.tp : 1) * sp.head_dim;
-  d.F = sp.ffn / d.tp;
-  d.E = sp.moe.num_experts;
-  d.k = sp.moe.top_k;
-  d.Fe = sp.moe.expert_ffn;
-  d.Fs = sp.moe.shared_expert_ffn;
-  d.Lm = sp.num_moe_layers();
-  d.first = d.Lb == 0;
-  d.last = d.Le == sp.layers;
-  for (int64_t l = d.Lb; l < d.Le; ++l) (sp.is_moe_layer(l) ? d.any_moe : d.any_dense) = true;
-  d.Nmax = d.any_moe ? router_max_rows(sp.moe, d.Tl) : 0;
-  d.dispatch = sh.ep > 1 || sh.etp > 1;
-  d.G = int64_t(sh.ep) * sh.etp;
-  d.El = sh.ep > 0 ? d.E / sh.ep : d.E;
-  d.Fe = sp.moe.expert_ffn / sh.etp;
-  d.Smax = d.dispatch ? d.G * d.Nmax : d.Nmax;
-  return d;
-}
-
-struct Allocation {
-  Tensor master, grads, compute, adam_m, adam_v;  // flat [P]
-  std::vector<std::unique_ptr<Microbatch>> mbs;
-  std::vector<LayerActivations> shared_acts;
-  Scratch s;
-};
-
-void layer_buffers(const ModelSpec& sp, const DecoderOptions& o, const Dims& d, BufferMaker& mk,
-                   const std::string& p, bool has_dense, bool has_moe, LayerActivations& x) {
-  const DType c = o.compute, f32 = DType::f32, i64 = DType::i64;
-  const int64_t T = d.T, Tl = d.Tl, H = d.H, E = d.E, k = d.k, Nmax = d.Nmax;
-  x.hn1 = mk(kActs, p + "hn1", {T, H}, c);
-  x.rstd1 = mk(kActs, p + "rstd1", {Tl}, f32);
-  x.q = mk(kActs, p + "q", {T, d.Dq}, c);
-  x.k = mk(kActs, p + "k", {T, d.Dkv}, c);
-  x.v = mk(kActs, p + "v", {T, d.Dkv}, c);
-  x.attn = mk(kActs, p + "attn", {T, d.Dq}, c);
-  x.lse = mk(kActs, p + "lse", {o.batch, d.Hq, o.seq}, f32);
-  x.x_mid = mk(kActs, p + "x_mid", {Tl, H}, c);
-  x.hn2 = mk(kActs, p + "hn2", {T, H}, c);
-  x.rstd2 = mk(kActs, p + "rstd2", {Tl}, f32);
-  if (has_dense) {
-    x.gate = mk(kActs, p + "mlp.gate", {T, d.F}, c);
-    x.up = mk(kActs, p + "mlp.up", {T, d.F}, c);
-    x.act = mk(kActs, p + "mlp.act", {T, d.F}, c);
-  }
-  if (has_moe) {
-    x.router_logits = mk(kActs, p + "router_logits", {Tl, E}, f32);
-    x.perm_token = mk(kActs, p + "perm_token", {Nmax}, i64);
-    x.perm_weight = mk(kActs, p + "perm_weight", {Nmax}, f32);
-    x.xg = mk(kActs, p + "experts.x", {Nmax, H}, c);
-    x.eg = mk(kActs, p + "experts.gate", {d.Smax, d.Fe}, c);
-    x.eu = mk(kActs, p + "experts.up", {d.Smax, d.Fe}, c);
-    x.ea = mk(kActs, p + "experts.act", {d.Smax, d.Fe}, c);
-    if (d.dispatch) {
-      x.table = mk(kHost, p + "dispatch.table", {d.G * E}, i64);
-      x.idx = mk(kActs, p + "dispatch.idx", {d.Smax}, i64);
-      x.xe = mk(kActs, p + "dispatch.x", {d.Smax, H}, c);
-      x.pe = mk(kActs, p + "dispatch.prob", {d.Smax}, f32);
-    }
-    if (d.Fs > 0) {
-      x.s_gate = mk(kActs, p + "shared.gate", {Tl, d.Fs}, c);
-      x.s_up = mk(kActs, p + "shared.up", {Tl, d.Fs}, c);
-      x.s_act = mk(kActs, p + "shared.act", {Tl, d.Fs}, c);
-      if (sp.moe.shared_expert_gate) {
-        x.sg_logit = mk(kActs, p + "shared.gate_logit", {Tl, 1}, f32);
-        x.s_scale = mk(kActs, p + "shared.scale", {Tl}, f32);
-      }
-    }
-    RouterBuffers& r = x.router;
-    r.logits = mk(kHost, p + "router.logits", {Tl, E}, f32);
-    r.probs = mk(kHost, p + "router.probs", {Tl, E}, f32);
-    r.aux_probs = mk(kHost, p + "router.aux_probs", {Tl, E}, f32);
-    r.lse = mk(kHost, p + "router.lse", {Tl}, f32);
-    r.selected = mk(kHost, p + "router.selected", {Tl, k}, i64);
-    r.top_value = mk(kHost, p + "router.top_value", {Tl, k}, f32);
-    r.weight = mk(kHost, p + "router.weight", {Tl, k}, f32);
-    r.slot = mk(kHost, p + "router.slot", {Tl, k}, i64);
-    r.counts = mk(kHost, p + "router.counts", {E}, i64);
-    r.group_rows = mk(kHost, p + "router.group_rows", {E}, i64);
-    r.perm_token = mk(kHost, p + "router.perm_token", {Nmax}, i64);
-    r.perm_weight = mk(kHost, p + "router.perm_weight", {Nmax}, f32);
-    r.scratch = mk(kHost, p + "router.scratch", {std::max(Tl * k, E)}, i64);
-  }
-}
-
-void enumerate_buffers(const ModelSpec& sp, const DecoderOptions& o, const ParameterLayout& layout,
-                       BufferMaker& mk, Allocation& a) {
-  const Dims d = dims_of(sp, o, layout);
-  const int64_t P = layout.total_numel();
-  const int64_t T = d.T, Tl = d.Tl, H = d.H, V = d.V, Lc = d.Le - d.Lb, Nmax = d.Nmax;
-  const DType c = o.compute, f32 = DType::f32, i64 = DType::i64;
-  const int slots = std::max(1, o.parallel.slots);
-
-  a.master = mk(kParams, "master weights f32", {P}, f32);
-  a.grads = mk(kGrads, "gradients f32", {P}, f32);
-  if (c != f32) a.compute = mk(kCompute, std::string("weights ") + dtype_name(c), {P}, c);
-  if (o.optimizer_state) {
-    a.adam_m = mk(kOptim, "adamw m", {P}, f32);
-    a.adam_v = mk(kOptim, "adamw v", {P}, f32);
-  }
-
-  // Per microbatch slot: inputs, the residual stream, per-layer activations (all layers, or one
-  // set shared by every layer and slot with recompute), the head's outputs.
-  for (int i = 0; i < slots; ++i) {
-    auto m = std::make_unique<Microbatch>();
-    const std::string ps = slots > 1 ? "microbatch " + std::to_string(i) + "." : "";
-    if (d.first || d.last) {
-      m->ids = mk(kActs, ps + "ids", {T}, i64);
-      m->ids_host = mk(kHost, ps + "ids (host)", {T}, i64);
-    }
-    if (d.last) {
-      m->targets = mk(kActs, ps + "targets", {T}, i64);
-      m->targets_host = mk(kHost, ps + "targets (host)", {T}, i64);
-      m->hf = mk(kActs, ps + "final norm out", {T, H}, c);
-      m->rstd_f = mk(kActs, ps + "final norm rstd", {Tl}, f32);
-      m->logits = mk(kActs, ps + "logits", {T, V}, c);
-      m->ce_lse = mk(kActs, ps + "ce lse", {T}, f32);
-    }
-    m->xs.resize(size_t(Lc + 1));
-    for (int64_t l = 0; l <= Lc; ++l)
-      m->xs[size_t(l)] = mk(kActs,
-                            ps + (l < Lc   ? "x " + std::to_string(d.Lb + l)
-                                  : d.last ? std::string("x final")
-                                           : "x out"),
-                            {Tl, H}, c);
-    if (!o.recompute) {
-      m->acts.resize(size_t(Lc));
-      for (int64_t l = 0; l < Lc; ++l) {
-        const int64_t g = d.Lb + l;
-        layer_buffers(sp, o, d, mk, ps + "layer " + std::to_string(g) + ".", !sp.is_moe_layer(g),
-                      sp.is_moe_layer(g), m->acts[size_t(l)]);
-      }
-    }
-    m->aux_grad.assign(size_t(d.E), 0.0);
-    a.mbs.push_back(std::move(m));
-  }
-  if (o.recompute) {
-    a.shared_acts.resize(1);
-    layer_buffers(sp, o, d, mk, "layer (recomputed).", d.any_dense, d.any_moe, a.shared_acts[0]);
-  }
-
-  Scratch& s = a.s;
-  s.positions = mk(kActs, "positions", {T}, i64);
-  s.inv_freq = mk(kActs, "rope inv_freq", {sp.head_dim / 2}, f32);
-  s.ones = mk(kActs, "ones", {T}, c);
-  if (d.last) {
-    s.dlogits = mk(kActs, "dlogits", {T, V}, c);
-    s.ce_loss = mk(kActs, "ce loss", {T}, f32);
-    s.ce_loss_host = mk(kHost, "ce loss (host)", {T}, f32);
-    if (d.tp > 1) {
-      s.ce_max = mk(kActs, "ce row max", {T}, f32);
-      s.ce_sum = mk(kActs, "ce sum exp", {T}, f32);
-      s.ce_target = mk(kActs, "ce target logit", {T}, f32);
-    }
-    s.valid = mk(kHost, "valid targets", {1}, i64);
-  }
-  s.dres = mk(kActs, "dresidual f32", {Tl, H}, f32);
-  if (c != f32) s.dres_c = mk(kActs, "dresidual compute", {Tl, H}, c);
-  if (d.sp) {
-    if (d.first) s.dres_full = mk(kActs, "dresidual gathered", {T, H}, f32);
-    s.dfull = mk(kActs, "dresidual compute gathered", {T, H}, c);
-    s.dh_full = mk(kActs, "dh partial", {T, H}, c);
-    s.hn_local = mk(kActs, "norm out (local rows)", {Tl, H}, c);
-    s.reduced = mk(kActs, "row-parallel sum (local rows)", {Tl, H}, c);
-  }
-  if (d.tp > 1) s.partial = mk(kActs, "row-parallel partial", {T, H}, c);
-  s.dx = mk(kActs, "dx", {Tl, H}, c);
-  s.dh = mk(kActs, "dh", {Tl, H}, c);
-  s.dq = mk(kActs, "dq", {T, d.Dq}, c);
-  s.dattn = mk(kActs, "dattn", {T, d.Dq}, c);
-  s.dk = mk(kActs, "dk", {T, d.Dkv}, c);
-  s.dv = mk(kActs, "dv", {T, d.Dkv}, c);
-  const int64_t Fmax = std::max(d.any_dense ? T * d.F : 0, d.any_moe ? Tl * d.Fs : 0);
-  if (Fmax > 0) {
-    s.dact = mk(kActs, "dact", {Fmax}, c);
-    s.dgate = mk(kActs, "dgate", {Fmax}, c);
-    s.dup = mk(kActs, "dup", {Fmax}, c);
-  }
-  if (d.any_moe) {
-    const int64_t E = d.E;
-    s.y = mk(kActs, "experts.y", {Nmax, H}, c);
-    s.dy = mk(kActs, "experts.dy", {Nmax, H}, c);
-    s.dxg = mk(kActs, "experts.dx", {Nmax, H}, c);
-    s.dea = mk(kActs, "experts.dact", {d.Smax, d.Fe}, c);
-    s.deg = mk(kActs, "experts.dgate", {d.Smax, d.Fe}, c);
-    s.deu = mk(kActs, "experts.dup", {d.Smax, d.Fe}, c);
-    if (d.dispatch) {
-      const int64_t S = d.Smax;
-      s.d_src_x = mk(kActs, "dispatch.source x", {S, H}, c);
-      s.d_src_y = mk(kActs, "dispatch.source y", {S, H}, c);
-      s.d_recv = mk(kActs, "dispatch.received", {S, H}, c);
-      s.d_src_p = mk(kActs, "dispatch.source prob", {S}, f32);
-      s.d_recv_p = mk(kActs, "dispatch.received prob", {S}, f32);
-      s.d_pe_scratch = mk(kActs, "dispatch.prob scratch", {S}, f32);
-      s.d_ye = mk(kActs, "dispatch.expert y", {S, H}, c);
-      s.d_dxe = mk(kActs, "dispatch.expert dx", {S, H}, c);
-      s.d_drow_e = mk(kActs, "dispatch.expert dprob", {S}, f32);
-      s.d_back = mk(kActs, "dispatch.returned", {Nmax, H}, c);
-      s.d_back_p = mk(kActs, "dispatch.returned dprob", {Nmax}, f32);
-      s.d_idx_host = mk(kHost, "dispatch.idx (host)", {S}, i64);
-      s.d_rows_host = mk(kHost, "dispatch.rows (host)", {d.G}, i64);
-    }
-    s.drow = mk(kActs, "experts.dprob", {Nmax}, f32);
-    s.drow_host = mk(kHost, "experts.dprob (host)", {Nmax}, f32);
-    s.drouter_host = mk(kHost, "drouter (host)", {Tl, E}, f32);
-    s.drouter = mk(kActs, "drouter f32", {Tl, E}, f32);
-    s.drouter_c = mk(kActs, "drouter compute", {Tl, E}, c);
-    if (sp.moe.shared_expert_gate) {
-      s.sg_host = mk(kHost, "shared gate (host)", {Tl}, f32);
-      s.ds = mk(kActs, "dshared scale", {Tl}, f32);
-      s.ds_host = mk(kHost, "dshared scale (host)", {Tl}, f32);
-      s.dsl_c = mk(kActs, "dshared gate logit", {Tl, 1}, c);
-    }
-    s.moe_counts = mk(kHost, "moe counts", {d.Lm * E}, i64);
-    s.moe_stats = mk(kHost, "moe statistics", {E + 1}, f32);
-  }
-}
-
-}  // namespace
-
-MemoryPlan Decoder::memory_plan(const ModelSpec& spec, const DecoderOptions& opt) {
-  MemoryPlan plan;
-  BufferMaker mk;
-  mk.planning = true;
-  mk.plan = &plan;
-  Allocation unused;
-  enumerate_buffers(spec, opt, ParameterLayout(spec, shard_of(opt)), mk, unused);
-  return plan;
-}
-
 Decoder::Decoder(const ModelSpec& spec, const DecoderOptions& opt)
-    : spec_(spec), opt_(opt), layout_(spec, shard_of(opt)) {
+    : spec_(effective_spec(spec, opt)), opt_(opt), layout_(spec_, shard_of(opt)) {
   ORIGAMI_CHECK(opt.compute == DType::f32 || opt.compute == DType::bf16,
                 "decoder: compute dtype must be f32 or bf16, got ", dtype_name(opt.compute));
+  if (opt.inference) {
+    const InferenceOptions& io = opt.infer;
+    ORIGAMI_CHECK(opt.batch == 1 && opt.parallel.slots == 1 && !opt.parallel.cp,
+                  "decoder: inference runs one batch description per step (batch 1, one slot, "
+                  "no context parallelism)");
+    ORIGAMI_CHECK(io.kv_blocks >= 1 && io.kv_block_size >= 1 && io.max_sequences >= 1 &&
+                      io.max_context >= 1 && io.max_logit_rows >= 0,
+                  "decoder: inference needs kv_blocks, kv_block_size, max_sequences and "
+                  "max_context >= 1, got ",
+                  io.kv_blocks, ", ", io.kv_block_size, ", ", io.max_sequences, ", ",
+                  io.max_context);
+  }
   ORIGAMI_CHECK(opt.batch >= 1 && opt.seq >= 1,
                 "decoder: batch and seq must be >= 1, got B=", opt.batch, " S=", opt.seq);
   ORIGAMI_CHECK(opt.parallel.slots >= 1, "decoder: parallel.slots must be >= 1");
@@ -517,7 +66,7 @@ Decoder::Decoder(const ModelSpec& spec, const DecoderOptions& opt)
       !dispatch_ || !spec_.is_moe() ||
           (opt.parallel.tp_ep && (ep_ == 1 || opt.parallel.ep) && (etp_ == 1 || opt.parallel.etp)),
       "decoder: expert parallelism needs the ep, etp and tp-ep communicators");
-  plan_ = memory_plan(spec, opt);
+  plan_ = memory_plan(spec_, opt);
   BufferMaker mk;
   mk.planning = false;
   for (const std::string& name : plan_.arenas()) {
@@ -527,12 +76,18 @@ Decoder::Decoder(const ModelSpec& spec, const DecoderOptions& opt)
   }
   Allocation a;
   enumerate_buffers(spec_, opt_, layout_, mk, a);
-  master_ = ParameterBuffer(layout_, a.master);
-  grads_ = ParameterBuffer(layout_, a.grads);
-  master_.zero();
-  grads_.zero();
-  compute_ = opt.compute == DType::f32 ? master_ : ParameterBuffer(layout_, a.compute);
-  if (opt.optimizer_state) {
+  if (opt.inference) {  // one copy of the weights, in the compute dtype
+    compute_ = ParameterBuffer(layout_, a.compute);
+    compute_.zero();
+    master_ = compute_;
+  } else {
+    master_ = ParameterBuffer(layout_, a.master);
+    grads_ = ParameterBuffer(layout_, a.grads);
+    master_.zero();
+    grads_.zero();
+    compute_ = opt.compute == DType::f32 ? master_ : ParameterBuffer(layout_, a.compute);
+  }
+  if (opt.optimizer_state && !opt.inference) {
     adam_m_ = ParameterBuffer(layout_, a.adam_m);
     adam_v_ = ParameterBuffer(layout_, a.adam_v);
     adam_m_.zero();
@@ -545,7 +100,19 @@ Decoder::Decoder(const ModelSpec& spec, const DecoderOptions& opt)
   const ModelParamNames& names = layout_.names();
   for (int64_t l = Lb_; l < Le_; ++l) {
     w_.push_back(layer_weights(compute_, names.layers[size_t(l)]));
-    g_.push_back(layer_weights(grads_, names.layers[size_t(l)]));
+    if (!opt.inference) g_.push_back(layer_weights(grads_, names.layers[size_t(l)]));
+  }
+  if (opt.inference) {
+    inf_ = std::make_unique<InferenceBuffers>(std::move(a.inf));
+    inf_->full_mb = *mbs_[0];
+    inf_->full_acts = shared_acts_[0];
+  }
+  if (opt.inference) {
+    inf_->full_positions = s_->positions;
+    inf_->full_ones = s_->ones;
+    inf_->full_hn_local = s_->hn_local;
+    inf_->full_partial = s_->partial;
+    inf_->full_sg_host = s_->sg_host;
   }
   int64_t m = 0;
   for (int64_t l = 0; l < spec_.layers; ++l) moe_index_.push_back(spec_.is_moe_layer(l) ? m++ : -1);
@@ -595,7 +162,7 @@ void Decoder::print_plan(std::ostream& os, bool detail) const {
 }
 
 void Decoder::sync_compute_weights() {
-  if (opt_.compute != DType::f32) compute_.copy_from(master_);
+  if (opt_.compute != DType::f32 && !opt_.inference) compute_.copy_from(master_);
 }
 
 void Decoder::adamw_step(const ops::AdamWParams& p) {
@@ -618,7 +185,7 @@ const RouterBuffers& Decoder::routing(int64_t layer, int slot) const {
 }
 
 LayerActivations& Decoder::acts_for(int64_t l) {
-  return opt_.recompute ? shared_acts_[0] : mb().acts[size_t(l - Lb_)];
+  return opt_.recompute || opt_.inference ? shared_acts_[0] : mb().acts[size_t(l - Lb_)];
 }
 
 void Decoder::update_expert_bias() {
@@ -677,22 +244,22 @@ void Decoder::row_parallel_residual(const Tensor& in, const Tensor& w, const Ten
     linear(in, w, out, 1.0f);
     return;
   }
-  Scratch& s = *s_;
+  Tensor partial = rows_of(s_->partial, T_);
   float beta = 0.0f;
   if (sp_) {
-    s.partial.zero_();
-    s.partial.narrow(0, int64_t(tp_rank_) * Tl_, Tl_).copy_from(x);
+    partial.zero_();
+    partial.narrow(0, int64_t(tp_rank_) * Tl_, Tl_).copy_from(x);
     beta = 1.0f;
   } else if (tp_rank_ == 0) {
-    s.partial.copy_from(x);
+    partial.copy_from(x);
     beta = 1.0f;
   }
-  linear(in, w, s.partial, beta);
+  linear(in, w, partial, beta);
   if (sp_) {
-    opt_.parallel.tp->reduce_scatter(s.partial, out);
+    opt_.parallel.tp->reduce_scatter(partial, out);
   } else {
-    opt_.parallel.tp->all_reduce(s.partial);
-    out.copy_from(s.partial);
+    opt_.parallel.tp->all_reduce(partial);
+    out.copy_from(partial);
   }
 }
 
@@ -722,8 +289,41 @@ const Tensor& Decoder::chunk_input_grad() const {
   return s_->dres;
 }
 
+// x0 [Tl,H] = embed[ids]; with TP each rank looks up its vocabulary rows and the parts add up.
+void Decoder::embed_tokens(Microbatch& b) {
+  const Tensor& emb = compute_.get(layout_.names().embed);
+  if (tp_ == 1) {
+    ops::embedding_forward(emb, b.ids, b.xs[0]);
+  } else {
+    Tensor& partial = s_->partial;
+    ops::embedding_forward(emb, b.ids, partial, vocab_offset_, spec_.vocab);
+    tp_reduce_rows(partial, b.xs[0]);
+    if (!sp_) b.xs[0].copy_from(partial);
+  }
+}
+
+// x0 [Tl,H] = the previous chunk's output (pipeline stages after the first).
+void Decoder::load_chunk_input(Microbatch& b, const Tensor& x_in) {
+  ORIGAMI_CHECK(x_in.defined() && x_in.numel() == b.xs[0].numel(), "decoder: chunk input must be [",
+                Tl_, ",", spec_.hidden, "], got ",
+                x_in.defined() ? x_in.str() : std::string("undefined"));
+  b.xs[0].copy_from(x_in.view(b.xs[0].shape()));
+}
+
+// hf [T,H] = rmsnorm(x_L): this rank's rows, gathered over TP with sequence parallelism.
+void Decoder::final_norm(Microbatch& b) {
+  const Tensor& wf = compute_.get(layout_.names().final_norm);
+  if (sp_) {
+    ops::rmsnorm_forward(b.xs.back(), wf, float(spec_.rms_eps), s_->hn_local, b.rstd_f);
+    tp_gather_rows(s_->hn_local, b.hf);
+  } else {
+    ops::rmsnorm_forward(b.xs.back(), wf, float(spec_.rms_eps), b.hf, b.rstd_f);
+  }
+}
+
 LossInfo Decoder::chunk_forward(int slot, const Tensor& ids, const Tensor& targets,
                                 const Tensor& x_in) {
+  ORIGAMI_CHECK(!inf_, "decoder: built for inference (use infer())");
   ORIGAMI_CHECK(slot >= 0 && slot < int(mbs_.size()), "decoder: slot ", slot, " of ", mbs_.size());
   cur_ = slot;
   Microbatch& b = mb();
@@ -733,20 +333,9 @@ LossInfo Decoder::chunk_forward(int slot, const Tensor& ids, const Tensor& targe
   for (double& p : aux_prob_sums_) p = 0;
   if (is_first_chunk()) {
     load_tokens(ids, b.ids_host, b.ids, "ids");
-    // x0 [T,H] = embed[ids]; with TP each rank looks up its vocabulary rows and the parts add up.
-    const Tensor& emb = compute_.get(layout_.names().embed);
-    if (tp_ == 1) {
-      ops::embedding_forward(emb, b.ids, b.xs[0]);
-    } else {
-      ops::embedding_forward(emb, b.ids, s.partial, vocab_offset_, spec_.vocab);
-      tp_reduce_rows(s.partial, b.xs[0]);
-      if (!sp_) b.xs[0].copy_from(s.partial);
-    }
+    embed_tokens(b);
   } else {
-    ORIGAMI_CHECK(x_in.defined() && x_in.numel() == b.xs[0].numel(),
-                  "decoder: chunk input must be [", Tl_, ",", spec_.hidden, "], got ",
-                  x_in.defined() ? x_in.str() : std::string("undefined"));
-    b.xs[0].copy_from(x_in.view(b.xs[0].shape()));
+    load_chunk_input(b, x_in);
   }
   for (int64_t l = Lb_; l < Le_; ++l) layer_forward(l, acts_for(l));
   (void)Lc;
@@ -771,13 +360,7 @@ LossInfo Decoder::chunk_forward(int slot, const Tensor& ids, const Tensor& targe
   load_tokens(targets, b.targets_host, b.targets, "targets");
   // Head: hf [T,H] = rmsnorm(x_L) (gathered over TP with SP); logits [T,V] = hf Wlm^T (this
   // rank's vocabulary columns); per-row CE [T], reduced over the vocabulary shards.
-  const Tensor& wf = compute_.get(layout_.names().final_norm);
-  if (sp_) {
-    ops::rmsnorm_forward(b.xs.back(), wf, float(spec_.rms_eps), s.hn_local, b.rstd_f);
-    tp_gather_rows(s.hn_local, b.hf);
-  } else {
-    ops::rmsnorm_forward(b.xs.back(), wf, float(spec_.rms_eps), b.hf, b.rstd_f);
-  }
+  final_norm(b);
   const std::string& lm = spec_.tie_embeddings ? layout_.names().embed : layout_.names().lm_head;
   linear(b.hf, compute_.get(lm), b.logits);
   if (tp_ == 1) {
@@ -863,6 +446,7 @@ LossInfo Decoder::finish_loss(Microbatch& b) {
 }
 
 void Decoder::chunk_backward(int slot, const Tensor& dx_in) {
+  ORIGAMI_CHECK(!inf_, "decoder: built for inference, it has no backward");
   ORIGAMI_CHECK(slot >= 0 && slot < int(mbs_.size()), "decoder: slot ", slot, " of ", mbs_.size());
   cur_ = slot;
   Microbatch& b = mb();
@@ -971,6 +555,11 @@ void Decoder::attention_forward(int64_t l, LayerActivations& a) {
   ops::rope_forward(q3, s.positions, s.inv_freq, q3);
   ops::rope_forward(k3, s.positions, s.inv_freq, k3);
   // attn [B,S,Hq,D] = softmax(q k^T * scale, causal / window) v;  lse [B,Hq,S]
+  if (inf_) {  // inference: keys and values to the paged cache, queries against it
+    attention_paged(l, a);
+    row_parallel_residual(a.attn, w.wo, x, a.x_mid);
+    return;
+  }
   ops::AttentionParams p;
   p.window = spec_.sliding_window > 0 ? spec_.sliding_window + 1 : -1;  // ops: i - j < window
   Tensor attn4 = a.attn.view({B, S, Hq, D});

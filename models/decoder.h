@@ -71,14 +71,49 @@ struct DecoderParallel {
   int slots = 1;  // microbatches whose activations are held at once (pipeline schedules)
 };
 
+// Inference over a paged KV cache (DecoderOptions::inference): the cache's size and the most
+// a step may hold. Each layer of the chunk keeps K and V [kv_blocks, kv_block_size, Hkv/tp, D] in
+// the compute dtype; which block holds which token is the caller's bookkeeping (BlockManager in
+// models/kv_cache.h), handed to every step in its StepBatch.
+struct InferenceOptions {
+  int64_t kv_blocks = 0;       // blocks in the pool (> 0)
+  int64_t kv_block_size = 16;  // tokens per block
+  int64_t max_sequences = 1;   // sequences in one step
+  int64_t max_context = 0;     // tokens one sequence may hold (sizes the block tables)
+  int64_t max_logit_rows = 0;  // rows of logits one step returns; 0 = max_sequences
+};
+
 struct DecoderOptions {
-  int64_t batch = 1;           // B
-  int64_t seq = 1;             // S
+  int64_t batch = 1;           // B (inference: 1)
+  int64_t seq = 1;             // S (inference: the most tokens one step runs)
   DType compute = DType::f32;  // f32 or bf16 (bf16 weights copy and activations)
   Device device = Device::cpu();
   bool recompute = false;       // full-layer activation recomputation
   bool optimizer_state = true;  // plan and allocate AdamW m, v
   DecoderParallel parallel;
+  // Serving instead of training: the forward only (infer()), no gradients or optimizer state, the
+  // weights once in the compute dtype (params() is that buffer), one set of layer activations
+  // reused by every layer, MoE routed dropless. See InferenceOptions.
+  bool inference = false;
+  InferenceOptions infer;
+};
+
+// One inference step: N sequences, each with new tokens (a prefill chunk or one decode token)
+// appended after the tokens already in its KV cache; the tokens of all sequences packed in order.
+// Positions and slots come from the caller's block tables: slot = block * block_size + row.
+struct StepBatch {
+  std::vector<int64_t> ids;        // [T] token ids (read by the first pipeline chunk)
+  std::vector<int64_t> positions;  // [T] position of each token in its sequence
+  std::vector<int64_t> slots;      // [T] KV-cache slot each token's keys and values go to
+  std::vector<int64_t>
+      query_start;  // [N+1] sequence i's tokens: [query_start[i], query_start[i+1])
+  std::vector<int64_t> context_len;  // [N] tokens in sequence i's cache after this step
+  std::vector<int32_t> block_table;  // [N, max_blocks] row-major
+  int64_t max_blocks = 0;            // columns of block_table
+  std::vector<int64_t> logit_rows;   // tokens whose logits are returned, in this order
+  std::vector<int32_t> copies;       // [n,2] (src, dst) blocks to copy first (copy-on-write)
+  int64_t tokens() const { return int64_t(ids.size()); }
+  int64_t sequences() const { return int64_t(context_len.size()); }
 };
 
 // The parts of the loss of one step (all means as in Hugging Face's CausalLM loss).
@@ -94,6 +129,7 @@ struct LayerWeights;
 struct LayerActivations;
 struct Microbatch;
 struct Scratch;
+struct InferenceBuffers;
 
 class Decoder {
  public:
@@ -106,6 +142,10 @@ class Decoder {
 
   // The plan this decoder allocates (computable without building one).
   static MemoryPlan memory_plan(const ModelSpec& spec, const DecoderOptions& opt);
+  // The same for the part of the model that `shard` describes: a rank of any layout, planned in
+  // one process without communicators (opt.parallel's communicators are ignored).
+  static MemoryPlan memory_plan(const ModelSpec& spec, const DecoderOptions& opt,
+                                const ShardSpec& shard);
   const MemoryPlan& plan() const { return plan_; }
   void print_plan(std::ostream& os, bool detail = false) const;
 
@@ -148,6 +188,21 @@ class Decoder {
   // AdamW over all parameters at once (one flat tensor), then the compute copy is refreshed.
   void adamw_step(const ops::AdamWParams& p);
 
+  // ---- inference (DecoderOptions::inference) -------------------------------------------------
+  // Runs one step: copies the batch's copy-on-write blocks in every layer's cache, then the
+  // forward of this chunk's layers, storing each token's keys and values at its slot. The first
+  // chunk embeds batch.ids; the others read x_in [step_rows(batch)/tp or step_rows, H] (compute
+  // dtype), the previous chunk's chunk_output(0). The last chunk returns the logits of
+  // batch.logit_rows, [R,V] f32 on the host (valid until the next step); the others an undefined
+  // tensor. Collective over the chunk's TP and expert groups.
+  Tensor infer(const StepBatch& batch, const Tensor& x_in = Tensor());
+  // Rows one step runs: the batch's tokens, rounded up to a multiple of tp with sequence
+  // parallelism (the padding rows attend to nothing and write no cache).
+  int64_t step_rows(const StepBatch& batch) const;
+  // KV cache of layer l (a global layer index of this chunk): [blocks, block_size, Hkv/tp, D].
+  const Tensor& k_cache(int64_t l) const;
+  const Tensor& v_cache(int64_t l) const;
+
   // After forward: logits [T,V] in the compute dtype on the device.
   const Tensor& logits() const;
   // After forward: tokens routed to each expert (before dropping), [num_moe_layers][E].
@@ -182,6 +237,14 @@ class Decoder {
   void experts_backward_dispatched(LayerActivations& a, const LayerWeights& w, LayerWeights& g,
                                    int64_t N, const Tensor& dy, Tensor& dxg, Tensor& drow);
   LayerActivations& acts_for(int64_t l);
+  void set_step_rows(int64_t T);  // inference: narrows the working views to a step's rows
+  Tensor infer_head(const StepBatch& batch);  // inference: logits of the requested rows
+  void embed_tokens(Microbatch& b);           // x0 = embed(ids), summed over TP
+  void final_norm(Microbatch& b);
+  void load_chunk_input(Microbatch& b,
+                        const Tensor& x_in);  // x0 = the previous chunk's output             // hf
+                                              // = rmsnorm(x_L), gathered over TP with SP
+  void attention_paged(int64_t l, LayerActivations& a);  // inference attention over the cache
 
   ModelSpec spec_;
   DecoderOptions opt_;
@@ -194,9 +257,12 @@ class Decoder {
   std::vector<LayerActivations> shared_acts_;     // the one set reused with recompute
   std::unique_ptr<Scratch> s_;
   std::unique_ptr<CpAttention> cp_attn_;  // context parallel attention (cp > 1)
-  int cur_ = 0;                           // the slot being run
-  int tp_ = 1, tp_rank_ = 0;              // tensor-parallel size and rank
-  bool sp_ = false;                       // sequence parallel (with tp_ > 1)
+  // Inference: the full-size buffers the per-step views narrow, the KV caches and step metadata.
+  std::unique_ptr<InferenceBuffers> inf_;
+  int64_t current_sequences_ = 0, current_max_blocks_ = 0;  // of the step being run
+  int cur_ = 0;                                             // the slot being run
+  int tp_ = 1, tp_rank_ = 0;                                // tensor-parallel size and rank
+  bool sp_ = false;                                         // sequence parallel (with tp_ > 1)
   int64_t T_ = 0, Tl_ = 0;                // rows of a microbatch: all, this rank's residual rows
   int64_t Lb_ = 0, Le_ = 0;               // this chunk's layers [Lb_, Le_)
   int64_t hq_ = 0, hkv_ = 0, ffn_ = 0;    // this rank's query heads, KV heads, MLP width

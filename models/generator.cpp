@@ -1,209 +1,20 @@
 #include "models/generator.h"
 
 #include <algorithm>
-#include <cmath>
-#include <map>
 #include <ostream>
+#include <sstream>
 #include <string>
 
-#include "models/moe_router.h"
-#include "ops/activation.h"
-#include "ops/attention.h"
-#include "ops/embedding.h"
-#include "ops/gemm.h"
-#include "ops/index.h"
-#include "ops/norm.h"
-#include "ops/rope.h"
+#include "models/parallel_model.h"
+#include "runtime/checkpoint.h"
 #include "runtime/error.h"
 
 namespace origami::models {
 
 namespace {
-
-// One layer's weights in the compute dtype: views into the generator's ParameterBuffer.
-struct InferenceLayerWeights {
-  Tensor ln1, wq, bq, wk, bk, wv, bv, wo, ln2;  // attention
-  Tensor gate, up, down;                        // dense MLP
-  Tensor router, e_gate, e_up, e_down;          // MoE: [E,H], [E,Fe,H], [E,Fe,H], [E,H,Fe]
-  Tensor s_gate, s_up, s_down, s_expert_gate;   // shared expert
-};
-
-InferenceLayerWeights layer_weights(const ParameterBuffer& p, const LayerParamNames& n) {
-  InferenceLayerWeights w;
-  w.ln1 = p.get(n.input_norm);
-  w.wq = p.get(n.q);
-  w.bq = p.get(n.q_bias);
-  w.wk = p.get(n.k);
-  w.bk = p.get(n.k_bias);
-  w.wv = p.get(n.v);
-  w.bv = p.get(n.v_bias);
-  w.wo = p.get(n.o);
-  w.ln2 = p.get(n.post_norm);
-  w.gate = p.get(n.mlp_gate);
-  w.up = p.get(n.mlp_up);
-  w.down = p.get(n.mlp_down);
-  w.router = p.get(n.router);
-  w.e_gate = p.get(n.expert_gate);
-  w.e_up = p.get(n.expert_up);
-  w.e_down = p.get(n.expert_down);
-  w.s_gate = p.get(n.shared_gate);
-  w.s_up = p.get(n.shared_up);
-  w.s_down = p.get(n.shared_down);
-  w.s_expert_gate = p.get(n.shared_expert_gate);
-  return w;
-}
-
+constexpr int kActivationTag = 0;  // pipeline: stage s -> s+1, in step order
+constexpr int kTokenTag = 1;       // pipeline: sampled tokens, last stage -> the others
 }  // namespace
-
-// Every buffer of the generator. Tmax = max_step_tokens, R = rows of logits (max_batch, or Tmax
-// with all_logits), Nmax = Tmax * top_k permuted expert rows. A step uses the first T rows.
-struct GeneratorBuffers {
-  Tensor weights;                     // [P] compute
-  std::vector<Tensor> k_cache;        // [L] x [max_batch, max_seq, Hkv, D] compute
-  std::vector<Tensor> v_cache;        // [L] x [max_batch, max_seq, Hkv, D] compute
-  Tensor ids, positions;              // [Tmax] i64 (device)
-  Tensor ids_host, positions_host;    // [Tmax] i64
-  Tensor last_row, last_row_host;     // [R] i64 row of each chunk's last token
-  Tensor inv_freq;                    // [D/2] f32
-  Tensor ones;                        // [Tmax] compute: bias add as a rank-1 GEMM
-  Tensor x;                           // [Tmax,H] residual stream
-  Tensor h;                           // [Tmax,H] normed
-  Tensor rstd;                        // [Tmax] f32
-  Tensor q, attn;                     // [Tmax,Hq*D]
-  Tensor k, v;                        // [Tmax,Hkv*D]
-  Tensor lse;                         // [Hq*Tmax] f32
-  Tensor gate, up, act;               // [Tmax*Fmax] flat (dense MLP and shared expert)
-  Tensor router_logits;               // [Tmax,E] f32
-  Tensor perm_token, perm_weight;     // [Nmax] i64, f32
-  Tensor xg, y;                       // [Nmax,H]
-  Tensor eg, eu, ea;                  // [Nmax,Fe]
-  Tensor sg_logit, s_scale, sg_host;  // [Tmax,1] f32, [Tmax] f32, [Tmax] f32 host
-  RouterBuffers router;               // host, for Tmax tokens
-  Tensor x_last, h_last, rstd_last;   // [R,H], [R,H], [R] final norm of the rows with logits
-  Tensor logits;                      // [R,V] f32 (device)
-  Tensor logits_host;                 // [R,V] f32 (host; the same tensor on the CPU)
-};
-
-namespace {
-
-const char* kWeights = "weights";
-const char* kCache = "kv cache";
-const char* kActs = "activations";
-const char* kHost = "host";
-
-// Records every buffer in a MemoryPlan (planning) or carves it from its arena; one enumeration
-// for both, so the plan is exactly what is allocated.
-struct BufferMaker {
-  bool planning = true;
-  MemoryPlan* plan = nullptr;
-  std::map<std::string, Arena*> arenas;
-  Tensor operator()(const std::string& arena, const std::string& name, const Shape& shape,
-                    DType dtype) {
-    if (planning) {
-      plan->add(arena, name, shape, dtype);
-      return Tensor();
-    }
-    return arenas.at(arena)->allocate(shape, dtype);
-  }
-};
-
-void enumerate_buffers(const ModelSpec& sp, const GeneratorOptions& o,
-                       const ParameterLayout& layout, BufferMaker& mk, GeneratorBuffers& b) {
-  const int64_t T = o.max_step_tokens, H = sp.hidden, V = sp.vocab, L = sp.layers;
-  const int64_t R = o.all_logits ? T : o.max_batch;
-  const int64_t Dq = sp.heads * sp.head_dim, Dkv = sp.kv_heads * sp.head_dim;
-  const DType c = o.compute, f32 = DType::f32, i64 = DType::i64;
-  const int64_t E = sp.moe.num_experts, k = sp.moe.top_k, Fe = sp.moe.expert_ffn;
-  const int64_t Fs = sp.moe.shared_expert_ffn, Nmax = T * k;
-  bool any_dense = false, any_moe = false;
-  for (int64_t l = 0; l < L; ++l) (sp.is_moe_layer(l) ? any_moe : any_dense) = true;
-
-  b.weights = mk(kWeights, std::string("weights ") + dtype_name(c), {layout.total_numel()}, c);
-  b.k_cache.resize(size_t(L));
-  b.v_cache.resize(size_t(L));
-  const Shape cache = {o.max_batch, o.max_seq, sp.kv_heads, sp.head_dim};
-  for (int64_t l = 0; l < L; ++l) {
-    b.k_cache[size_t(l)] = mk(kCache, "layer " + std::to_string(l) + ".k", cache, c);
-    b.v_cache[size_t(l)] = mk(kCache, "layer " + std::to_string(l) + ".v", cache, c);
-  }
-  b.ids = mk(kActs, "ids", {T}, i64);
-  b.positions = mk(kActs, "positions", {T}, i64);
-  b.ids_host = mk(kHost, "ids (host)", {T}, i64);
-  b.positions_host = mk(kHost, "positions (host)", {T}, i64);
-  b.last_row = mk(kActs, "last rows", {R}, i64);
-  b.last_row_host = mk(kHost, "last rows (host)", {R}, i64);
-  b.inv_freq = mk(kActs, "rope inv_freq", {sp.head_dim / 2}, f32);
-  b.ones = mk(kActs, "ones", {T}, c);
-  b.x = mk(kActs, "x", {T, H}, c);
-  b.h = mk(kActs, "h", {T, H}, c);
-  b.rstd = mk(kActs, "rstd", {T}, f32);
-  b.q = mk(kActs, "q", {T, Dq}, c);
-  b.attn = mk(kActs, "attn", {T, Dq}, c);
-  b.k = mk(kActs, "k", {T, Dkv}, c);
-  b.v = mk(kActs, "v", {T, Dkv}, c);
-  b.lse = mk(kActs, "lse", {sp.heads * T}, f32);
-  const int64_t Fmax = std::max(any_dense ? sp.ffn : 0, any_moe ? Fs : 0);
-  if (Fmax > 0) {
-    b.gate = mk(kActs, "mlp.gate", {T * Fmax}, c);
-    b.up = mk(kActs, "mlp.up", {T * Fmax}, c);
-    b.act = mk(kActs, "mlp.act", {T * Fmax}, c);
-  }
-  if (any_moe) {
-    b.router_logits = mk(kActs, "router logits", {T, E}, f32);
-    b.perm_token = mk(kActs, "perm_token", {Nmax}, i64);
-    b.perm_weight = mk(kActs, "perm_weight", {Nmax}, f32);
-    b.xg = mk(kActs, "experts.x", {Nmax, H}, c);
-    b.y = mk(kActs, "experts.y", {Nmax, H}, c);
-    b.eg = mk(kActs, "experts.gate", {Nmax, Fe}, c);
-    b.eu = mk(kActs, "experts.up", {Nmax, Fe}, c);
-    b.ea = mk(kActs, "experts.act", {Nmax, Fe}, c);
-    if (Fs > 0 && sp.moe.shared_expert_gate) {
-      b.sg_logit = mk(kActs, "shared.gate_logit", {T, 1}, f32);
-      b.s_scale = mk(kActs, "shared.scale", {T}, f32);
-      b.sg_host = mk(kHost, "shared.scale (host)", {T}, f32);
-    }
-    RouterBuffers& r = b.router;
-    r.logits = mk(kHost, "router.logits", {T, E}, f32);
-    r.probs = mk(kHost, "router.probs", {T, E}, f32);
-    r.aux_probs = mk(kHost, "router.aux_probs", {T, E}, f32);
-    r.lse = mk(kHost, "router.lse", {T}, f32);
-    r.selected = mk(kHost, "router.selected", {T, k}, i64);
-    r.top_value = mk(kHost, "router.top_value", {T, k}, f32);
-    r.weight = mk(kHost, "router.weight", {T, k}, f32);
-    r.slot = mk(kHost, "router.slot", {T, k}, i64);
-    r.counts = mk(kHost, "router.counts", {E}, i64);
-    r.group_rows = mk(kHost, "router.group_rows", {E}, i64);
-    r.perm_token = mk(kHost, "router.perm_token", {Nmax}, i64);
-    r.perm_weight = mk(kHost, "router.perm_weight", {Nmax}, f32);
-    r.scratch = mk(kHost, "router.scratch", {std::max(T * k, E)}, i64);
-  }
-  if (!o.all_logits) b.x_last = mk(kActs, "x (last tokens)", {R, H}, c);
-  b.h_last = mk(kActs, "final norm out", {R, H}, c);
-  b.rstd_last = mk(kActs, "final norm rstd", {R}, f32);
-  b.logits = mk(kActs, "logits f32", {R, V}, f32);
-  if (!o.device.is_cpu()) b.logits_host = mk(kHost, "logits (host)", {R, V}, f32);
-}
-
-// y [T,N] = x [T,K] @ w [N,K]^T + beta * y
-void linear(const Tensor& x, const Tensor& w, Tensor y, float beta = 0.0f) {
-  ops::gemm(x, w, y, {false, true, 1.0f, beta});
-}
-// y [T,N] += ones [T,1] @ bias [1,N]
-void add_bias(const Tensor& ones, const Tensor& bias, Tensor y) {
-  const int64_t T = y.size(0), N = y.size(1);
-  ops::gemm(ones.narrow(0, 0, T).view({T, 1}), bias.view({1, N}), y, {false, false, 1.0f, 1.0f});
-}
-Tensor rows_of(const Tensor& t, int64_t n) {
-  return t.narrow(0, 0, n);
-}
-// A [rows, cols] view of the front of a flat buffer.
-Tensor front(const Tensor& flat, int64_t rows, int64_t cols) {
-  return flat.narrow(0, 0, rows * cols).view({rows, cols});
-}
-
-}  // namespace
-
-// ---- construction ----------------------------------------------------------------------------
 
 const char* stop_reason_name(StopReason r) {
   switch (r) {
@@ -229,28 +40,88 @@ GeneratorOptions GeneratorOptions::resolve(const ModelSpec& spec) const {
   ORIGAMI_CHECK(o.max_step_tokens >= o.max_batch, "generator: max_step_tokens (", o.max_step_tokens,
                 ") must be at least max_batch (", o.max_batch,
                 "): a decode step runs one token of every sequence");
+  ORIGAMI_CHECK(o.kv_block_size >= 1, "generator: kv_block_size must be >= 1, got ",
+                o.kv_block_size);
+  if (o.kv_blocks == 0)
+    o.kv_blocks = o.max_batch * ((o.max_seq + o.kv_block_size - 1) / o.kv_block_size);
+  ORIGAMI_CHECK(o.kv_blocks >= 1, "generator: kv_blocks must be >= 1, got ", o.kv_blocks);
   return o;
 }
 
-MemoryPlan Generator::memory_plan(const ModelSpec& spec, const GeneratorOptions& opt) {
-  spec.validate();
-  const GeneratorOptions o = opt.resolve(spec);
-  MemoryPlan plan;
-  BufferMaker mk;
-  mk.plan = &plan;
-  GeneratorBuffers unused;
-  enumerate_buffers(spec, o, ParameterLayout(spec), mk, unused);
-  return plan;
+void check_inference_layout(const ModelSpec& spec, const RankGroups& layout) {
+  ORIGAMI_CHECK(layout.cp() == 1, "inference does not split sequences over context parallelism ",
+                "(cp=", layout.cp(), "); use tp, pp and ep");
+  ParallelLayout pl;
+  pl.tp = layout.tp();
+  pl.pp = layout.pp();
+  pl.ep = layout.ep();
+  pl.etp = layout.etp();
+  pl.dp = layout.dp();
+  pl.order = layout.order();
+  ParallelOptions po;
+  po.layout = pl;
+  po.sequence_parallel = true;  // MoE with TP routes distinct rows on every TP rank
+  DecoderOptions base;
+  base.seq = 2 * layout.tp();  // steps are padded to a multiple of tp
+  ModelSpec s = spec;
+  s.moe.aux_loss_coeff = 0;  // no loss in inference
+  check_parallel_layout(s, base, po, layout.world_size(), 1);
 }
 
-Generator::Generator(const ModelSpec& spec, const GeneratorOptions& opt)
-    : spec_(spec), opt_(opt.resolve(spec)), layout_(spec) {
+// ---- construction ----------------------------------------------------------------------------
+
+namespace {
+DecoderOptions decoder_options(const ModelSpec& spec, const GeneratorOptions& o,
+                               const GeneratorParallel& par) {
+  DecoderOptions d;
+  d.batch = 1;
+  d.seq = o.max_step_tokens;
+  d.compute = o.compute;
+  d.device = o.device;
+  d.optimizer_state = false;
+  d.inference = true;
+  d.infer.kv_blocks = o.kv_blocks;
+  d.infer.kv_block_size = o.kv_block_size;
+  d.infer.max_sequences = o.max_batch;
+  d.infer.max_context = o.max_seq;
+  d.infer.max_logit_rows = o.all_logits ? o.max_step_tokens : o.max_batch;
+  if (!par.groups) return d;
+  const RankGroups& L = *par.layout;
+  ProcessGroups& g = *par.groups;
+  const int tp = L.tp(), pp = L.pp(), rank = g.world->rank();
+  d.parallel.tp = tp > 1 ? g.tp.get() : nullptr;
+  d.parallel.sequence_parallel = spec.is_moe() && tp > 1;
+  if (d.parallel.sequence_parallel) d.seq = (d.seq + tp - 1) / tp * tp;
+  if (spec.is_moe()) {
+    d.parallel.ep = L.ep() > 1 ? g.ep.get() : nullptr;
+    d.parallel.etp = L.etp() > 1 ? g.etp.get() : nullptr;
+    d.parallel.tp_ep = g.tp_ep.get();
+    d.parallel.allgather_dispatcher = par.allgather_dispatcher;
+  }
+  const std::vector<int64_t> per_stage = split_layers(spec.layers, pp, {});
+  const int stage = L.coordinate("pp", rank);
+  int64_t begin = 0;
+  for (int s = 0; s < stage; ++s) begin += per_stage[size_t(s)];
+  d.parallel.layer_begin = begin;
+  d.parallel.layer_end = begin + per_stage[size_t(stage)];
+  return d;
+}
+}  // namespace
+
+MemoryPlan Generator::memory_plan(const ModelSpec& spec, const GeneratorOptions& opt) {
+  spec.validate();
+  return Decoder::memory_plan(spec, decoder_options(spec, opt.resolve(spec), {}));
+}
+
+Generator::Generator(const ModelSpec& spec, const GeneratorOptions& opt,
+                     const GeneratorParallel& par)
+    : spec_(spec), opt_(opt.resolve(spec)), par_(par), blocks_(opt_.kv_blocks, opt_.kv_block_size) {
   build(nullptr);
 }
 
 Generator::Generator(const ModelSpec& spec, const ParameterBuffer& params,
-                     const GeneratorOptions& opt)
-    : spec_(spec), opt_(opt.resolve(spec)), layout_(spec) {
+                     const GeneratorOptions& opt, const GeneratorParallel& par)
+    : spec_(spec), opt_(opt.resolve(spec)), par_(par), blocks_(opt_.kv_blocks, opt_.kv_block_size) {
   build(&params);
 }
 
@@ -258,260 +129,229 @@ Generator::~Generator() = default;
 
 void Generator::build(const ParameterBuffer* params) {
   spec_.validate();
-  moe_ = spec_.moe;
-  moe_.capacity_factor = 0.0;  // inference routes every token copy
-  moe_.pad_to_capacity = false;
-  plan_ = memory_plan(spec_, opt_);
-  BufferMaker mk;
-  mk.planning = false;
-  for (const std::string& name : plan_.arenas()) {
-    const Device dev = name == kHost ? Device::cpu() : opt_.device;
-    arenas_.push_back(std::make_unique<Arena>(name, plan_.arena_bytes(name), dev));
-    mk.arenas[name] = arenas_.back().get();
+  ORIGAMI_CHECK(!par_.groups == !par_.layout,
+                "generator: give both the process groups and their layout, or neither");
+  if (par_.groups) {
+    check_inference_layout(spec_, *par_.layout);
+    pp_ = par_.layout->pp();
+    pp_rank_ = par_.layout->coordinate("pp", par_.groups->world->rank());
   }
-  b_ = std::make_unique<GeneratorBuffers>();
-  GeneratorBuffers& b = *b_;
-  enumerate_buffers(spec_, opt_, layout_, mk, b);
-  if (!b.logits_host.defined()) b.logits_host = b.logits;
-  weights_ = ParameterBuffer(layout_, b.weights);
+  decoder_ = std::make_unique<Decoder>(spec_, decoder_options(spec_, opt_, par_));
   if (params != nullptr) {
-    ORIGAMI_CHECK(params->layout().total_numel() == layout_.total_numel(),
+    const ParameterLayout whole(decoder_->spec());
+    ORIGAMI_CHECK(params->layout().total_numel() == whole.total_numel(),
                   "generator: the parameters have ", params->layout().total_numel(),
-                  " slots, the model ", spec_.str(), " needs ", layout_.total_numel());
-    weights_.copy_from(*params);
-  } else {
-    weights_.zero();
+                  " slots, the model ", spec_.str(), " needs ", whole.total_numel());
+    for (const ParamEntry& e : decoder_->layout().entries()) {
+      Tensor dst = decoder_->params().get(e.name);
+      dst.copy_from(ParameterLayout::slice_of(e, params->get(e.name)));
+    }
   }
-  b.inv_freq.copy_from(ops::rope_inv_freq(spec_.rope));
-  const int64_t T = opt_.max_step_tokens;
-  b.ones.copy_from(Tensor::from_vector(std::vector<float>(size_t(T), 1.0f), {T}, opt_.compute));
-  int64_t m = 0;
-  for (int64_t l = 0; l < spec_.layers; ++l) moe_index_.push_back(spec_.is_moe_layer(l) ? m++ : -1);
-  expert_bias_.assign(size_t(m), std::vector<float>(size_t(spec_.moe.num_experts), 0.0f));
-  lengths_.assign(size_t(opt_.max_batch), 0);
+  if (pp_ > 1) {
+    const int64_t rows = decoder_->options().seq, H = spec_.hidden;
+    const int64_t local =
+        decoder_->options().parallel.sequence_parallel ? rows / par_.layout->tp() : rows;
+    recv_x_ = Tensor::zeros({local * H}, opt_.compute, opt_.device);
+    send_x_ = Tensor::zeros({local * H}, opt_.compute, opt_.device);
+    const int64_t R = opt_.all_logits ? opt_.max_step_tokens : opt_.max_batch;
+    logits_x_ = Tensor::zeros({R, spec_.vocab}, DType::f32);
+  }
+}
+
+ParameterBuffer& Generator::weights() {
+  return decoder_->params();
 }
 
 void Generator::print_plan(std::ostream& os, bool detail) const {
-  os << "model: " << spec_.str() << ", " << layout_.parameter_count() << " parameters, "
-     << dtype_name(opt_.compute) << ", KV cache for " << opt_.max_batch << " x " << opt_.max_seq
-     << " tokens, " << opt_.max_step_tokens << " tokens per step\n";
-  plan_.print(os, "memory plan", detail);
+  os << "model: " << spec_.str() << ", " << decoder_->layout().parameter_count()
+     << (par_.groups ? " parameters on this rank, " : " parameters, ") << dtype_name(opt_.compute)
+     << ", KV cache " << opt_.kv_blocks << " blocks x " << opt_.kv_block_size
+     << " tokens = " << opt_.kv_blocks * opt_.kv_block_size << " tokens (" << opt_.max_batch
+     << " x " << opt_.max_seq << " at most), " << opt_.max_step_tokens << " tokens per step\n";
+  decoder_->plan().print(os, "memory plan", detail);
+}
+
+std::string Generator::describe() const {
+  std::ostringstream os;
+  if (par_.groups) {
+    const RankGroups& L = *par_.layout;
+    os << "inference layout: world " << L.world_size() << ", attention tp " << L.tp() << " x pp "
+       << L.pp() << " (x dp " << L.dp() << ": replicas run the same batch)";
+    if (spec_.is_moe())
+      os << ", experts etp " << L.etp() << " x ep " << L.ep() << " x edp " << L.edp()
+         << (decoder_->options().parallel.sequence_parallel ? ", sequence parallel" : "");
+    os << "\n" << par_.groups->summary();
+  }
+  print_plan(os);
+  return os.str();
 }
 
 void Generator::set_expert_bias(int64_t moe_layer, std::span<const float> bias) {
-  ORIGAMI_CHECK(moe_layer >= 0 && moe_layer < int64_t(expert_bias_.size()), "generator: MoE layer ",
-                moe_layer, " out of range [0, ", expert_bias_.size(), ")");
+  ORIGAMI_CHECK(moe_layer >= 0 && moe_layer < spec_.num_moe_layers(), "generator: MoE layer ",
+                moe_layer, " out of range [0, ", spec_.num_moe_layers(), ")");
   ORIGAMI_CHECK(int64_t(bias.size()) == spec_.moe.num_experts, "generator: expert bias has ",
                 bias.size(), " entries, the model has ", spec_.moe.num_experts, " experts");
-  expert_bias_[size_t(moe_layer)].assign(bias.begin(), bias.end());
+  decoder_->expert_bias(moe_layer).assign(bias.begin(), bias.end());
 }
 
 void Generator::reset() {
-  std::fill(lengths_.begin(), lengths_.end(), 0);
+  for (int64_t s = 0; s < opt_.max_batch; ++s)
+    if (blocks_.contains(s)) blocks_.free(s);
 }
 
 void Generator::reset(int64_t slot) {
   ORIGAMI_CHECK(slot >= 0 && slot < opt_.max_batch, "generator: slot ", slot, " out of range [0, ",
                 opt_.max_batch, ")");
-  lengths_[size_t(slot)] = 0;
+  if (blocks_.contains(slot)) blocks_.free(slot);
 }
 
 int64_t Generator::length(int64_t slot) const {
   ORIGAMI_CHECK(slot >= 0 && slot < opt_.max_batch, "generator: slot ", slot, " out of range [0, ",
                 opt_.max_batch, ")");
-  return lengths_[size_t(slot)];
+  return blocks_.contains(slot) ? blocks_.length(slot) : 0;
 }
 
 // ---- one forward pass over new tokens -----------------------------------------------------------
 
-Tensor Generator::step(std::span<const SequenceChunk> chunks) {
-  GeneratorBuffers& b = *b_;
+const StepBatch& Generator::describe_step(std::span<const SequenceChunk> chunks) {
   ORIGAMI_CHECK(!chunks.empty() && int64_t(chunks.size()) <= opt_.max_batch,
                 "generator step: needs 1 to ", opt_.max_batch, " sequences, got ", chunks.size());
-  int64_t T = 0;
+  int64_t T = 0, need = 0;
   for (size_t j = 0; j < chunks.size(); ++j) {
     const SequenceChunk& c = chunks[j];
     ORIGAMI_CHECK(c.slot >= 0 && c.slot < opt_.max_batch, "generator step: slot ", c.slot,
                   " out of range [0, ", opt_.max_batch, ")");
     for (size_t i = 0; i < j; ++i)
       ORIGAMI_CHECK(chunks[i].slot != c.slot, "generator step: slot ", c.slot, " given twice");
-    const int64_t n = int64_t(c.tokens.size()), pos = lengths_[size_t(c.slot)];
+    const int64_t n = int64_t(c.tokens.size()), pos = length(c.slot);
     ORIGAMI_CHECK(n >= 1, "generator step: slot ", c.slot, " has no new tokens");
     ORIGAMI_CHECK(pos + n <= opt_.max_seq, "generator step: slot ", c.slot, " holds ", pos,
                   " tokens; ", n, " more exceed the context of ", opt_.max_seq, " tokens");
+    for (int64_t id : c.tokens)
+      ORIGAMI_CHECK(id >= 0 && id < spec_.vocab, "generator step: token id ", id,
+                    " outside the vocabulary of ", spec_.vocab);
+    need += blocks_.contains(c.slot) ? blocks_.blocks_to_grow(c.slot, n) : blocks_.blocks_for(n);
     T += n;
   }
   ORIGAMI_CHECK(T <= opt_.max_step_tokens, "generator step: ", T,
                 " tokens exceed max_step_tokens = ", opt_.max_step_tokens);
+  ORIGAMI_CHECK(need <= blocks_.free_blocks(), "generator step: the KV cache needs ", need,
+                " more blocks of ", opt_.kv_block_size, " tokens, ", blocks_.free_blocks(),
+                " are free: give more KV blocks (kv_blocks, now ", opt_.kv_blocks,
+                ") or run fewer sequences at once");
 
-  // ids, positions [T]; the row of each chunk's last token.
-  int64_t* ids = b.ids_host.data_as<int64_t>();
-  int64_t* pos = b.positions_host.data_as<int64_t>();
-  int64_t* last = b.last_row_host.data_as<int64_t>();
-  int64_t t = 0;
-  for (size_t j = 0; j < chunks.size(); ++j) {
-    const int64_t p0 = lengths_[size_t(chunks[j].slot)];
-    for (size_t i = 0; i < chunks[j].tokens.size(); ++i, ++t) {
-      const int64_t id = chunks[j].tokens[i];
-      ORIGAMI_CHECK(id >= 0 && id < spec_.vocab, "generator step: token id ", id,
-                    " outside the vocabulary of ", spec_.vocab);
-      ids[t] = id;
-      pos[t] = p0 + int64_t(i);
-    }
-    if (!opt_.all_logits) last[j] = t - 1;
-  }
-  rows_of(b.ids, T).copy_from(rows_of(b.ids_host, T));
-  rows_of(b.positions, T).copy_from(rows_of(b.positions_host, T));
-
-  // x [T,H] = embed[ids]
-  const ModelParamNames& names = layout_.names();
-  Tensor x = rows_of(b.x, T);
-  ops::embedding_forward(weights_.get(names.embed), rows_of(b.ids, T), x);
-  for (int64_t l = 0; l < spec_.layers; ++l) {
-    attention(l, chunks, T);
-    if (spec_.is_moe_layer(l))
-      moe(l, T);
+  StepBatch& b = batch_;
+  b.ids.clear();
+  b.positions.clear();
+  b.slots.clear();
+  b.query_start.assign(1, 0);
+  b.context_len.clear();
+  b.logit_rows.clear();
+  b.copies.clear();
+  std::vector<BlockCopy> copies;
+  for (const SequenceChunk& c : chunks) {
+    const int64_t n = int64_t(c.tokens.size()), pos = length(c.slot);
+    if (blocks_.contains(c.slot))
+      blocks_.append(c.slot, n, &copies);
     else
-      mlp(l, T);
+      blocks_.allocate(c.slot, n);
+    for (int64_t i = 0; i < n; ++i) {
+      if (opt_.all_logits) b.logit_rows.push_back(int64_t(b.ids.size()));
+      b.ids.push_back(c.tokens[size_t(i)]);
+      b.positions.push_back(pos + i);
+      b.slots.push_back(blocks_.slot(c.slot, pos + i));
+    }
+    if (!opt_.all_logits) b.logit_rows.push_back(int64_t(b.ids.size()) - 1);
+    b.query_start.push_back(int64_t(b.ids.size()));
+    b.context_len.push_back(pos + n);
   }
-  for (const SequenceChunk& c : chunks) lengths_[size_t(c.slot)] += int64_t(c.tokens.size());
+  b.max_blocks = 1;
+  for (const SequenceChunk& c : chunks)
+    b.max_blocks = std::max<int64_t>(b.max_blocks, int64_t(blocks_.block_table(c.slot).size()));
+  b.block_table.assign(chunks.size() * size_t(b.max_blocks), 0);
+  for (size_t j = 0; j < chunks.size(); ++j) {
+    const std::span<const int32_t> t = blocks_.block_table(chunks[j].slot);
+    std::copy(t.begin(), t.end(), b.block_table.begin() + int64_t(j) * b.max_blocks);
+  }
+  for (const BlockCopy& c : copies) {
+    b.copies.push_back(c.src);
+    b.copies.push_back(c.dst);
+  }
+  return b;
+}
 
-  // Head on the rows that need logits: logits [R,V] f32 = rmsnorm(x[rows]) Wlm^T
-  const int64_t R = opt_.all_logits ? T : int64_t(chunks.size());
-  Tensor xr = x;
-  if (!opt_.all_logits) {
-    Tensor idx = rows_of(b.last_row, R);
-    idx.copy_from(rows_of(b.last_row_host, R));
-    xr = rows_of(b.x_last, R);
-    ops::gather_rows(x, idx, xr);
+Tensor Generator::run_stage(int tag) {
+  if (pp_ == 1) return decoder_->infer(batch_);
+  Communicator& pp = *par_.groups->pp;
+  const int64_t rows = decoder_->step_rows(batch_);
+  const int64_t local =
+      decoder_->options().parallel.sequence_parallel ? rows / par_.layout->tp() : rows;
+  const int64_t n = local * spec_.hidden;
+  Tensor x;
+  if (pp_rank_ > 0) {
+    x = recv_x_.narrow(0, 0, n);
+    pp.recv(x, pp_rank_ - 1, tag);
   }
-  Tensor hr = rows_of(b.h_last, R), rstd = rows_of(b.rstd_last, R);
-  ops::rmsnorm_forward(xr, weights_.get(names.final_norm), float(spec_.rms_eps), hr, rstd);
-  const std::string& lm = spec_.tie_embeddings ? names.embed : names.lm_head;
-  Tensor logits = rows_of(b.logits, R);
-  linear(hr, weights_.get(lm), logits);
-  Tensor out = rows_of(b.logits_host, R);
-  if (out.data() != logits.data()) out.copy_from(logits);
+  Tensor out = decoder_->infer(batch_, x);
+  if (pp_rank_ < pp_ - 1) {
+    if (send_req_.valid()) send_req_.wait();  // the previous step's output has left
+    Tensor y = send_x_.narrow(0, 0, n);
+    y.copy_from(decoder_->chunk_output(0).view({n}));
+    send_req_ = pp.isend(y, pp_rank_ + 1, tag);
+  }
   return out;
 }
 
-void Generator::attention(int64_t l, std::span<const SequenceChunk> chunks, int64_t T) {
-  GeneratorBuffers& b = *b_;
-  const InferenceLayerWeights w = layer_weights(weights_, layout_.names().layers[size_t(l)]);
-  const int64_t Hq = spec_.heads, Hkv = spec_.kv_heads, D = spec_.head_dim;
-  Tensor x = rows_of(b.x, T), h = rows_of(b.h, T), rstd = rows_of(b.rstd, T);
-  Tensor q = rows_of(b.q, T), k = rows_of(b.k, T), v = rows_of(b.v, T), attn = rows_of(b.attn, T);
-  // h [T,H] = rmsnorm(x);  q [T,Hq*D], k, v [T,Hkv*D] = h W^T (+ b)
-  ops::rmsnorm_forward(x, w.ln1, float(spec_.rms_eps), h, rstd);
-  linear(h, w.wq, q);
-  linear(h, w.wk, k);
-  linear(h, w.wv, v);
-  if (w.bq.defined()) {
-    add_bias(b.ones, w.bq, q);
-    add_bias(b.ones, w.bk, k);
-    add_bias(b.ones, w.bv, v);
-  }
-  // rope at each token's own position, in place, viewed [T,heads,D]
-  Tensor q3 = q.view({T, Hq, D}), k3 = k.view({T, Hkv, D}), positions = rows_of(b.positions, T);
-  ops::rope_forward(q3, positions, b.inv_freq, q3);
-  ops::rope_forward(k3, positions, b.inv_freq, k3);
-
-  // Per sequence: append k, v to its cache, then its queries attend to the cached keys.
-  const int64_t sw = spec_.sliding_window;
-  ops::AttentionParams p;
-  p.window = sw > 0 ? sw + 1 : -1;  // ops: keys with q_pos - k_pos < window
-  int64_t row = 0;
-  for (const SequenceChunk& c : chunks) {
-    const int64_t n = int64_t(c.tokens.size()), pos = lengths_[size_t(c.slot)];
-    Tensor kc = b.k_cache[size_t(l)].select(0, c.slot);  // [max_seq,Hkv,D]
-    Tensor vc = b.v_cache[size_t(l)].select(0, c.slot);
-    kc.narrow(0, pos, n).copy_from(k.narrow(0, row, n).view({n, Hkv, D}));
-    vc.narrow(0, pos, n).copy_from(v.narrow(0, row, n).view({n, Hkv, D}));
-    // Keys [k0, pos + n): all of them, or from the first one the window lets the first query see.
-    const int64_t k0 = sw > 0 ? std::max<int64_t>(0, pos - sw) : 0, nk = pos + n - k0;
-    p.q_offset = pos;
-    p.k_offset = k0;
-    Tensor out = attn.narrow(0, row, n).view({1, n, Hq, D});
-    Tensor lse = b.lse.narrow(0, 0, Hq * n).view({1, Hq, n});
-    ops::attention_forward(q.narrow(0, row, n).view({1, n, Hq, D}),
-                           kc.narrow(0, k0, nk).view({1, nk, Hkv, D}),
-                           vc.narrow(0, k0, nk).view({1, nk, Hkv, D}), p, out, lse);
-    row += n;
-  }
-  // x [T,H] += attn Wo^T
-  linear(attn, w.wo, x, 1.0f);
+Tensor Generator::step(std::span<const SequenceChunk> chunks) {
+  describe_step(chunks);
+  Tensor logits = run_stage(kActivationTag);
+  if (pp_ == 1) return logits;
+  // Every stage returns the logits: the last stage sends them to the others.
+  const int64_t R = int64_t(batch_.logit_rows.size());
+  Tensor all = pp_rank_ == pp_ - 1 ? logits : logits_x_.narrow(0, 0, R);
+  par_.groups->pp->broadcast(all, pp_ - 1);
+  return all;
 }
 
-void Generator::mlp(int64_t l, int64_t T) {
-  GeneratorBuffers& b = *b_;
-  const InferenceLayerWeights w = layer_weights(weights_, layout_.names().layers[size_t(l)]);
-  const int64_t F = spec_.ffn;
-  Tensor x = rows_of(b.x, T), h = rows_of(b.h, T), rstd = rows_of(b.rstd, T);
-  Tensor gate = front(b.gate, T, F), up = front(b.up, T, F), act = front(b.act, T, F);
-  // h = rmsnorm(x);  act [T,F] = silu(h Wg^T) * h Wu^T;  x += act Wd^T
-  ops::rmsnorm_forward(x, w.ln2, float(spec_.rms_eps), h, rstd);
-  linear(h, w.gate, gate);
-  linear(h, w.up, up);
-  ops::swiglu_forward(gate, up, act);
-  linear(act, w.down, x, 1.0f);
-}
-
-void Generator::moe(int64_t l, int64_t T) {
-  GeneratorBuffers& b = *b_;
-  const InferenceLayerWeights w = layer_weights(weights_, layout_.names().layers[size_t(l)]);
-  const int64_t E = spec_.moe.num_experts, m = moe_index_[size_t(l)];
-  Tensor x = rows_of(b.x, T), h = rows_of(b.h, T), rstd = rows_of(b.rstd, T);
-  ops::rmsnorm_forward(x, w.ln2, float(spec_.rms_eps), h, rstd);
-
-  // Route on the host: router logits [T,E] f32 = h Wr^T.
-  Tensor rl = rows_of(b.router_logits, T);
-  linear(h, w.router, rl);
-  RouterBuffers& r = b.router;
-  rows_of(r.logits, T).copy_from(rl);
-  const float* bias = spec_.moe.expert_bias ? expert_bias_[size_t(m)].data() : nullptr;
-  route_forward(moe_, T, bias, r);
-  const int64_t N = r.rows;
-  const std::span<const int64_t> rows(r.group_rows.data_as<int64_t>(), size_t(E));
-
-  if (N > 0) {
-    // Permute: token copies sorted by expert; xg [N,H] = h[tok]
-    Tensor tok = rows_of(b.perm_token, N), pw = rows_of(b.perm_weight, N);
-    tok.copy_from(rows_of(r.perm_token, N));
-    pw.copy_from(rows_of(r.perm_weight, N));
-    Tensor xg = rows_of(b.xg, N), eg = rows_of(b.eg, N), eu = rows_of(b.eu, N),
-           ea = rows_of(b.ea, N), y = rows_of(b.y, N);
-    ops::gather_rows(h, tok, xg);
-    // Experts: ea [N,Fe] = silu(xg Wg[e]^T) * xg Wu[e]^T * prob;  y [N,H] = ea Wd[e]^T
-    ops::grouped_gemm(xg, w.e_gate, rows, eg, true);
-    ops::grouped_gemm(xg, w.e_up, rows, eu, true);
-    ops::swiglu_forward(eg, eu, ea, pw);
-    ops::grouped_gemm(ea, w.e_down, rows, y, true);
-    // Unpermute: x[tok] += y (a token's k copies add up)
-    ops::scatter_add_rows(y, tok, x);
+// Fills the generator's weights (this rank's slices) from a training checkpoint (each parameter
+// saved as "params/NAME" with its global shape, whatever layout it was trained with) and the
+// expert biases it saved.
+void load_training_checkpoint(const std::string& step_dir, Generator& gen) {
+  CheckpointReader rd(step_dir);
+  const ModelSpec& s = gen.spec();
+  const std::string trained = rd.user_meta().value("model", std::string());
+  ORIGAMI_CHECK(trained.empty() || trained == s.str(), "checkpoint '", step_dir,
+                "' was trained for the model '", trained, "', the config describes '", s.str(),
+                "': give the config the checkpoint was trained with");
+  ParameterBuffer& w = gen.weights();
+  for (const ParamEntry& e : w.layout().entries()) {
+    const std::string key = "params/" + e.name;
+    ORIGAMI_CHECK(rd.has(key), "checkpoint '", step_dir, "' has no tensor '", key,
+                  "': it was not written by origami train for this model");
+    ORIGAMI_CHECK(rd.global_shape(key) == e.global_shape, "checkpoint '", step_dir, "': '", key,
+                  "' is ", shape_str(rd.global_shape(key)), ", the config's model has ",
+                  shape_str(e.global_shape), ": give the config the checkpoint was trained with");
+    Tensor dst = w.get(e.name);
+    rd.read(key, dst, e.slice_offset);
   }
-
-  if (w.s_gate.defined()) {
-    // Shared expert: x += sigmoid(h . wg) * (silu(h Wg^T) * h Wu^T) Wd^T
-    const int64_t Fs = spec_.moe.shared_expert_ffn;
-    Tensor gate = front(b.gate, T, Fs), up = front(b.up, T, Fs), act = front(b.act, T, Fs);
-    linear(h, w.s_gate, gate);
-    linear(h, w.s_up, up);
-    Tensor scale;
-    if (w.s_expert_gate.defined()) {
-      Tensor sl = rows_of(b.sg_logit, T), sh = rows_of(b.sg_host, T);
-      linear(h, w.s_expert_gate, sl);  // [T,1] f32
-      sh.copy_from(sl.view({T}));
-      float* sg = sh.data_as<float>();
-      for (int64_t i = 0; i < T; ++i) sg[i] = float(1.0 / (1.0 + std::exp(-double(sg[i]))));
-      scale = rows_of(b.s_scale, T);
-      scale.copy_from(sh);
-    }
-    ops::swiglu_forward(gate, up, act, scale);
-    linear(act, w.s_down, x, 1.0f);
+  int64_t m = 0;
+  for (int64_t l = 0; l < s.layers && s.moe.expert_bias; ++l) {
+    if (!s.is_moe_layer(l)) continue;
+    const std::string name = "expert_bias/" + std::to_string(l);
+    if (rd.has(name)) gen.set_expert_bias(m, rd.read_full(name).to_float_vector());
+    ++m;
   }
 }
 
 // ---- the generation loop -------------------------------------------------------------------
+
+// One group of sequences in flight through the pipeline (all of them without pipeline stages).
+struct Generator::Microbatch {
+  std::vector<int64_t> seqs;       // the prompts of this group
+  std::vector<int64_t> chunk_seq;  // sequence of each chunk of the step in flight
+  std::vector<int64_t> sampled;    // per chunk: the sampled token, or -1 (prompt not finished)
+  bool in_flight = false;          // a step ran whose tokens are not yet applied
+};
 
 std::vector<GenerationResult> Generator::generate(
     const std::vector<std::vector<int64_t>>& prompts, const GenerationConfig& config,
@@ -546,16 +386,12 @@ std::vector<GenerationResult> Generator::generate(
     results[size_t(i)].tokens.reserve(size_t(config.max_new_tokens));
   }
   std::vector<bool> active(static_cast<size_t>(B), true);
-  std::vector<SequenceChunk> chunks;
-  std::vector<int64_t> chunk_seq;  // sequence of each chunk
-  chunks.reserve(static_cast<size_t>(B));
-  chunk_seq.reserve(static_cast<size_t>(B));
+  std::vector<int64_t> done(static_cast<size_t>(B), 0);  // prompt tokens cached
   const int64_t V = spec_.vocab;
+  const bool last_stage = pp_rank_ == pp_ - 1;
 
-  // Samples the next token of sequence i from logits row `row`, then decides whether it stops.
-  auto take = [&](int64_t i, const Tensor& logits, int64_t row) {
-    const std::span<const float> lr(logits.data_as<float>() + row * V, size_t(V));
-    const int64_t tok = samplers[size_t(i)].sample(lr, history[size_t(i)]);
+  // Applies sequence i's sampled token: history, callback, and whether it stops.
+  auto take = [&](int64_t i, int64_t tok) {
     GenerationResult& res = results[size_t(i)];
     res.tokens.push_back(tok);
     history[size_t(i)].push_back(tok);
@@ -571,51 +407,81 @@ std::vector<GenerationResult> Generator::generate(
       active[size_t(i)] = false;
     }
   };
-  // The logits row of chunk j's last token.
-  auto last_row = [&](size_t j) {
-    if (!opt_.all_logits) return int64_t(j);
-    int64_t r = -1;
-    for (size_t i = 0; i <= j; ++i) r += int64_t(chunks[i].tokens.size());
-    return r;
-  };
 
-  // Prefill: the prompts packed into passes of at most max_step_tokens tokens.
-  std::vector<int64_t> done(static_cast<size_t>(B), 0);  // prompt tokens cached
-  for (;;) {
-    chunks.clear();
-    chunk_seq.clear();
-    int64_t budget = opt_.max_step_tokens;
-    for (int64_t i = 0; i < B && budget > 0; ++i) {
-      const auto& p = prompts[size_t(i)];
-      const int64_t left = int64_t(p.size()) - done[size_t(i)];
-      if (left == 0) continue;
-      const int64_t n = std::min(left, budget);
-      chunks.push_back({i, std::span<const int64_t>(p.data() + done[size_t(i)], size_t(n))});
-      chunk_seq.push_back(i);
-      budget -= n;
-    }
-    if (chunks.empty()) break;
-    const Tensor logits = step(chunks);
-    for (size_t j = 0; j < chunks.size(); ++j) {
-      const int64_t i = chunk_seq[j];
-      done[size_t(i)] += int64_t(chunks[j].tokens.size());
-      if (done[size_t(i)] == int64_t(prompts[size_t(i)].size())) take(i, logits, last_row(j));
-    }
-  }
+  // Sequences in groups: several in flight keep the pipeline's stages busy.
+  int M = par_.microbatches > 0 ? par_.microbatches : (pp_ > 1 ? std::max(2, pp_) : 1);
+  M = int(std::min<int64_t>(M, B));
+  std::vector<Microbatch> mbs(static_cast<size_t>(M));
+  for (int64_t i = 0; i < B; ++i) mbs[size_t(i % M)].seqs.push_back(i);
+  std::vector<SequenceChunk> chunks;
+  chunks.reserve(static_cast<size_t>(B));
+  Tensor token_msg = Tensor::zeros({B}, DType::i64);
+  std::vector<Request> token_sends;  // of `sent`, the last stage's latest tokens
+  Tensor sent;
 
-  // Decode: one token of every active sequence per pass.
   for (;;) {
-    chunks.clear();
-    chunk_seq.clear();
-    for (int64_t i = 0; i < B; ++i) {
-      if (!active[size_t(i)]) continue;
-      chunks.push_back({i, std::span<const int64_t>(&results[size_t(i)].tokens.back(), 1)});
-      chunk_seq.push_back(i);
+    bool ran = false;
+    for (Microbatch& mb : mbs) {
+      if (mb.in_flight) {  // the tokens of this group's last step, from the last stage
+        const int64_t n = int64_t(mb.chunk_seq.size());
+        if (!last_stage) {
+          Tensor t = token_msg.narrow(0, 0, n);
+          par_.groups->pp->recv(t, pp_ - 1, kTokenTag);
+          mb.sampled.assign(t.data_as<int64_t>(), t.data_as<int64_t>() + n);
+        }
+        for (int64_t j = 0; j < n; ++j)
+          if (mb.sampled[size_t(j)] >= 0) take(mb.chunk_seq[size_t(j)], mb.sampled[size_t(j)]);
+        mb.in_flight = false;
+      }
+      // The group's next step: prompt chunks while any prompt is unfinished, else one decode
+      // token of every active sequence.
+      chunks.clear();
+      mb.chunk_seq.clear();
+      int64_t budget = opt_.max_step_tokens;
+      for (int64_t i : mb.seqs) {
+        const auto& p = prompts[size_t(i)];
+        const int64_t left = int64_t(p.size()) - done[size_t(i)];
+        if (left == 0 || budget == 0) continue;
+        const int64_t n = std::min(left, budget);
+        chunks.push_back({i, std::span<const int64_t>(p.data() + done[size_t(i)], size_t(n))});
+        mb.chunk_seq.push_back(i);
+        budget -= n;
+      }
+      if (chunks.empty())
+        for (int64_t i : mb.seqs) {
+          if (!active[size_t(i)]) continue;
+          chunks.push_back({i, std::span<const int64_t>(&results[size_t(i)].tokens.back(), 1)});
+          mb.chunk_seq.push_back(i);
+        }
+      if (chunks.empty()) continue;
+      ran = true;
+      describe_step(chunks);
+      for (const SequenceChunk& c : chunks)
+        if (done[size_t(c.slot)] < int64_t(prompts[size_t(c.slot)].size()))
+          done[size_t(c.slot)] += int64_t(c.tokens.size());
+      const Tensor logits = run_stage(kActivationTag);
+      mb.in_flight = true;
+      if (!last_stage) continue;
+      // Sample every chunk whose prompt is complete; tell the other stages.
+      mb.sampled.assign(chunks.size(), -1);
+      for (size_t j = 0; j < chunks.size(); ++j) {
+        const int64_t i = mb.chunk_seq[j];
+        if (done[size_t(i)] < int64_t(prompts[size_t(i)].size())) continue;
+        const int64_t row = opt_.all_logits ? batch_.query_start[j + 1] - 1 : int64_t(j);
+        const std::span<const float> lr(logits.data_as<float>() + row * V, size_t(V));
+        mb.sampled[j] = samplers[size_t(i)].sample(lr, history[size_t(i)]);
+      }
+      if (pp_ > 1) {
+        for (Request& r : token_sends) r.wait();
+        token_sends.clear();
+        sent = Tensor::from_vector_i64(mb.sampled, {int64_t(chunks.size())});
+        for (int s = 0; s < pp_ - 1; ++s)
+          token_sends.push_back(par_.groups->pp->isend(sent, s, kTokenTag));
+      }
     }
-    if (chunks.empty()) break;
-    const Tensor logits = step(chunks);
-    for (size_t j = 0; j < chunks.size(); ++j) take(chunk_seq[j], logits, last_row(j));
+    if (!ran) break;
   }
+  for (Request& r : token_sends) r.wait();
   return results;
 }
 

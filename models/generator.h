@@ -1,20 +1,16 @@
-// Autoregressive generation with a KV cache: the decoder's forward (models/decoder.h) run for new
-// tokens only. A prompt is prefilled in one pass (or in chunks of max_step_tokens), its keys and
-// values are kept per layer, then every decode step runs one token per sequence, its queries
-// attending to the cached keys [0, pos + n) (or the sliding window of them).
+// Autoregressive generation over a paged KV cache: a thin driver of the decoder's inference
+// forward (models/decoder.h Decoder::infer, the same layer code as training) and of the cache's
+// bookkeeping (models/kv_cache.h BlockManager). A step packs the new tokens of up to max_batch
+// sequences ("slots"): prompt chunks and decode tokens mixed; each slot is one sequence of the
+// block manager, its keys and values in blocks of kv_block_size tokens.
 //
-//   per step, T new tokens of up to max_batch sequences, packed [T,...]:
-//   x = embed(ids)                                                         [T,H]
-//   per layer l:  h = rmsnorm(x);  q, k, v = h W^T (+b);  rope(q, k) at each token's position
-//                 K_l[slot, pos:pos+n], V_l[slot, pos:pos+n] = k, v        cache [B,Smax,Hkv,D]
-//                 a = attention(q at q_offset = pos, K_l[slot, 0:pos+n], V_l[...])  per sequence
-//                 x += a Wo^T;  x += mlp(rmsnorm(x))   (SwiGLU, or MoE routed on the host)
-//   logits = rmsnorm(x[last token of each sequence]) Wlm^T                 [B,V] f32
-//
-// Memory: weights (compute dtype), the KV cache, the step's activations and the host buffers each
-// live in one Arena sized by a MemoryPlan before the first token; a step allocates no tensor
-// memory. MoE layers route dropless (as Hugging Face inference), whatever capacity factor the
-// spec trains with.
+// On many ranks (GeneratorParallel) every rank holds its part of the model as in training: TP
+// splits heads, KV heads (each rank caching its own) and the vocabulary; experts follow their own
+// layout (EP x ETP, folded over the same ranks, with the training dispatchers; MoE with TP uses
+// sequence parallelism); PP gives each stage a run of layers, and generate() keeps several
+// microbatches of sequences in flight so that stage s works on microbatch i+1 while stage s+1
+// works on microbatch i. Every rank runs the same loop on the same bookkeeping; the last stage
+// samples and sends the tokens back to the others. Data-parallel replicas run the same batch.
 #pragma once
 
 #include <cstdint>
@@ -22,11 +18,16 @@
 #include <iosfwd>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
+#include "models/decoder.h"
+#include "models/kv_cache.h"
 #include "models/model_spec.h"
 #include "models/parameters.h"
 #include "models/sampler.h"
+#include "parallel/process_groups.h"
+#include "parallel/rank_groups.h"
 #include "runtime/arena.h"
 #include "runtime/tensor.h"
 
@@ -38,9 +39,12 @@ struct GeneratorOptions {
   int64_t max_step_tokens = 0;  // tokens in one forward pass (prefill chunk); 0 = see resolve()
   DType compute = DType::f32;   // f32 or bf16 (weights, activations and KV cache)
   Device device = Device::cpu();
-  bool all_logits = false;  // step() returns the logits of every token, not one row per sequence
+  bool all_logits = false;     // step() returns the logits of every token, not one row per sequence
+  int64_t kv_block_size = 16;  // tokens per KV-cache block
+  int64_t kv_blocks = 0;       // blocks in the pool; 0 = enough for max_batch full sequences
 
-  // max_seq from the spec when 0; max_step_tokens = min(max_batch * max_seq, 512) when 0.
+  // max_seq from the spec when 0; max_step_tokens = min(max_batch * max_seq, 512) when 0;
+  // kv_blocks = max_batch * ceil(max_seq / kv_block_size) when 0.
   // Throws when a size is invalid or the spec gives no context length.
   GeneratorOptions resolve(const ModelSpec& spec) const;
 };
@@ -66,26 +70,42 @@ struct GenerationResult {
   StopReason reason = StopReason::max_new_tokens;
 };
 
-struct GeneratorBuffers;
+// The ranks a generator runs on: every rank of `layout` builds one Generator with its groups.
+struct GeneratorParallel {
+  ProcessGroups* groups = nullptr;  // null: one rank
+  const RankGroups* layout = nullptr;
+  bool allgather_dispatcher = false;  // MoE: all-gather tokens over tp-ep, not all-to-all
+  int microbatches = 0;  // sequences split into this many groups in flight (0: pp, at least 2)
+};
+
+// Checks a layout for inference before anything is allocated (every rank stops with the same
+// message): TP divides the heads, KV heads and vocabulary, EP the experts, enough layers for the
+// stages, no context parallelism.
+void check_inference_layout(const ModelSpec& spec, const RankGroups& layout);
 
 class Generator {
  public:
   // Weights are zero: fill weights() (load_hf_weights, CheckpointReader::read) before use.
-  Generator(const ModelSpec& spec, const GeneratorOptions& opt);
-  // Weights copied (converted to the compute dtype and device) from `params`, e.g. a Decoder's
-  // f32 master weights.
-  Generator(const ModelSpec& spec, const ParameterBuffer& params, const GeneratorOptions& opt);
+  Generator(const ModelSpec& spec, const GeneratorOptions& opt, const GeneratorParallel& par = {});
+  // Weights copied (converted to the compute dtype and device) from `params` (a whole model's,
+  // e.g. a single-rank Decoder's f32 master weights): this rank keeps its slice.
+  Generator(const ModelSpec& spec, const ParameterBuffer& params, const GeneratorOptions& opt,
+            const GeneratorParallel& par = {});
   ~Generator();
   Generator(const Generator&) = delete;
   Generator& operator=(const Generator&) = delete;
 
   static MemoryPlan memory_plan(const ModelSpec& spec, const GeneratorOptions& opt);
-  const MemoryPlan& plan() const { return plan_; }
+  const MemoryPlan& plan() const { return decoder_->plan(); }
   void print_plan(std::ostream& os, bool detail = false) const;
 
   const ModelSpec& spec() const { return spec_; }
   const GeneratorOptions& options() const { return opt_; }  // resolved
-  ParameterBuffer& weights() { return weights_; }           // compute dtype, on the device
+  ParameterBuffer& weights();  // this rank's part, compute dtype, on the device
+  Decoder& decoder() { return *decoder_; }
+  const BlockManager& kv_blocks() const { return blocks_; }
+  // What rank 0 prints: the layout (on many ranks) and this rank's plan.
+  std::string describe() const;
   // Selection bias of a sigmoid router with expert bias (as trained; zero by default).
   void set_expert_bias(int64_t moe_layer, std::span<const float> bias);
 
@@ -95,7 +115,8 @@ class Generator {
 
   // One forward pass over the chunks (distinct slots, at most max_step_tokens tokens in all).
   // Returns logits f32 on the host, valid until the next step: [chunks, V] for the last token of
-  // each chunk, or [tokens, V] for every token in chunk order with all_logits.
+  // each chunk, or [tokens, V] for every token in chunk order with all_logits. With pipeline
+  // stages the step runs through every stage and the logits are sent back to every rank.
   Tensor step(std::span<const SequenceChunk> chunks);
 
   // Generates from each prompt (slot i for prompt i; every cache is reset first): prefill, then
@@ -106,22 +127,30 @@ class Generator {
       const std::function<void(int64_t, int64_t)>& on_token = {});
 
  private:
+  struct Microbatch;
   void build(const ParameterBuffer* params);
-  void attention(int64_t l, std::span<const SequenceChunk> chunks, int64_t T);
-  void mlp(int64_t l, int64_t T);
-  void moe(int64_t l, int64_t T);
+  // The step's batch description from the chunks (the cache grows by their tokens).
+  const StepBatch& describe_step(std::span<const SequenceChunk> chunks);
+  // This rank's forward of the step described in batch_ (pipeline: receive, run, send).
+  Tensor run_stage(int tag);
+  std::vector<GenerationResult> generate_pipelined(
+      const std::vector<std::vector<int64_t>>& prompts, const GenerationConfig& config,
+      const std::function<void(int64_t, int64_t)>& on_token);
 
   ModelSpec spec_;
-  MoeSpec moe_;  // the spec's MoE, dropless
   GeneratorOptions opt_;
-  ParameterLayout layout_;
-  MemoryPlan plan_;
-  std::vector<std::unique_ptr<Arena>> arenas_;
-  ParameterBuffer weights_;
-  std::unique_ptr<GeneratorBuffers> b_;
-  std::vector<int64_t> lengths_;                 // [max_batch] tokens cached per slot
-  std::vector<int64_t> moe_index_;               // layer -> MoE layer index (-1 for dense)
-  std::vector<std::vector<float>> expert_bias_;  // [MoE layers][E]
+  GeneratorParallel par_;
+  std::unique_ptr<Decoder> decoder_;
+  BlockManager blocks_;
+  StepBatch batch_;
+  int pp_ = 1, pp_rank_ = 0;
+  Tensor recv_x_, send_x_, logits_x_;  // pipeline: activations in and out, logits to all stages
+  Request send_req_;
 };
+
+// Fills the generator's weights (this rank's slices) from a checkpoint step folder of origami
+// train, written under any layout ("params/NAME" with its global shape), and the expert biases
+// it saved. Throws naming the tensor when the checkpoint does not fit the generator's model.
+void load_training_checkpoint(const std::string& step_dir, Generator& gen);
 
 }  // namespace origami::models

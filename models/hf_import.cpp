@@ -235,7 +235,8 @@ std::map<std::string, Target> hf_targets(const ParameterLayout& layout) {
     if (e.experts == 0)
       m[e.name] = {&e, -1};
     else
-      for (int64_t x = 0; x < e.experts; ++x) m[expert_name(e.name, x)] = {&e, x};
+      for (int64_t x = 0; x < e.experts; ++x)  // expert x of this rank: global slice_offset[0] + x
+        m[expert_name(e.name, e.slice_offset.empty() ? x : e.slice_offset[0] + x)] = {&e, x};
   }
   return m;
 }
@@ -283,13 +284,15 @@ void load_hf_weights(const std::string& path, ParameterBuffer& params) {
   for (const std::string& name : index.names()) {
     auto it = targets.find(name);
     if (it == targets.end()) {
-      const bool ignorable =
-          name.ends_with("rotary_emb.inv_freq") || (tied && name == "lm_head.weight");
+      // A rank holding part of the model skips the tensors of other ranks (other layers,
+      // experts); a whole model must use every tensor.
+      const bool ignorable = !layout.shard().whole() || name.ends_with("rotary_emb.inv_freq") ||
+                             (tied && name == "lm_head.weight");
       if (!ignorable) unexpected.push_back(name);
       continue;
     }
     const Target& tg = it->second;
-    Shape want = tg.entry->shape;
+    Shape want = tg.entry->global_shape;  // the whole tensor; this rank keeps its slice
     if (tg.expert >= 0) want.erase(want.begin());
     const SafetensorsInfo& info = index.info(name);
     if (info.shape != want) {
@@ -300,6 +303,12 @@ void load_hf_weights(const std::string& path, ParameterBuffer& params) {
     Tensor src = read_tensor(index.file_for(name), name);
     Tensor dst = params.get(tg.entry->name);
     if (tg.expert >= 0) dst = dst.select(0, tg.expert);
+    const int skip = tg.expert >= 0 ? 1 : 0;  // the entry's dims past the stacked expert dim
+    for (size_t d = 0; d < src.shape().size(); ++d) {
+      const int64_t have = tg.entry->shape[d + skip], whole = tg.entry->global_shape[d + skip];
+      if (have != whole) src = src.narrow(int(d), tg.entry->slice_offset[d + skip], have);
+    }
+    if (!src.is_contiguous()) src = src.contiguous();
     if (src.dtype() != dst.dtype() && !dst.device().is_cpu()) src = src.to(dst.dtype());
     dst.copy_from(src);
     loaded.insert(name);

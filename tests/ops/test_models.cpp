@@ -414,7 +414,7 @@ TEST(Models, MemoryPlanIsPrintedAndRecomputeSavesActivations) {
   std::ostringstream os;
   dec.print_plan(os);
   for (const char* a : {"parameters", "gradients", "compute weights", "optimizer state",
-                        "activations", "router (host)", "total"})
+                        "activations", "host", "total"})
     EXPECT_NE(os.str().find(a), std::string::npos) << a << " missing from:\n" << os.str();
 }
 
