@@ -5,8 +5,8 @@
 #      tokenizer) from scratch on the fortunes corpus on 4 ranks under mpirun, with MoE parallel
 #      folding: attention layers TP2 x DP2 (sequence parallel), expert layers EP4 -- the same 4
 #      ranks laid out twice -- printing both layouts and the falling loss;
-#   3. generates samples from the checkpoint it saved (one process: checkpoints load under any
-#      layout).
+#   3. generates samples from the checkpoint it saved, on the same 4 ranks with the model split
+#      the same way (attention TP2, experts EP4), over a paged KV cache.
 # Extra arguments go to `origami train` (e.g. --set train.steps=50). ORIGAMI_RANKS=1 trains on
 # one process instead.
 set -euo pipefail
@@ -33,8 +33,14 @@ else
   "${train[@]}" "$@"
 fi
 echo
-for prompt in "The" "A computer" "Q: What"; do
-  "$bin/origami" generate --config "$config" --checkpoint "$run_dir" --prompt "$prompt" \
-    --max-new-tokens 100 --temperature 0.8 --top-k 40 --seed 1
-  echo
-done
+# Generation on the same ranks and layout (attention TP2 folded with experts EP4), the three
+# prompts as one batch; with ORIGAMI_RANKS=1 on one process.
+generate=("$bin/origami" generate --config "$config" --checkpoint "$run_dir" --prompt "The"
+  --prompt "A computer" --prompt "Q: What" --max-new-tokens 100 --temperature 0.8 --top-k 40
+  --seed 1)
+if [ "$ranks" -gt 1 ]; then
+  mpirun --oversubscribe --allow-run-as-root --bind-to none -np "$ranks" "${generate[@]}" \
+    --tp 2 --ep 4 --etp 1
+else
+  "${generate[@]}"
+fi

@@ -395,6 +395,68 @@ TEST(Models, TrainingStepAllocatesNoTensorMemory) {
   }
 }
 
+// The plan of every rank of a 64-rank layout (attention TP8 x PP4 x DP2, experts EP8 x EDP2,
+// sequence parallel), computed in one process from ShardSpec values, no communicators: the
+// ranks of one data-parallel replica hold the whole model once (counting each TP-replicated
+// tensor once), and an inference plan holds only compute weights, activations, host buffers and
+// the KV cache.
+TEST(Models, MemoryPlanOfA64RankLayoutWithoutCommunicators) {
+  SKIP_UNLESS_CPU_DEVICE();
+  ModelSpec s = moe_mixed_spec();
+  s.layers = 8;
+  s.heads = 8;
+  s.kv_heads = 8;
+  s.vocab = 64;
+  s.ffn = 16;
+  s.moe.num_experts = 8;
+  s.moe.sparse_step = 1;
+  s.moe.aux_loss_coeff = 0;
+  const int tp = 8, pp = 4, ep = 8;
+  DecoderOptions o;
+  o.batch = 1;
+  o.seq = 16;
+  int64_t held = 0, expert_held = 0;
+  for (int stage = 0; stage < pp; ++stage)
+    for (int t = 0; t < tp; ++t) {  // one data-parallel replica: the ep rank runs with tp here
+      models::ShardSpec sh;
+      sh.tp = tp;
+      sh.tp_rank = t;
+      sh.ep = ep;
+      sh.ep_rank = t;
+      sh.etp = 1;
+      sh.layer_begin = stage * 2;
+      sh.layer_end = stage * 2 + 2;
+      sh.sequence_parallel = true;
+      const MemoryPlan plan = Decoder::memory_plan(s, o, sh);
+      EXPECT_GT(plan.arena_bytes("parameters"), 0u);
+      const models::ParameterLayout layout(s, sh);
+      for (const models::ParamEntry& e : layout.entries()) {
+        if (!e.owner) continue;
+        held += e.numel;
+        if (e.is_expert()) expert_held += e.numel;
+      }
+    }
+  const models::ParameterLayout whole(s);
+  int64_t whole_experts = 0;
+  for (const models::ParamEntry& e : whole.entries())
+    if (e.is_expert()) whole_experts += e.numel;
+  EXPECT_EQ(expert_held, whole_experts);
+  EXPECT_EQ(held, whole.parameter_count());  // replicated tensors: one owner per TP group
+  o.inference = true;
+  o.infer.kv_blocks = 8;
+  o.infer.max_context = 32;
+  o.infer.max_sequences = 2;
+  models::ShardSpec first;
+  first.tp = tp;
+  first.layer_end = 2;
+  const MemoryPlan inf = Decoder::memory_plan(s, o, first);
+  EXPECT_EQ(inf.arena_bytes("parameters"), 0u);
+  EXPECT_EQ(inf.arena_bytes("gradients"), 0u);
+  EXPECT_GT(inf.arena_bytes("kv cache"), 0u);
+  // two layers of K and V: 8 blocks x 16 tokens x 1 KV head (8 / tp) x head_dim f32
+  EXPECT_EQ(inf.arena_bytes("kv cache"), size_t(2 * 2 * 8 * 16 * 1 * s.head_dim * 4));
+}
+
 TEST(Models, MemoryPlanIsPrintedAndRecomputeSavesActivations) {
   ORIGAMI_REQUIRE_TEST_DEVICE();
   DecoderOptions o;

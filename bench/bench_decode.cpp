@@ -1,0 +1,193 @@
+// Batched decode throughput of the generator against the memory-bandwidth bound, measured in the
+// same run. A decode step reads every weight once and the KV cache of every sequence, so
+//   bound (tokens/s) = batch * read bandwidth / (weight bytes + batch * context * KV bytes/token)
+// with the read bandwidth of a streaming sum over a buffer many times the last-level cache
+// (independent accumulators, the same threads). Each configuration prefills `batch` sequences to
+// `context` tokens, then times decode steps (median over repeats).
+//
+//   bench_decode [--dtype bf16|f32] [--threads N] [--steps N] [--repeats N] [--batches 1,8,32]
+//                [--contexts 128,2048] [--hidden 512 --layers 4 --vocab 32000 --ffn 1408]
+//
+// It uses only Generator's public step() API, so the same file times older generators too.
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "models/generator.h"
+#include "models/parameters.h"
+#include "runtime/tensor.h"
+
+using namespace origami;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::vector<int64_t> parse_list(const std::string& s) {
+  std::vector<int64_t> out;
+  size_t i = 0;
+  while (i < s.size()) {
+    size_t j = s.find(',', i);
+    if (j == std::string::npos) j = s.size();
+    out.push_back(std::stoll(s.substr(i, j - i)));
+    i = j + 1;
+  }
+  return out;
+}
+
+// Streaming-read bandwidth (bytes read per second): sums a 1 GiB buffer with 8 independent
+// vector accumulators per thread; the median of 5 passes.
+double read_bandwidth(int threads) {
+  const size_t n = (size_t(1) << 30) / sizeof(float);
+  std::vector<float> buf(n);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (size_t i = 0; i < n; ++i) buf[i] = float(i % 7);
+  typedef float v16 __attribute__((vector_size(64)));
+  std::vector<double> times;
+  volatile float sink = 0;
+  for (int pass = 0; pass < 5; ++pass) {
+    const auto t0 = Clock::now();
+    float total = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : total)
+    {
+      const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+      const size_t per = n / size_t(nt) / 128 * 128;
+      const float* p = buf.data() + size_t(t) * per;
+      v16 a[8] = {};
+      for (size_t i = 0; i < per; i += 128)
+        for (int k = 0; k < 8; ++k) {
+          v16 x;
+          std::memcpy(&x, p + i + size_t(k) * 16, sizeof x);
+          a[k] += x;
+        }
+      v16 s = a[0] + a[1] + a[2] + a[3] + a[4] + a[5] + a[6] + a[7];
+      for (int k = 0; k < 16; ++k) total += s[k];
+    }
+    sink = sink + total;
+    times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  std::sort(times.begin(), times.end());
+  return double(n * sizeof(float)) / times[times.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string dtype = "bf16";
+  int threads = omp_get_max_threads(), steps = 8, repeats = 3;
+  std::vector<int64_t> batches = {1, 8, 32}, contexts = {128, 2048};
+  int64_t hidden = 512, layers = 4, vocab = 32000, ffn = 1408;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string k = argv[i], v = argv[i + 1];
+    if (k == "--dtype")
+      dtype = v;
+    else if (k == "--threads")
+      threads = std::stoi(v);
+    else if (k == "--steps")
+      steps = std::stoi(v);
+    else if (k == "--repeats")
+      repeats = std::stoi(v);
+    else if (k == "--batches")
+      batches = parse_list(v);
+    else if (k == "--contexts")
+      contexts = parse_list(v);
+    else if (k == "--hidden")
+      hidden = std::stoll(v);
+    else if (k == "--layers")
+      layers = std::stoll(v);
+    else if (k == "--vocab")
+      vocab = std::stoll(v);
+    else if (k == "--ffn")
+      ffn = std::stoll(v);
+    else {
+      std::fprintf(stderr, "bench_decode: unknown flag %s (see the header comment)\n", k.c_str());
+      return 2;
+    }
+  }
+  omp_set_num_threads(threads);
+  models::ModelSpec spec;
+  spec.family = models::Family::llama;
+  spec.vocab = vocab;
+  spec.hidden = hidden;
+  spec.layers = layers;
+  spec.heads = hidden / 64;
+  spec.kv_heads = std::max<int64_t>(1, spec.heads / 4);
+  spec.head_dim = 64;
+  spec.ffn = ffn;
+  spec.rope.head_dim = 64;
+  spec.rope.theta = 10000.0;
+  spec.rms_eps = 1e-5;
+  const int64_t max_ctx = *std::max_element(contexts.begin(), contexts.end());
+  spec.max_seq_len = max_ctx + steps + 1;
+  const DType dt = dtype_from_name(dtype);
+  const double esize = dt == DType::f32 ? 4.0 : 2.0;
+  models::ParameterBuffer params(models::ParameterLayout(spec), DType::f32);
+  params.init_random(1, 0.02);
+  const double weight_bytes = double(models::ParameterLayout(spec).parameter_count()) * esize;
+  const double kv_per_token = double(2 * layers * spec.kv_heads * spec.head_dim) * esize;
+
+  const double bw = read_bandwidth(threads);
+  char load[64] = "?";
+  if (FILE* f = std::fopen("/proc/loadavg", "r")) {
+    if (!std::fgets(load, sizeof load, f)) std::strcpy(load, "?");
+    std::fclose(f);
+    load[std::strcspn(load, "\n")] = 0;
+  }
+  std::printf(
+      "model: hidden %lld, %lld layers, %lld heads (%lld KV), ffn %lld, vocab %lld: %.1f M "
+      "parameters, %s, %.1f MB of weights\n"
+      "read bandwidth %.1f GB/s (%d threads, 1 GiB streaming sum); load average %s\n"
+      "bound = batch x bandwidth / (weights + batch x context x %.0f B of KV per token)\n\n",
+      (long long)hidden, (long long)layers, (long long)spec.heads, (long long)spec.kv_heads,
+      (long long)ffn, (long long)vocab,
+      double(models::ParameterLayout(spec).parameter_count()) / 1e6, dtype.c_str(),
+      weight_bytes / 1e6, bw / 1e9, threads, load, kv_per_token);
+  std::printf("%6s %8s %12s %12s %8s %10s\n", "batch", "context", "tokens/s", "bound", "ratio",
+              "ms/step");
+  for (int64_t B : batches) {
+    models::GeneratorOptions go;
+    go.max_batch = B;
+    go.max_seq = max_ctx + steps + 1;
+    go.max_step_tokens = std::max<int64_t>(B, 512);
+    go.compute = dt;
+    models::Generator gen(spec, params, go);
+    for (int64_t ctx : contexts) {
+      std::vector<double> times;
+      for (int r = 0; r < repeats; ++r) {
+        gen.reset();
+        // Prefill every sequence to ctx tokens, in chunks of at most 512 tokens per step.
+        std::vector<std::vector<int64_t>> prompt(static_cast<size_t>(B));
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t t = 0; t < ctx; ++t) prompt[size_t(b)].push_back((b * 31 + t * 7) % vocab);
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t t = 0; t < ctx; t += 512) {
+            const int64_t n = std::min<int64_t>(512, ctx - t);
+            std::vector<models::SequenceChunk> c = {
+                {b, std::span<const int64_t>(prompt[size_t(b)].data() + t, size_t(n))}};
+            gen.step(c);
+          }
+        std::vector<int64_t> next(static_cast<size_t>(B), 1);
+        std::vector<models::SequenceChunk> chunks;
+        for (int64_t b = 0; b < B; ++b)
+          chunks.push_back({b, std::span<const int64_t>(&next[size_t(b)], 1)});
+        gen.step(chunks);  // warm-up
+        const auto t0 = Clock::now();
+        for (int s = 0; s < steps - 1; ++s) gen.step(chunks);
+        times.push_back(std::chrono::duration<double>(Clock::now() - t0).count() / (steps - 1));
+      }
+      std::sort(times.begin(), times.end());
+      const double step_s = times[times.size() / 2];
+      const double bytes = weight_bytes + double(B) * double(ctx) * kv_per_token;
+      const double bound = double(B) * bw / bytes, got = double(B) / step_s;
+      std::printf("%6lld %8lld %12.1f %12.1f %7.1f%% %10.2f\n", (long long)B, (long long)ctx, got,
+                  bound, 100.0 * got / bound, step_s * 1e3);
+      std::fflush(stdout);
+    }
+  }
+  return 0;
+}
