@@ -40,6 +40,7 @@
 #include "models/parameters.h"
 #include "ops/optimizer.h"
 #include "runtime/arena.h"
+#include "runtime/serve/step_batch.h"
 #include "runtime/tensor.h"
 
 namespace origami {
@@ -48,6 +49,8 @@ class CpAttention;
 }  // namespace origami
 
 namespace origami::models {
+
+using serve::StepBatch;
 
 struct DecoderParallel {
   Communicator* tp = nullptr;  // tensor-parallel group (null: no TP)
@@ -74,7 +77,7 @@ struct DecoderParallel {
 // Inference over a paged KV cache (DecoderOptions::inference): the cache's size and the most
 // a step may hold. Each layer of the chunk keeps K and V [kv_blocks, kv_block_size, Hkv/tp, D] in
 // the compute dtype; which block holds which token is the caller's bookkeeping (BlockManager in
-// models/kv_cache.h), handed to every step in its StepBatch.
+// runtime/serve/kv_blocks.h), handed to every step in its StepBatch.
 struct InferenceOptions {
   int64_t kv_blocks = 0;       // blocks in the pool (> 0)
   int64_t kv_block_size = 16;  // tokens per block
@@ -96,24 +99,6 @@ struct DecoderOptions {
   // reused by every layer, MoE routed dropless. See InferenceOptions.
   bool inference = false;
   InferenceOptions infer;
-};
-
-// One inference step: N sequences, each with new tokens (a prefill chunk or one decode token)
-// appended after the tokens already in its KV cache; the tokens of all sequences packed in order.
-// Positions and slots come from the caller's block tables: slot = block * block_size + row.
-struct StepBatch {
-  std::vector<int64_t> ids;        // [T] token ids (read by the first pipeline chunk)
-  std::vector<int64_t> positions;  // [T] position of each token in its sequence
-  std::vector<int64_t> slots;      // [T] KV-cache slot each token's keys and values go to
-  std::vector<int64_t>
-      query_start;  // [N+1] sequence i's tokens: [query_start[i], query_start[i+1])
-  std::vector<int64_t> context_len;  // [N] tokens in sequence i's cache after this step
-  std::vector<int32_t> block_table;  // [N, max_blocks] row-major
-  int64_t max_blocks = 0;            // columns of block_table
-  std::vector<int64_t> logit_rows;   // tokens whose logits are returned, in this order
-  std::vector<int32_t> copies;       // [n,2] (src, dst) blocks to copy first (copy-on-write)
-  int64_t tokens() const { return int64_t(ids.size()); }
-  int64_t sequences() const { return int64_t(context_len.size()); }
 };
 
 // The parts of the loss of one step (all means as in Hugging Face's CausalLM loss).

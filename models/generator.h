@@ -1,8 +1,8 @@
 // Autoregressive generation over a paged KV cache: a thin driver of the decoder's inference
 // forward (models/decoder.h Decoder::infer, the same layer code as training) and of the cache's
-// bookkeeping (models/kv_cache.h BlockManager). A step packs the new tokens of up to max_batch
-// sequences ("slots"): prompt chunks and decode tokens mixed; each slot is one sequence of the
-// block manager, its keys and values in blocks of kv_block_size tokens.
+// bookkeeping (runtime/serve/kv_blocks.h BlockManager). A step packs the new tokens of up to
+// max_batch sequences ("slots"): prompt chunks and decode tokens mixed; each slot is one sequence
+// of the block manager, its keys and values in blocks of kv_block_size tokens.
 //
 // On many ranks (GeneratorParallel) every rank holds its part of the model as in training: TP
 // splits heads, KV heads (each rank caching its own) and the vocabulary; experts follow their own
@@ -22,16 +22,21 @@
 #include <vector>
 
 #include "models/decoder.h"
-#include "models/kv_cache.h"
 #include "models/model_spec.h"
 #include "models/parameters.h"
-#include "models/sampler.h"
 #include "parallel/process_groups.h"
 #include "parallel/rank_groups.h"
 #include "runtime/arena.h"
+#include "runtime/serve/kv_blocks.h"
+#include "runtime/serve/sampler.h"
 #include "runtime/tensor.h"
 
 namespace origami::models {
+
+using serve::BlockCopy;
+using serve::BlockManager;
+using serve::Sampler;
+using serve::SamplingParams;
 
 struct GeneratorOptions {
   int64_t max_batch = 1;        // sequences with a cache at once (slots 0 .. max_batch-1)

@@ -1,4 +1,4 @@
-// Generation with a KV cache (models/generator.h) and sampling (models/sampler.h).
+// Generation with a KV cache (models/generator.h) and sampling (runtime/serve/sampler.h).
 //
 // Suite Generate: the logits of prefill and decode steps equal, row for row, the logits of the
 // training Decoder's forward over the whole sequence (every family, MoE, sliding window, qkv bias,
@@ -22,7 +22,7 @@
 #include "models/decoder.h"
 #include "models/generator.h"
 #include "models/hf_import.h"
-#include "models/sampler.h"
+#include "runtime/serve/sampler.h"
 #include "runtime/config.h"
 #include "tests/support/test_support.h"
 
@@ -36,8 +36,8 @@ using models::GenerationResult;
 using models::Generator;
 using models::GeneratorOptions;
 using models::ModelSpec;
-using models::Sampler;
-using models::SamplingParams;
+using serve::Sampler;
+using serve::SamplingParams;
 using models::SequenceChunk;
 namespace fs = std::filesystem;
 

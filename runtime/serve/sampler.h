@@ -12,7 +12,7 @@
 
 #include "runtime/data.h"
 
-namespace origami::models {
+namespace origami::serve {
 
 struct SamplingParams {
   double temperature = 0.0;         // 0 = greedy; > 0 divides the logits
@@ -55,4 +55,4 @@ class Sampler {
   std::vector<double> weight_;  // [V] exp((logit - max) / T) of order_[i]
 };
 
-}  // namespace origami::models
+}  // namespace origami::serve

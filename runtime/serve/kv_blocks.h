@@ -27,7 +27,7 @@
 #include <utility>
 #include <vector>
 
-namespace origami::models {
+namespace origami::serve {
 
 // A block copy the caller must perform on the KV tensors before the step (copy-on-write).
 struct BlockCopy {
@@ -96,4 +96,4 @@ class BlockManager {
   std::unordered_map<int64_t, Sequence> seqs_;
 };
 
-}  // namespace origami::models
+}  // namespace origami::serve

@@ -17,11 +17,11 @@
 
 #include <gtest/gtest.h>
 
-#include "models/kv_cache.h"
 #include "runtime/data.h"
+#include "runtime/serve/kv_blocks.h"
 #include "tests/support/errors.h"
 
-namespace origami::models {
+namespace origami::serve {
 namespace {
 
 using test::error_of;
@@ -515,4 +515,4 @@ TEST(KvBlockManager, CopyNeedsACopyList) {
 }
 
 }  // namespace
-}  // namespace origami::models
+}  // namespace origami::serve

@@ -1,11 +1,11 @@
-#include "models/kv_cache.h"
+#include "runtime/serve/kv_blocks.h"
 
 #include <algorithm>
 #include <limits>
 
 #include "runtime/error.h"
 
-namespace origami::models {
+namespace origami::serve {
 
 namespace {
 constexpr int64_t kMaxId = std::numeric_limits<int32_t>::max();
@@ -200,4 +200,4 @@ void BlockManager::check_invariants() const {
                   " has refcount 0 but is not on the free list (leaked)");
 }
 
-}  // namespace origami::models
+}  // namespace origami::serve

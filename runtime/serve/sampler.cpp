@@ -1,11 +1,11 @@
-#include "models/sampler.h"
+#include "runtime/serve/sampler.h"
 
 #include <algorithm>
 #include <cmath>
 
 #include "runtime/error.h"
 
-namespace origami::models {
+namespace origami::serve {
 
 void SamplingParams::validate() const {
   ORIGAMI_CHECK(std::isfinite(temperature) && temperature >= 0.0,
@@ -117,4 +117,4 @@ void Sampler::distribution(std::span<const float> logits, std::span<const int64_
   for (int64_t i = 0; i < n; ++i) probs[size_t(order_[size_t(i)])] = weight_[size_t(i)] / total;
 }
 
-}  // namespace origami::models
+}  // namespace origami::serve

@@ -1,0 +1,28 @@
+// What one inference step runs: the serving engine's scheduler (or the generator) describes it,
+// every rank's model runs it (models::Decoder::infer). Plain host vectors, so that rank 0 can
+// send it to the other ranks as one message.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace origami::serve {
+
+// One inference step: N sequences, each with new tokens (a prefill chunk or one decode token)
+// appended after the tokens already in its KV cache; the tokens of all sequences packed in order.
+// Positions and slots come from the caller's block tables: slot = block * block_size + row.
+struct StepBatch {
+  std::vector<int64_t> ids;          // [T] token ids (read by the first pipeline chunk)
+  std::vector<int64_t> positions;    // [T] position of each token in its sequence
+  std::vector<int64_t> slots;        // [T] KV-cache slot each token's keys and values go to
+  std::vector<int64_t> query_start;  // [N+1] sequence i: tokens [query_start[i], [i+1])
+  std::vector<int64_t> context_len;  // [N] tokens in sequence i's cache after this step
+  std::vector<int32_t> block_table;  // [N, max_blocks] row-major
+  int64_t max_blocks = 0;            // columns of block_table
+  std::vector<int64_t> logit_rows;   // tokens whose logits are returned, in this order
+  std::vector<int32_t> copies;       // [n,2] (src, dst) blocks to copy first (copy-on-write)
+  int64_t tokens() const { return int64_t(ids.size()); }
+  int64_t sequences() const { return int64_t(context_len.size()); }
+};
+
+}  // namespace origami::serve
