@@ -11,6 +11,10 @@
 
 namespace origami::models {
 
+using serve::add_to_step;
+using serve::begin_step;
+using serve::end_step;
+
 namespace {
 constexpr int kActivationTag = 0;  // pipeline: stage s -> s+1, in step order
 constexpr int kTokenTag = 1;       // pipeline: sampled tokens, last stage -> the others
@@ -241,42 +245,19 @@ const StepBatch& Generator::describe_step(std::span<const SequenceChunk> chunks)
                 ") or run fewer sequences at once");
 
   StepBatch& b = batch_;
-  b.ids.clear();
-  b.positions.clear();
-  b.slots.clear();
-  b.query_start.assign(1, 0);
-  b.context_len.clear();
-  b.logit_rows.clear();
-  b.copies.clear();
+  begin_step(b);
   std::vector<BlockCopy> copies;
+  std::vector<int64_t> seqs;
   for (const SequenceChunk& c : chunks) {
     const int64_t n = int64_t(c.tokens.size()), pos = length(c.slot);
     if (blocks_.contains(c.slot))
       blocks_.append(c.slot, n, &copies);
     else
       blocks_.allocate(c.slot, n);
-    for (int64_t i = 0; i < n; ++i) {
-      if (opt_.all_logits) b.logit_rows.push_back(int64_t(b.ids.size()));
-      b.ids.push_back(c.tokens[size_t(i)]);
-      b.positions.push_back(pos + i);
-      b.slots.push_back(blocks_.slot(c.slot, pos + i));
-    }
-    if (!opt_.all_logits) b.logit_rows.push_back(int64_t(b.ids.size()) - 1);
-    b.query_start.push_back(int64_t(b.ids.size()));
-    b.context_len.push_back(pos + n);
+    add_to_step(b, blocks_, c.slot, c.tokens, pos, opt_.all_logits);
+    seqs.push_back(c.slot);
   }
-  b.max_blocks = 1;
-  for (const SequenceChunk& c : chunks)
-    b.max_blocks = std::max<int64_t>(b.max_blocks, int64_t(blocks_.block_table(c.slot).size()));
-  b.block_table.assign(chunks.size() * size_t(b.max_blocks), 0);
-  for (size_t j = 0; j < chunks.size(); ++j) {
-    const std::span<const int32_t> t = blocks_.block_table(chunks[j].slot);
-    std::copy(t.begin(), t.end(), b.block_table.begin() + int64_t(j) * b.max_blocks);
-  }
-  for (const BlockCopy& c : copies) {
-    b.copies.push_back(c.src);
-    b.copies.push_back(c.dst);
-  }
+  end_step(b, blocks_, seqs, copies);
   return b;
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 namespace origami::serve {
@@ -24,5 +25,19 @@ struct StepBatch {
   int64_t tokens() const { return int64_t(ids.size()); }
   int64_t sequences() const { return int64_t(context_len.size()); }
 };
+
+class BlockManager;
+struct BlockCopy;
+
+// Building a step from the block manager's tables, one sequence at a time; the blocks must
+// already hold the chunk (BlockManager::allocate / append first).
+void begin_step(StepBatch& b);
+// Sequence `seq`'s new tokens at positions [first_pos, first_pos + tokens.size()); with
+// all_logits every token's logits are returned, else the last token's.
+void add_to_step(StepBatch& b, const BlockManager& blocks, int64_t seq,
+                 std::span<const int64_t> tokens, int64_t first_pos, bool all_logits = false);
+// The block tables of the step's sequences (in the order added) and the copies to make first.
+void end_step(StepBatch& b, const BlockManager& blocks, std::span<const int64_t> seqs,
+              std::span<const BlockCopy> copies);
 
 }  // namespace origami::serve

@@ -1,0 +1,177 @@
+#include "runtime/serve/engine.h"
+
+#include <algorithm>
+#include <span>
+
+#include "runtime/error.h"
+
+namespace origami::serve {
+
+const char* finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::none:
+      return "none";
+    case FinishReason::stop:
+      return "stop";
+    case FinishReason::length:
+      return "length";
+    case FinishReason::abort:
+      return "abort";
+  }
+  return "?";
+}
+
+Engine::Engine(Runner& runner)
+    : runner_(runner), limits_(runner.limits()), blocks_(limits_.kv_blocks, limits_.kv_block_size) {
+  ORIGAMI_CHECK(limits_.vocab >= 1 && limits_.max_context >= 1 && limits_.max_step_tokens >= 1 &&
+                    limits_.max_sequences >= 1,
+                "serving engine: the runner's limits must be positive (vocab ", limits_.vocab,
+                ", context ", limits_.max_context, ", step tokens ", limits_.max_step_tokens,
+                ", sequences ", limits_.max_sequences, ")");
+  stats_.kv_blocks_total = limits_.kv_blocks;
+}
+
+int64_t Engine::add_request(RequestParams params, TokenCallback callback) {
+  const int64_t P = int64_t(params.prompt.size());
+  ORIGAMI_CHECK(P >= 1, "request: the prompt is empty");
+  ORIGAMI_CHECK(params.max_tokens >= 1, "request: max_tokens must be >= 1, got ",
+                params.max_tokens);
+  for (int64_t id : params.prompt)
+    ORIGAMI_CHECK(id >= 0 && id < limits_.vocab, "request: token id ", id,
+                  " is outside the vocabulary of ", limits_.vocab);
+  ORIGAMI_CHECK(P + params.max_tokens <= limits_.max_context, "request: the prompt's ", P,
+                " tokens plus max_tokens ", params.max_tokens, " exceed the context of ",
+                limits_.max_context, " tokens");
+  ORIGAMI_CHECK(blocks_.blocks_for(P + params.max_tokens) <= limits_.kv_blocks,
+                "request: ", P + params.max_tokens, " tokens need ",
+                blocks_.blocks_for(P + params.max_tokens), " KV blocks, the cache has ",
+                limits_.kv_blocks);
+  params.sampling.validate();
+  auto s = std::make_unique<Sequence>();
+  s->id = next_id_++;
+  s->tokens = params.prompt;
+  s->prompt_len = P;
+  s->sampler = std::make_unique<Sampler>(params.sampling, limits_.vocab);
+  s->params = std::move(params);
+  s->callback = std::move(callback);
+  waiting_.push_back(s.get());
+  const int64_t id = s->id;
+  seqs_[id] = std::move(s);
+  return id;
+}
+
+void Engine::abort(int64_t id) {
+  auto it = seqs_.find(id);
+  if (it == seqs_.end()) return;
+  finish(*it->second, FinishReason::abort, -1);
+}
+
+void Engine::finish(Sequence& s, FinishReason r, int64_t token) {
+  if (blocks_.contains(s.id)) blocks_.free(s.id);
+  running_.erase(std::remove(running_.begin(), running_.end(), &s), running_.end());
+  waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), &s), waiting_.end());
+  TokenCallback cb = std::move(s.callback);
+  seqs_.erase(s.id);  // s is gone from here on
+  if (cb) cb(token, r);
+}
+
+void Engine::preempt(Sequence& s) {
+  if (blocks_.contains(s.id)) blocks_.free(s.id);
+  s.computed = 0;  // recomputed from its tokens when it runs again
+  running_.erase(std::remove(running_.begin(), running_.end(), &s), running_.end());
+  waiting_.push_front(&s);
+  ++stats_.preemptions;
+}
+
+void Engine::schedule(std::vector<Chunk>& chunks) {
+  chunks.clear();
+  int64_t budget = limits_.max_step_tokens;
+  int64_t reserved = 0;  // blocks the chunks chosen so far will take
+  // 1. Running sequences, oldest first; preempt the newest when the cache is full.
+  for (size_t i = 0; i < running_.size() && budget > 0;) {
+    Sequence& s = *running_[i];
+    const int64_t n = std::min<int64_t>(int64_t(s.tokens.size()) - s.computed, budget);
+    const int64_t need = blocks_.blocks_to_grow(s.id, n);
+    if (need <= blocks_.free_blocks() - reserved) {
+      reserved += need;
+      chunks.push_back({&s, n});
+      budget -= n;
+      ++i;
+      continue;
+    }
+    // No room: free the newest running sequence not yet scheduled (possibly this one).
+    Sequence& victim = *running_.back();
+    preempt(victim);
+    if (&victim == &s) break;
+  }
+  // 2. Waiting requests join while budget, sequence cap and free blocks allow.
+  while (!waiting_.empty() && budget > 0 && int64_t(running_.size()) < limits_.max_sequences) {
+    Sequence& s = *waiting_.front();
+    const int64_t n = std::min<int64_t>(int64_t(s.tokens.size()) - s.computed, budget);
+    const int64_t need = blocks_.blocks_for(n);
+    if (need > blocks_.free_blocks() - reserved) break;
+    reserved += need;
+    waiting_.pop_front();
+    running_.push_back(&s);
+    chunks.push_back({&s, n});
+    budget -= n;
+  }
+}
+
+void Engine::build_batch(const std::vector<Chunk>& chunks) {
+  copies_.clear();
+  begin_step(batch_);
+  std::vector<int64_t> ids;
+  for (const Chunk& c : chunks) {
+    Sequence& s = *c.seq;
+    if (blocks_.contains(s.id))
+      blocks_.append(s.id, c.n, &copies_);
+    else
+      blocks_.allocate(s.id, c.n);
+    add_to_step(batch_, blocks_, s.id,
+                std::span<const int64_t>(s.tokens.data() + s.computed, size_t(c.n)), s.computed);
+    ids.push_back(s.id);
+  }
+  end_step(batch_, blocks_, ids, copies_);
+}
+
+bool Engine::step() {
+  std::vector<Chunk> chunks;
+  schedule(chunks);
+  if (chunks.empty()) return false;
+  build_batch(chunks);
+  const Tensor logits = runner_.step(batch_);
+  ++stats_.steps;
+  const int64_t V = limits_.vocab;
+  for (size_t j = 0; j < chunks.size(); ++j) {
+    Sequence& s = *chunks[j].seq;
+    if (s.computed < s.prompt_len)
+      stats_.prompt_tokens += std::min(chunks[j].n, s.prompt_len - s.computed);
+    s.computed += chunks[j].n;
+    if (s.computed < int64_t(s.tokens.size())) continue;  // a prompt chunk: nothing to sample
+    const std::span<const float> row(logits.data_as<float>() + int64_t(j) * V, size_t(V));
+    const int64_t tok = s.sampler->sample(row, s.tokens);
+    s.tokens.push_back(tok);
+    ++s.generated;
+    ++stats_.generated_tokens;
+    const bool stop = std::find(s.params.stop_ids.begin(), s.params.stop_ids.end(), tok) !=
+                      s.params.stop_ids.end();
+    if (stop)
+      finish(s, FinishReason::stop, tok);
+    else if (s.generated >= s.params.max_tokens || int64_t(s.tokens.size()) >= limits_.max_context)
+      finish(s, FinishReason::length, tok);
+    else if (s.callback)
+      s.callback(tok, FinishReason::none);
+  }
+  return true;
+}
+
+EngineStats Engine::stats() const {
+  EngineStats s = stats_;
+  s.running = int64_t(running_.size());
+  s.waiting = int64_t(waiting_.size());
+  s.kv_blocks_used = blocks_.used_blocks();
+  return s;
+}
+
+}  // namespace origami::serve

@@ -1,0 +1,110 @@
+// The serving engine's core loop (continuous batching), model-agnostic: requests wait in a queue;
+// every step the scheduler picks what runs under a token budget and a cap on sequences, the
+// runner (runtime/serve/runner.h) runs it over the paged KV cache, and each sequence whose last
+// token was in the step samples its next token.
+//
+//   per step, budget = max_step_tokens:
+//   1. running sequences, oldest first: each runs its next chunk -- the rest of its prompt (in
+//      chunks that fit the budget: chunked prefill) or its one new token (decode). When the KV
+//      cache cannot hold a chunk, the newest running sequence is preempted: its blocks are freed
+//      and it goes back to the front of the queue, to be recomputed (prompt and the tokens it
+//      generated) when there is room again.
+//   2. waiting requests, first come first served, join the running batch while the budget, the
+//      sequence cap and the free blocks allow (continuous batching: a new request joins the
+//      next step, whatever the others are doing).
+//   3. the step runs; sequences whose chunk ended at their last token sample one token; a stop
+//      token, max_tokens or the context limit finishes a sequence and frees its blocks at once.
+//
+// A sequence is its tokens (prompt, then generated) and how many of them are in the KV cache
+// (`computed`); its next chunk is always tokens[computed, ...), so prefill, decode and
+// recomputation after preemption are the same thing. Callbacks run on the thread that calls
+// step(); abort() frees a request's blocks at once (a client that went away).
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "runtime/serve/kv_blocks.h"
+#include "runtime/serve/runner.h"
+#include "runtime/serve/sampler.h"
+
+namespace origami::serve {
+
+enum class FinishReason { none, stop, length, abort };
+const char* finish_reason_name(FinishReason r);  // "stop", "length", "abort"
+
+struct RequestParams {
+  std::vector<int64_t> prompt;    // token ids, at least one
+  SamplingParams sampling;        // temperature 0: greedy; else seeded sampling
+  int64_t max_tokens = 16;        // generated tokens at most (>= 1)
+  std::vector<int64_t> stop_ids;  // tokens that end the sequence (end-of-sequence ids)
+};
+
+// Called for every generated token (reason none), and once at the end with the reason (token
+// -1 when the request ends without a new token, e.g. aborted).
+using TokenCallback = std::function<void(int64_t token, FinishReason reason)>;
+
+struct EngineStats {
+  int64_t running = 0, waiting = 0;
+  int64_t kv_blocks_used = 0, kv_blocks_total = 0;
+  int64_t preemptions = 0;  // since start
+  int64_t steps = 0, prompt_tokens = 0, generated_tokens = 0;
+};
+
+class Engine {
+ public:
+  explicit Engine(Runner& runner);
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Queues a request; returns its id. Throws origami::Error naming the problem when it can never
+  // run (empty prompt, a token outside the vocabulary, prompt + max_tokens beyond the context,
+  // a prompt the whole KV cache cannot hold).
+  int64_t add_request(RequestParams params, TokenCallback callback);
+  // Ends a request now (running or waiting): its blocks are freed, its callback gets abort.
+  // Unknown or finished ids are ignored.
+  void abort(int64_t id);
+  bool has_work() const { return !running_.empty() || !waiting_.empty(); }
+  // One scheduling step and its forward pass; returns false when there was nothing to run.
+  bool step();
+  EngineStats stats() const;
+
+ private:
+  struct Sequence {
+    int64_t id = 0;
+    RequestParams params;
+    TokenCallback callback;
+    std::vector<int64_t> tokens;  // prompt, then generated
+    int64_t prompt_len = 0;
+    int64_t computed = 0;  // tokens whose keys and values are in the cache
+    int64_t generated = 0;
+    std::unique_ptr<Sampler> sampler;
+  };
+  struct Chunk {
+    Sequence* seq;
+    int64_t n;
+  };
+
+  void schedule(std::vector<Chunk>& chunks);
+  void preempt(Sequence& s);
+  void finish(Sequence& s, FinishReason r, int64_t token);
+  void build_batch(const std::vector<Chunk>& chunks);
+
+  Runner& runner_;
+  RunnerLimits limits_;
+  BlockManager blocks_;
+  std::map<int64_t, std::unique_ptr<Sequence>> seqs_;  // every live request
+  std::vector<Sequence*> running_;                     // oldest first
+  std::deque<Sequence*> waiting_;
+  StepBatch batch_;
+  std::vector<BlockCopy> copies_;
+  int64_t next_id_ = 1;
+  EngineStats stats_;
+};
+
+}  // namespace origami::serve
