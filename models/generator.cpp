@@ -285,6 +285,15 @@ Tensor Generator::run_stage(int tag) {
 
 Tensor Generator::step(std::span<const SequenceChunk> chunks) {
   describe_step(chunks);
+  return run_step();
+}
+
+Tensor Generator::run(const StepBatch& batch) {
+  batch_ = batch;
+  return run_step();
+}
+
+Tensor Generator::run_step() {
   Tensor logits = run_stage(kActivationTag);
   if (pp_ == 1) return logits;
   // Every stage returns the logits: the last stage sends them to the others.

@@ -123,6 +123,10 @@ class Generator {
   // each chunk, or [tokens, V] for every token in chunk order with all_logits. With pipeline
   // stages the step runs through every stage and the logits are sent back to every rank.
   Tensor step(std::span<const SequenceChunk> chunks);
+  // Runs a step that someone else described (the serving engine, which keeps its own block
+  // tables): this generator's own bookkeeping (slots, length) is bypassed, so do not mix it with
+  // step() / generate() on the same cache. Collective over every rank, like step().
+  Tensor run(const StepBatch& batch);
 
   // Generates from each prompt (slot i for prompt i; every cache is reset first): prefill, then
   // one token per sequence per step until a stop id, max_new_tokens or a full context.
@@ -138,6 +142,7 @@ class Generator {
   const StepBatch& describe_step(std::span<const SequenceChunk> chunks);
   // This rank's forward of the step described in batch_ (pipeline: receive, run, send).
   Tensor run_stage(int tag);
+  Tensor run_step();  // run_stage, then the logits to every pipeline stage
   std::vector<GenerationResult> generate_pipelined(
       const std::vector<std::vector<int64_t>>& prompts, const GenerationConfig& config,
       const std::function<void(int64_t, int64_t)>& on_token);

@@ -20,4 +20,43 @@ DecoderRunner::DecoderRunner(Decoder& decoder) : decoder_(decoder) {
                o.infer.max_logit_rows > 0 ? o.infer.max_logit_rows : o.infer.max_sequences);
 }
 
+ParallelRunner::ParallelRunner(Generator& gen, Communicator& world)
+    : gen_(gen), world_(world), header_(Tensor::zeros({serve::kStepHeader}, DType::i64)) {
+  const GeneratorOptions& o = gen.options();
+  limits_.vocab = gen.spec().vocab;
+  limits_.max_context = o.max_seq;
+  limits_.kv_blocks = o.kv_blocks;
+  limits_.kv_block_size = o.kv_block_size;
+  limits_.max_step_tokens = o.max_step_tokens;
+  limits_.max_sequences = o.max_batch;
+}
+
+Tensor ParallelRunner::step(const serve::StepBatch& batch) {
+  ORIGAMI_CHECK(world_.rank() == 0, "serving runner: only rank 0 schedules steps");
+  std::vector<int64_t> m = serve::pack_step(batch);
+  std::copy(m.begin(), m.begin() + serve::kStepHeader, header_.data_as<int64_t>());
+  world_.broadcast(header_, 0);
+  Tensor body = Tensor::from_vector_i64(m, {int64_t(m.size())});
+  world_.broadcast(body, 0);
+  return gen_.run(batch);
+}
+
+void ParallelRunner::follow() {
+  ORIGAMI_CHECK(world_.rank() != 0, "serving runner: rank 0 schedules, the others follow");
+  for (;;) {
+    world_.broadcast(header_, 0);
+    const int64_t total = header_.data_as<int64_t>()[5];
+    if (total == 0) return;  // stop()
+    Tensor body = Tensor::zeros({total}, DType::i64);
+    world_.broadcast(body, 0);
+    serve::unpack_step(std::span<const int64_t>(body.data_as<int64_t>(), size_t(total)), batch_);
+    gen_.run(batch_);
+  }
+}
+
+void ParallelRunner::stop() {
+  header_.zero_();
+  world_.broadcast(header_, 0);
+}
+
 }  // namespace origami::models

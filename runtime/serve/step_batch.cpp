@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "runtime/error.h"
 #include "runtime/serve/kv_blocks.h"
 
 namespace origami::serve {
@@ -46,6 +47,45 @@ void end_step(StepBatch& b, const BlockManager& blocks, std::span<const int64_t>
     b.copies.push_back(c.src);
     b.copies.push_back(c.dst);
   }
+}
+
+std::vector<int64_t> pack_step(const StepBatch& b) {
+  const int64_t T = b.tokens(), N = b.sequences(), R = int64_t(b.logit_rows.size());
+  const int64_t C = int64_t(b.copies.size());
+  std::vector<int64_t> m = {T, N, b.max_blocks, R, C, 0};
+  m.insert(m.end(), b.ids.begin(), b.ids.end());
+  m.insert(m.end(), b.positions.begin(), b.positions.end());
+  m.insert(m.end(), b.slots.begin(), b.slots.end());
+  m.insert(m.end(), b.query_start.begin(), b.query_start.end());
+  m.insert(m.end(), b.context_len.begin(), b.context_len.end());
+  m.insert(m.end(), b.block_table.begin(), b.block_table.end());
+  m.insert(m.end(), b.logit_rows.begin(), b.logit_rows.end());
+  m.insert(m.end(), b.copies.begin(), b.copies.end());
+  m[5] = int64_t(m.size());
+  return m;
+}
+
+void unpack_step(std::span<const int64_t> m, StepBatch& b) {
+  ORIGAMI_CHECK(m.size() >= size_t(kStepHeader) && m[5] == int64_t(m.size()),
+                "step message: malformed header");
+  const int64_t T = m[0], N = m[1], MB = m[2], R = m[3], C = m[4];
+  ORIGAMI_CHECK(T >= 0 && N >= 0 && MB >= 0 && R >= 0 && C >= 0 &&
+                    kStepHeader + 3 * T + (N + 1) + N + N * MB + R + C == m[5],
+                "step message: sizes do not add up");
+  const int64_t* p = m.data() + kStepHeader;
+  auto take = [&p](auto& v, int64_t n) {
+    v.assign(p, p + n);
+    p += n;
+  };
+  take(b.ids, T);
+  take(b.positions, T);
+  take(b.slots, T);
+  take(b.query_start, N + 1);
+  take(b.context_len, N);
+  take(b.block_table, N * MB);
+  take(b.logit_rows, R);
+  take(b.copies, C);
+  b.max_blocks = MB;
 }
 
 }  // namespace origami::serve

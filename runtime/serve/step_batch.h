@@ -26,6 +26,12 @@ struct StepBatch {
   int64_t sequences() const { return int64_t(context_len.size()); }
 };
 
+// The step as one flat message (rank 0 sends each step to the other ranks) and back. A message
+// with tokens() == 0 is the "no more steps" signal (see stop_message()).
+std::vector<int64_t> pack_step(const StepBatch& b);
+void unpack_step(std::span<const int64_t> message, StepBatch& b);
+constexpr int64_t kStepHeader = 6;  // T, N, max_blocks, R, copies, total length
+
 class BlockManager;
 struct BlockCopy;
 
