@@ -77,10 +77,37 @@ void Engine::finish(Sequence& s, FinishReason r, int64_t token) {
 
 void Engine::preempt(Sequence& s) {
   if (blocks_.contains(s.id)) blocks_.free(s.id);
-  s.computed = 0;  // recomputed from its tokens when it runs again
+  s.computed = 0;  // recomputed from its tokens (or its cached prefix) when it runs again
+  s.published = 0;
   running_.erase(std::remove(running_.begin(), running_.end(), &s), running_.end());
   waiting_.push_front(&s);
   ++stats_.preemptions;
+}
+
+void Engine::hash_blocks(Sequence& s, int64_t tokens) {
+  const int64_t bs = limits_.kv_block_size;
+  for (int64_t b = int64_t(s.hashes.size()); (b + 1) * bs <= tokens; ++b) {
+    uint64_t h = s.hashes.empty() ? 0x9E3779B97F4A7C15ull : s.hashes.back();
+    for (int64_t t = b * bs; t < (b + 1) * bs; ++t) {  // FNV-style mixing of each token
+      h ^= uint64_t(s.tokens[size_t(t)]) + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2);
+      h *= 0x100000001B3ull;
+    }
+    s.hashes.push_back(h == 0 ? 1 : h);
+  }
+}
+
+int64_t Engine::reuse_prefix(Sequence& s) {
+  const int64_t bs = limits_.kv_block_size, len = int64_t(s.tokens.size());
+  hash_blocks(s, ((len - 1) / bs) * bs);  // never the block holding the last token
+  const int64_t usable = (len - 1) / bs;
+  const std::span<const uint64_t> hashes(s.hashes.data(), size_t(usable));
+  const int64_t k = blocks_.cached_prefix(hashes);
+  stats_.prefix_queried_tokens += len;
+  if (k == 0) return 0;
+  blocks_.allocate_cached(s.id, k * bs, hashes.first(size_t(k)));
+  s.published = k;
+  stats_.prefix_hit_tokens += k * bs;
+  return k * bs;
 }
 
 void Engine::schedule(std::vector<Chunk>& chunks) {
@@ -107,9 +134,19 @@ void Engine::schedule(std::vector<Chunk>& chunks) {
   // 2. Waiting requests join while budget, sequence cap and free blocks allow.
   while (!waiting_.empty() && budget > 0 && int64_t(running_.size()) < limits_.max_sequences) {
     Sequence& s = *waiting_.front();
+    if (!blocks_.contains(s.id) && blocks_.free_blocks() - reserved > 0) {
+      // Its cached prefix (allocated now, returned below if the rest does not fit).
+      s.computed = reuse_prefix(s);
+    }
     const int64_t n = std::min<int64_t>(int64_t(s.tokens.size()) - s.computed, budget);
-    const int64_t need = blocks_.blocks_for(n);
-    if (need > blocks_.free_blocks() - reserved) break;
+    const int64_t need =
+        blocks_.contains(s.id) ? blocks_.blocks_to_grow(s.id, n) : blocks_.blocks_for(n);
+    if (need > blocks_.free_blocks() - reserved) {
+      if (blocks_.contains(s.id)) blocks_.free(s.id);
+      s.computed = 0;
+      s.published = 0;
+      break;
+    }
     reserved += need;
     waiting_.pop_front();
     running_.push_back(&s);
@@ -148,6 +185,11 @@ bool Engine::step() {
     if (s.computed < s.prompt_len)
       stats_.prompt_tokens += std::min(chunks[j].n, s.prompt_len - s.computed);
     s.computed += chunks[j].n;
+    hash_blocks(s, s.computed);  // publish the blocks this step completed
+    const int64_t full =
+        std::min<int64_t>(int64_t(s.hashes.size()), s.computed / limits_.kv_block_size);
+    for (; s.published < full; ++s.published)
+      blocks_.publish(s.id, s.published, s.hashes[size_t(s.published)]);
     if (s.computed < int64_t(s.tokens.size())) continue;  // a prompt chunk: nothing to sample
     const std::span<const float> row(logits.data_as<float>() + int64_t(j) * V, size_t(V));
     const int64_t tok = s.sampler->sample(row, s.tokens);

@@ -15,6 +15,12 @@
 //   3. the step runs; sequences whose chunk ended at their last token sample one token; a stop
 //      token, max_tokens or the context limit finishes a sequence and frees its blocks at once.
 //
+// Prefix caching: every full block a step completes is published under a hash of its tokens
+// chained with the previous block's hash; a sequence that starts (or restarts after preemption)
+// takes the cached blocks of its longest cached prefix instead of recomputing them (at least its
+// last token is always recomputed, for its logits). Freed cached blocks stay reusable until the
+// least recently used is evicted (runtime/serve/kv_blocks.h).
+//
 // A sequence is its tokens (prompt, then generated) and how many of them are in the KV cache
 // (`computed`); its next chunk is always tokens[computed, ...), so prefill, decode and
 // recomputation after preemption are the same thing. Callbacks run on the thread that calls
@@ -54,6 +60,9 @@ struct EngineStats {
   int64_t kv_blocks_used = 0, kv_blocks_total = 0;
   int64_t preemptions = 0;  // since start
   int64_t steps = 0, prompt_tokens = 0, generated_tokens = 0;
+  // Prefix caching: tokens looked up in the cache when a sequence starts, and those found there
+  // (their keys and values reused, not recomputed).
+  int64_t prefix_queried_tokens = 0, prefix_hit_tokens = 0;
 };
 
 class Engine {
@@ -84,6 +93,8 @@ class Engine {
     int64_t computed = 0;  // tokens whose keys and values are in the cache
     int64_t generated = 0;
     std::unique_ptr<Sampler> sampler;
+    std::vector<uint64_t> hashes;  // of its full blocks, chained (prefix caching)
+    int64_t published = 0;         // of those, published in the block manager
   };
   struct Chunk {
     Sequence* seq;
@@ -94,6 +105,10 @@ class Engine {
   void preempt(Sequence& s);
   void finish(Sequence& s, FinishReason r, int64_t token);
   void build_batch(const std::vector<Chunk>& chunks);
+  // Hashes of the sequence's full blocks up to `tokens` (extends s.hashes).
+  void hash_blocks(Sequence& s, int64_t tokens);
+  // A starting sequence takes the cached blocks of its prefix; returns the tokens found.
+  int64_t reuse_prefix(Sequence& s);
 
   Runner& runner_;
   RunnerLimits limits_;

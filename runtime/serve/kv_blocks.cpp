@@ -19,6 +19,8 @@ BlockManager::BlockManager(int64_t num_blocks, int64_t block_size)
   ORIGAMI_CHECK(block_size >= 1 && block_size <= kMaxId, "KV cache: block_size must be in [1, ",
                 kMaxId, "], got ", block_size, " (16 is usual)");
   refs_.assign(size_t(num_blocks), 0);
+  hash_.assign(size_t(num_blocks), 0);
+  lru_pos_.resize(size_t(num_blocks));
   // Stack order: block 0 is taken first.
   free_.resize(size_t(num_blocks));
   for (int64_t i = 0; i < num_blocks; ++i) free_[size_t(i)] = int32_t(num_blocks - 1 - i);
@@ -87,15 +89,72 @@ bool BlockManager::can_allocate(int64_t tokens) const {
   return blocks_for(tokens) <= free_blocks();
 }
 
+int32_t BlockManager::next_block() const {
+  return !free_.empty() ? free_.back() : evictable_.front();
+}
+
 int32_t BlockManager::take_block() {
-  const int32_t b = free_.back();
-  free_.pop_back();
+  int32_t b;
+  if (!free_.empty()) {
+    b = free_.back();
+    free_.pop_back();
+  } else {  // evict the least recently used cached block: its contents are forgotten
+    b = evictable_.front();
+    evictable_.pop_front();
+    cached_.erase(hash_[size_t(b)]);
+    hash_[size_t(b)] = 0;
+  }
   refs_[size_t(b)] = 1;
   return b;
 }
 
 void BlockManager::release_block(int32_t block) {
-  if (--refs_[size_t(block)] == 0) free_.push_back(block);
+  if (--refs_[size_t(block)] > 0) return;
+  if (hash_[size_t(block)] != 0)  // cached: reusable by a later prefix until evicted
+    lru_pos_[size_t(block)] = evictable_.insert(evictable_.end(), block);
+  else
+    free_.push_back(block);
+}
+
+int64_t BlockManager::cached_prefix(std::span<const uint64_t> hashes) const {
+  int64_t k = 0;
+  while (k < int64_t(hashes.size()) && cached_.count(hashes[size_t(k)]) != 0) ++k;
+  return k;
+}
+
+void BlockManager::allocate_cached(int64_t seq, int64_t tokens, std::span<const uint64_t> hashes) {
+  ORIGAMI_CHECK(!contains(seq), "KV cache: sequence ", seq,
+                " already exists; free() it first or choose another id");
+  const int64_t k = cached_prefix(hashes);
+  ORIGAMI_CHECK(k * block_size_ <= tokens, "KV cache: ", k, " cached blocks exceed the ", tokens,
+                " tokens of sequence ", seq);
+  int64_t reused_free = 0;  // cached blocks now on the evictable list: they stop being free
+  for (int64_t i = 0; i < k; ++i)
+    reused_free += refs_[size_t(cached_.at(hashes[size_t(i)]))] == 0 ? 1 : 0;
+  const int64_t fresh = blocks_for(tokens) - k;
+  ORIGAMI_CHECK(fresh + reused_free <= free_blocks(), "KV cache: ", fresh + reused_free,
+                " blocks needed to allocate sequence ", seq, " with ", tokens, " tokens, ",
+                free_blocks(), " free; ", kMoreBlocks);
+  Sequence s;
+  s.length = tokens;
+  for (int64_t i = 0; i < k; ++i) {
+    const int32_t b = cached_.at(hashes[size_t(i)]);
+    if (refs_[size_t(b)]++ == 0) evictable_.erase(lru_pos_[size_t(b)]);
+    s.blocks.push_back(b);
+  }
+  for (int64_t i = 0; i < fresh; ++i) s.blocks.push_back(take_block());
+  seqs_.emplace(seq, std::move(s));
+}
+
+void BlockManager::publish(int64_t seq, int64_t index, uint64_t hash) {
+  const Sequence& s = get(seq);
+  ORIGAMI_CHECK(index >= 0 && (index + 1) * block_size_ <= s.length, "KV cache: block ", index,
+                " of sequence ", seq, " is not full (", s.length, " tokens)");
+  ORIGAMI_CHECK(hash != 0, "KV cache: block hash 0 is reserved");
+  const int32_t b = s.blocks[size_t(index)];
+  if (hash_[size_t(b)] != 0 || cached_.count(hash) != 0) return;  // known already
+  hash_[size_t(b)] = hash;
+  cached_[hash] = b;
 }
 
 void BlockManager::allocate(int64_t seq, int64_t tokens) {
@@ -121,7 +180,7 @@ void BlockManager::append(int64_t seq, int64_t n, std::vector<BlockCopy>* copies
                 " copies its shared last block, but no copy list was given; pass one to append()");
   if (copy) {
     const int32_t old = s.blocks.back();
-    copies->push_back({old, free_.back()});  // first, so a failing push_back changes nothing
+    copies->push_back({old, next_block()});  // first, so a failing push_back changes nothing
     s.blocks.back() = take_block();
     release_block(old);  // refcount was > 1: it stays in use by the other sequences
   }
@@ -195,9 +254,19 @@ void BlockManager::check_invariants() const {
                   " is on the free list with refcount ", refs_[size_t(b)]);
     on_free_list[size_t(b)] = true;
   }
-  for (int64_t b = 0; b < num_blocks_; ++b)
+  for (int32_t b : evictable_) {
+    ORIGAMI_CHECK(!on_free_list[size_t(b)] && refs_[size_t(b)] == 0 && hash_[size_t(b)] != 0,
+                  "KV cache invariant: block ", b,
+                  " on the evictable list must be cached, unreferenced and listed once");
+    on_free_list[size_t(b)] = true;
+  }
+  for (int64_t b = 0; b < num_blocks_; ++b) {
     ORIGAMI_CHECK(refs_[size_t(b)] > 0 || on_free_list[size_t(b)], "KV cache invariant: block ", b,
                   " has refcount 0 but is not on the free list (leaked)");
+    ORIGAMI_CHECK(hash_[size_t(b)] == 0 || cached_.at(hash_[size_t(b)]) == b,
+                  "KV cache invariant: block ", b, "'s hash does not map back to it");
+  }
+  ORIGAMI_CHECK(int64_t(cached_.size()) <= num_blocks_, "KV cache invariant: too many hashes");
 }
 
 }  // namespace origami::serve

@@ -22,6 +22,7 @@
 #pragma once
 
 #include <cstdint>
+#include <list>
 #include <span>
 #include <unordered_map>
 #include <utility>
@@ -41,7 +42,8 @@ class BlockManager {
 
   int64_t block_size() const { return block_size_; }
   int64_t num_blocks() const { return num_blocks_; }
-  int64_t free_blocks() const { return int64_t(free_.size()); }
+  // Free blocks, counting cached blocks that no sequence uses (reused or evicted on demand).
+  int64_t free_blocks() const { return int64_t(free_.size() + evictable_.size()); }
   int64_t used_blocks() const { return num_blocks_ - free_blocks(); }
   int64_t blocks_for(int64_t tokens) const;  // ceil(tokens / block_size), tokens >= 0
 
@@ -73,6 +75,22 @@ class BlockManager {
   int64_t slot(int64_t seq, int64_t pos) const;
   int refcount(int32_t block) const;
 
+  // ---- prefix caching ------------------------------------------------------------------------
+  // A full block can be published under a hash of its contents (the serving engine chains the
+  // hash of the previous block with the block's tokens). When its last sequence frees it, it
+  // stays cached on a least-recently-used list: it counts as free, and a later sequence whose
+  // prefix has the same hashes takes it back instead of recomputing it; when fresh blocks run
+  // out the least recently used cached block is evicted (its hash forgotten).
+  // Leading hashes whose blocks are cached.
+  int64_t cached_prefix(std::span<const uint64_t> hashes) const;
+  // New sequence of `tokens` slots whose first cached_prefix(hashes) blocks are the cached ones
+  // (reference counts + 1), the rest fresh. Throws (state unchanged) when the pool is short.
+  void allocate_cached(int64_t seq, int64_t tokens, std::span<const uint64_t> hashes);
+  // Publishes full block `index` of seq under `hash` (non-zero); ignored when the block or the
+  // hash is already known.
+  void publish(int64_t seq, int64_t index, uint64_t hash);
+  int64_t cached_blocks() const { return int64_t(cached_.size()); }
+
   // Recomputes refcounts, the free list and table sizes from scratch; throws naming the first
   // inconsistency. O(num_blocks + total table size): for tests and debug checks.
   void check_invariants() const;
@@ -87,12 +105,17 @@ class BlockManager {
   bool last_block_needs_copy(const Sequence& s, int64_t n) const;
   int64_t blocks_to_grow(const Sequence& s, int64_t n) const;
   int32_t take_block();
+  int32_t next_block() const;  // the block take_block() would return
   void release_block(int32_t block);
 
   int64_t num_blocks_;
   int64_t block_size_;
-  std::vector<int32_t> free_;  // stack of free block ids
-  std::vector<int> refs_;      // per block: number of block tables referring to it
+  std::vector<int32_t> free_;   // stack of free block ids
+  std::vector<int> refs_;       // per block: number of block tables referring to it
+  std::vector<uint64_t> hash_;  // per block: the hash it is published under (0: none)
+  std::unordered_map<uint64_t, int32_t> cached_;  // hash -> block
+  std::list<int32_t> evictable_;  // cached blocks with refcount 0, least recently freed first
+  std::vector<std::list<int32_t>::iterator> lru_pos_;  // per block: its place in evictable_
   std::unordered_map<int64_t, Sequence> seqs_;
 };
 

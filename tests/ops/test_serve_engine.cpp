@@ -145,6 +145,43 @@ TEST_F(EngineTest, SmallKvCachePreemptsAndRecomputesWithTheSameTokens) {
   EXPECT_EQ(e.stats().kv_blocks_used, 0);
 }
 
+// Two requests with the same long prefix (a shared system prompt), the second after the first
+// finished: the second reuses the first's cached blocks and still gives its solo tokens.
+TEST_F(EngineTest, PrefixCacheReusesSharedPromptBlocks) {
+  ORIGAMI_REQUIRE_TEST_DEVICE();
+  serve::SamplingParams sp;
+  auto d = decoder(96, 16);
+  models::DecoderRunner runner(*d);
+  Engine e(runner);
+  const std::vector<int64_t> a = prompt(5), b = [&] {
+    std::vector<int64_t> p = prompt(5);
+    p.resize(30);  // the first 30 tokens: 7 full blocks of 4 shared with `a`
+    p.push_back(7);
+    p.push_back(9);
+    return p;
+  }();
+  std::map<int, std::vector<int64_t>> got;
+  for (int i = 0; i < 2; ++i) {
+    RequestParams p;
+    p.prompt = i == 0 ? a : b;
+    p.max_tokens = 8;
+    e.add_request(p, [&got, i](int64_t tok, FinishReason) {
+      if (tok >= 0) got[i].push_back(tok);
+    });
+    while (e.has_work()) e.step();
+  }
+  EXPECT_EQ(e.stats().prefix_hit_tokens, 28);  // 7 blocks of 4
+  models::GeneratorOptions go;
+  go.max_seq = 96;
+  go.device = test::test_device();
+  models::Generator g(spec(), whole_, go);
+  models::GenerationConfig gc;
+  gc.max_new_tokens = 8;
+  EXPECT_EQ(got[0], g.generate({a}, gc)[0].tokens);
+  EXPECT_EQ(got[1], g.generate({b}, gc)[0].tokens);
+  EXPECT_EQ(e.stats().kv_blocks_used, 0);
+}
+
 TEST_F(EngineTest, AbortFreesBlocksAtOnce) {
   ORIGAMI_REQUIRE_TEST_DEVICE();
   serve::SamplingParams sp;

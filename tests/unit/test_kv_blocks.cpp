@@ -514,5 +514,56 @@ TEST(KvBlockManager, CopyNeedsACopyList) {
   EXPECT_TRUE(before == snapshot(m, {1, 2}));
 }
 
+// Prefix caching: published blocks outlive their sequence on a least-recently-used list, count as
+// free, are taken back by a later sequence with the same hashes, and are evicted oldest first.
+TEST(KvBlockManager, PrefixCacheReuseAndLruEviction) {
+  BlockManager m(6, 4);
+  const std::vector<uint64_t> ha = {11, 12}, hb = {21, 22}, hc = {31};
+  m.allocate(1, 9);  // blocks for 9 tokens: 3
+  m.publish(1, 0, 11);
+  m.publish(1, 1, 12);
+  EXPECT_THROW(m.publish(1, 2, 13), Error);  // not full
+  const std::vector<int32_t> a(m.block_table(1).begin(), m.block_table(1).end());
+  m.free(1);
+  EXPECT_EQ(m.free_blocks(), 6);
+  EXPECT_EQ(m.cached_blocks(), 2);
+  m.check_invariants();
+  // The same prefix comes back: its two blocks are reused, one fresh block is added.
+  EXPECT_EQ(m.cached_prefix(ha), 2);
+  m.allocate_cached(2, 10, ha);
+  EXPECT_EQ(m.block_table(2)[0], a[0]);
+  EXPECT_EQ(m.block_table(2)[1], a[1]);
+  EXPECT_EQ(m.free_blocks(), 3);
+  m.allocate_cached(3, 8, ha);  // shared by two live sequences now
+  EXPECT_EQ(m.refcount(a[0]), 2);
+  m.check_invariants();
+  m.free(2);
+  m.free(3);
+  // Cache two more prefixes; b is freed before c, so b is evicted first.
+  m.allocate(4, 8);
+  m.publish(4, 0, 21);
+  m.publish(4, 1, 22);
+  m.allocate(5, 4);
+  m.publish(5, 0, 31);
+  m.free(4);
+  m.free(5);
+  m.check_invariants();
+  EXPECT_EQ(m.cached_blocks(), 5);
+  // Fresh blocks come from the uncached free blocks first, then from the cached ones, least
+  // recently freed first: a's second block (a sequence returns its blocks last to first).
+  m.allocate(6, 4 * 2);
+  EXPECT_EQ(m.cached_prefix(ha), 1);
+  EXPECT_EQ(m.cached_prefix(hb), 2);
+  EXPECT_EQ(m.cached_prefix(hc), 1);
+  m.check_invariants();
+  m.free(6);
+  for (int64_t s = 7; s < 13; ++s) m.allocate(s, 4);  // the whole pool: everything evicted
+  EXPECT_EQ(m.cached_blocks(), 0);
+  EXPECT_EQ(m.free_blocks(), 0);
+  for (int64_t s = 7; s < 13; ++s) m.free(s);
+  m.check_invariants();
+  EXPECT_EQ(m.free_blocks(), 6);
+}
+
 }  // namespace
 }  // namespace origami::serve
