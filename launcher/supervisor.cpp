@@ -651,9 +651,8 @@ int Supervisor::run() {
   if (launcher_ == "mpirun") {
     setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);
     setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);
-    // Containers often forbid the cross-memory attach shared-memory transfers try first; no
-    // fabric probing on one machine.
-    setenv("OMPI_MCA_btl_vader_single_copy_mechanism", "none", 0);
+    // No fabric probing on one machine. (Each rank makes the settings Open MPI needs on this
+    // machine itself, parallel/mpi_environment.h.)
     setenv("OMPI_MCA_btl", "self,vader,tcp", 0);
     setenv("OMPI_MCA_pml", "ob1", 0);
   }
