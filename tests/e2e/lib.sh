@@ -33,6 +33,17 @@ for line in iter(sys.stdin.readline, ""):
 '
 }
 
+# Runs "$@" (at most 120 s) with its output stamped line by line into $work/out.txt; sets rc (its
+# exit status), end (when it ended) and total (the seconds it took).
+run_stamped() {
+  local start
+  start=$(date +%s.%N)
+  timeout -k 5 120 "$@" 2>&1 | stamp >"$work/out.txt"
+  rc=${PIPESTATUS[0]}
+  end=$(date +%s.%N)
+  total=$(python3 -c "print('%.2f' % ($end - $start))")
+}
+
 # Seconds between the first stamped line matching $2 in file $1 and the stamp $3.
 seconds_since_line() {
   python3 - "$1" "$2" "$3" <<'PY'
