@@ -1,14 +1,18 @@
 #include "parallel/mpi_environment.h"
 
 #include <mpi.h>
+#include <omp.h>
+#include <sched.h>
 #include <sys/prctl.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <thread>
 
 namespace origami {
 namespace {
@@ -48,6 +52,12 @@ std::vector<MpiSetting> mpi_settings_needed(
                    "running Open MPI with " +
                        single_copy + "=none (set the variable yourself to choose)"});
   return out;
+}
+
+int openmp_threads_per_rank(const Environment& env, int local_size, int cores, int threads_now) {
+  if (is_set(env, "OMP_NUM_THREADS") || local_size < 1 || cores < 1) return 0;
+  const int share = std::max(1, cores / local_size);
+  return share < threads_now ? share : 0;
 }
 
 bool cross_memory_attach_works() {
@@ -105,15 +115,29 @@ std::vector<MpiSetting> prepare_mpi_environment() {
   const Environment env = current_environment();
   const std::vector<MpiSetting> settings =
       mpi_settings_needed(env, text, [] { return cross_memory_attach_works(); });
-  bool rank0 = true;
+  LaunchEnvironment le;
   try {
-    rank0 = read_launch_environment(env).rank.value_or(0) == 0;
+    le = read_launch_environment(env);
   } catch (const std::exception&) {
     // world_from_mpi reports a malformed launch environment; here it only picks who prints.
   }
+  const bool rank0 = le.rank.value_or(0) == 0;
   for (const MpiSetting& s : settings) {
     setenv(s.variable.c_str(), s.value.c_str(), 0);
     if (rank0 && !s.note.empty()) std::fprintf(stderr, "origami: note: %s\n", s.note.c_str());
+  }
+  cpu_set_t cpus;
+  const int cores = sched_getaffinity(0, sizeof cpus, &cpus) == 0
+                        ? CPU_COUNT(&cpus)
+                        : int(std::thread::hardware_concurrency());
+  const int local = le.local_size.value_or(1);
+  if (const int threads = openmp_threads_per_rank(env, local, cores, omp_get_max_threads())) {
+    omp_set_num_threads(threads);
+    if (rank0)
+      std::fprintf(stderr,
+                   "origami: note: %d ranks share the %d cores of this node: %d OpenMP thread(s) "
+                   "each (set OMP_NUM_THREADS to choose)\n",
+                   local, cores, threads);
   }
   return settings;
 }

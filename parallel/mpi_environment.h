@@ -1,5 +1,6 @@
 // Settings the MPI library needs on this machine, made in this process before MPI_Init, so that
-// `mpirun -np 8 origami train ...` works as written, with no OMPI_MCA_* variables to know about.
+// `mpirun -np 8 origami train ...` works as written, with no OMPI_MCA_* variables (or
+// OMP_NUM_THREADS) to know about.
 //
 // Open MPI reads its MCA parameters from OMPI_MCA_<name> variables at MPI_Init; a variable the
 // user (or mpirun --mca, which sets them) already gave always wins and is never changed here.
@@ -42,13 +43,22 @@ std::vector<MpiSetting> mpi_settings_needed(const Environment& env,
                                             const std::string& library_version,
                                             const std::function<bool()>& cross_memory_attach_works);
 
+// Pure: the OpenMP threads each rank should use when `local_size` ranks share the `cores` this
+// process may run on: cores / local_size (at least 1) when that is fewer than `threads_now`, else 0
+// (leave them). 0 too when OMP_NUM_THREADS is set in `env` (the user chose). Every rank running
+// as many threads as the node has cores would starve them all: 8 ranks x 2 threads on 2 cores ran
+// the README's 8-rank command 17x slower per step than 1 thread each.
+int openmp_threads_per_rank(const Environment& env, int local_size, int cores, int threads_now);
+
 // Whether one process may read another's memory with process_vm_readv the way two ranks on a node
 // do: two sibling processes forked here, the target allowing any tracer (as Open MPI sets itself
 // up under Yama). True when the probe cannot run at all (fork fails): nothing is changed then.
 bool cross_memory_attach_works();
 
-// Before MPI_Init: applies mpi_settings_needed for this process (setenv) and returns what it set.
-// Does nothing once MPI is initialised. Rank 0 of the launch environment prints the notes.
+// Before MPI_Init: applies mpi_settings_needed for this process (setenv) and returns what it set,
+// and sets the OpenMP threads of openmp_threads_per_rank (the local size from the launch
+// environment). Does nothing once MPI is initialised. Rank 0 of the launch environment prints
+// the notes.
 std::vector<MpiSetting> prepare_mpi_environment();
 
 }  // namespace origami

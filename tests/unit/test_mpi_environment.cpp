@@ -55,6 +55,16 @@ TEST(MpiEnvironment, OtherMpiLibrariesAreLeftAlone) {
   EXPECT_TRUE(mpi_settings_needed({}, "MPICH Version: 4.0.2", [] { return false; }).empty());
 }
 
+TEST(MpiEnvironment, OpenMpThreadsShareTheCores) {
+  // 8 ranks on 2 cores, each about to run 2 threads: 1 each. 2 ranks on 16 cores: 8 each.
+  EXPECT_EQ(openmp_threads_per_rank({}, 8, 2, 2), 1);
+  EXPECT_EQ(openmp_threads_per_rank({}, 2, 16, 16), 8);
+  // Already few enough, or the user chose: left alone.
+  EXPECT_EQ(openmp_threads_per_rank({}, 1, 16, 16), 0);
+  EXPECT_EQ(openmp_threads_per_rank({}, 4, 16, 2), 0);
+  EXPECT_EQ(openmp_threads_per_rank({{"OMP_NUM_THREADS", "4"}}, 8, 2, 4), 0);
+}
+
 TEST(MpiEnvironment, ProbeRunsHere) {
   // Whatever this machine allows, the probe answers and leaves no child behind.
   const bool works = cross_memory_attach_works();
