@@ -12,7 +12,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <thread>
 
 namespace origami {
 namespace {
@@ -126,10 +125,12 @@ std::vector<MpiSetting> prepare_mpi_environment() {
     setenv(s.variable.c_str(), s.value.c_str(), 0);
     if (rank0 && !s.note.empty()) std::fprintf(stderr, "origami: note: %s\n", s.note.c_str());
   }
+  // Only ranks free to run on every core share them out: one the launcher bound to some cores
+  // (a mask narrower than the machine) keeps what it was given.
   cpu_set_t cpus;
-  const int cores = sched_getaffinity(0, sizeof cpus, &cpus) == 0
-                        ? CPU_COUNT(&cpus)
-                        : int(std::thread::hardware_concurrency());
+  const int online = int(sysconf(_SC_NPROCESSORS_ONLN));
+  const bool unbound = sched_getaffinity(0, sizeof cpus, &cpus) == 0 && CPU_COUNT(&cpus) == online;
+  const int cores = unbound ? online : 0;
   const int local = le.local_size.value_or(1);
   if (const int threads = openmp_threads_per_rank(env, local, cores, omp_get_max_threads())) {
     omp_set_num_threads(threads);

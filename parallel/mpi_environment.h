@@ -43,9 +43,10 @@ std::vector<MpiSetting> mpi_settings_needed(const Environment& env,
                                             const std::string& library_version,
                                             const std::function<bool()>& cross_memory_attach_works);
 
-// Pure: the OpenMP threads each rank should use when `local_size` ranks share the `cores` this
-// process may run on: cores / local_size (at least 1) when that is fewer than `threads_now`, else 0
-// (leave them). 0 too when OMP_NUM_THREADS is set in `env` (the user chose). Every rank running
+// Pure: the OpenMP threads each rank should use when `local_size` ranks share the `cores` of the
+// node: cores / local_size (at least 1) when that is fewer than `threads_now`, else 0 (leave
+// them). 0 too when OMP_NUM_THREADS is set in `env` (the user chose) or cores is 0 (the launcher
+// bound each rank to its own cores). Every rank running
 // as many threads as the node has cores would starve them all: 8 ranks x 2 threads on 2 cores ran
 // the README's 8-rank command 17x slower per step than 1 thread each.
 int openmp_threads_per_rank(const Environment& env, int local_size, int cores, int threads_now);

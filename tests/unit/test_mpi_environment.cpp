@@ -63,6 +63,7 @@ TEST(MpiEnvironment, OpenMpThreadsShareTheCores) {
   EXPECT_EQ(openmp_threads_per_rank({}, 1, 16, 16), 0);
   EXPECT_EQ(openmp_threads_per_rank({}, 4, 16, 2), 0);
   EXPECT_EQ(openmp_threads_per_rank({{"OMP_NUM_THREADS", "4"}}, 8, 2, 4), 0);
+  EXPECT_EQ(openmp_threads_per_rank({}, 8, 0, 2), 0);  // bound by the launcher
 }
 
 TEST(MpiEnvironment, ProbeRunsHere) {
