@@ -25,6 +25,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "parallel/startup_agreement.h"
 #include "parallel/world.h"
 #include "runtime/error.h"
 
@@ -51,7 +52,8 @@ std::string describe_end(const RankRecord& r) {
 
 int primary_failure(const std::vector<RankRecord>& ranks) {
   const auto stop_kill = [](const RankRecord& r) {
-    return r.signal == SIGTERM || r.signal == SIGKILL;
+    return r.signal == SIGTERM || r.signal == SIGKILL ||
+           (r.signal == 0 && r.exit_code == kExitStoppedForOtherRanks);
   };
   bool any_own = false;
   for (const RankRecord& r : ranks) any_own = any_own || (r.failed() && !stop_kill(r));

@@ -123,7 +123,7 @@ int train(int argc, char** argv) {
     // failed prints its own error, the others name the ranks that failed.
     std::fprintf(stderr, "origami train: rank %d: %s: %s\n", env.rank.value_or(-1),
                  e.failed_here() ? "error" : "stopped", e.what());
-    return 1;
+    return e.failed_here() ? 1 : kExitStoppedForOtherRanks;
   } catch (const std::exception& e) {
     if (!opt.multi_rank) throw;
     // Errors in the steps end the job through on_fatal_error; this is what remains (MPI failing

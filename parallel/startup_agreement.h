@@ -25,7 +25,7 @@
 //   } catch (const StartupFailure& e) {
 //     std::fprintf(stderr, "origami CMD: rank %d: %s: %s\n", rank,
 //                  e.failed_here() ? "error" : "stopped", e.what());
-//     return 1;
+//     return e.failed_here() ? 1 : kExitStoppedForOtherRanks;
 //   }
 #pragma once
 
@@ -52,6 +52,10 @@ class StartupFailure : public Error {
   std::vector<int> failed_ranks_;
   bool failed_here_;
 };
+
+// The exit status of a rank that stops because other ranks failed (failed_here() false); a
+// failing rank exits 1. origami launch names a failing rank, not one of these, in its summary.
+constexpr int kExitStoppedForOtherRanks = 3;
 
 // Runs `phase` on this rank, then agrees over `world` whether it succeeded on every rank (see
 // above). Collective over `world`. `what` names the phase in messages ("loading the model").

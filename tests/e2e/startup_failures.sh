@@ -102,4 +102,16 @@ expect "timed out|never arrived" 0
 python3 -c "import sys; a = $after_start; sys.exit(0 if a == a and a <= $limit_s and $total <= 60 else 1)" ||
   fail "the job ended ${after_start} s after start-up (limit $limit_s s), ${total} s in all (limit 60 s)"
 leftovers || fail "processes left behind"
+if [ "$kind" = corrupt ]; then
+  # origami launch names a rank that failed, not one that stopped because of it (exit 3).
+  out=$(timeout -k 5 120 "$origami" launch -n 4 --grace-s 2 --mpirun "$mpiexec" -- "${train[@]}" \
+        "${layout[@]}" "${ckpt[@]}" 2>&1)
+  rc=$?
+  grep -q -E "^origami launch: FAILED: rank [13] exited with status 1 " <<<"$out" || {
+    echo "$out" | tail -20
+    fail "origami launch exited $rc without naming rank 1 or 3"
+  }
+  grep -m1 "FAILED" <<<"$out" | cut -c1-100
+  leftovers || fail "processes left behind"
+fi
 echo "ok: $kind"
