@@ -25,6 +25,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "parallel/startup_agreement.h"
 #include "parallel/world.h"
 #include "runtime/error.h"
 
@@ -51,7 +52,8 @@ std::string describe_end(const RankRecord& r) {
 
 int primary_failure(const std::vector<RankRecord>& ranks) {
   const auto stop_kill = [](const RankRecord& r) {
-    return r.signal == SIGTERM || r.signal == SIGKILL;
+    return r.signal == SIGTERM || r.signal == SIGKILL ||
+           (r.signal == 0 && r.exit_code == kExitStoppedForOtherRanks);
   };
   bool any_own = false;
   for (const RankRecord& r : ranks) any_own = any_own || (r.failed() && !stop_kill(r));
@@ -651,9 +653,8 @@ int Supervisor::run() {
   if (launcher_ == "mpirun") {
     setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);
     setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);
-    // Containers often forbid the cross-memory attach shared-memory transfers try first; no
-    // fabric probing on one machine.
-    setenv("OMPI_MCA_btl_vader_single_copy_mechanism", "none", 0);
+    // No fabric probing on one machine. (Each rank makes the settings Open MPI needs on this
+    // machine itself, parallel/mpi_environment.h.)
     setenv("OMPI_MCA_btl", "self,vader,tcp", 0);
     setenv("OMPI_MCA_pml", "ob1", 0);
   }

@@ -74,8 +74,9 @@ struct RankRecord {
 };
 
 // The rank that failed first on its own account: among the failed ranks, those not killed by
-// SIGTERM / SIGKILL (what stopping a job sends) when there are any, then the earliest end, then
-// the lowest rank. -1 when no rank failed.
+// SIGTERM / SIGKILL (what stopping a job sends) and not exiting with kExitStoppedForOtherRanks
+// (stopped because others failed before the first step) when there are any, then the earliest
+// end, then the lowest rank. -1 when no rank failed.
 int primary_failure(const std::vector<RankRecord>& ranks);
 
 // "exited with status 1", "killed by SIGABRT (signal 6)", "still running", "never started".

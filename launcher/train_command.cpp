@@ -11,6 +11,7 @@
 #include "launcher/commands.h"
 #include "launcher/flags.h"
 #include "launcher/trainer.h"
+#include "parallel/startup_agreement.h"
 #include "parallel/world.h"
 #include "runtime/config.h"
 #include "runtime/error.h"
@@ -115,10 +116,18 @@ int train(int argc, char** argv) {
   }
   try {
     train(config, opt);
+  } catch (const StartupFailure& e) {
+    if (!opt.multi_rank) throw;
+    // Something failed before the first step, on some ranks or on all (a layout that does not
+    // fit, a corrupt checkpoint piece, memory): the ranks agreed to stop together. Each rank that
+    // failed prints its own error, the others name the ranks that failed.
+    std::fprintf(stderr, "origami train: rank %d: %s: %s\n", env.rank.value_or(-1),
+                 e.failed_here() ? "error" : "stopped", e.what());
+    return e.failed_here() ? 1 : kExitStoppedForOtherRanks;
   } catch (const std::exception& e) {
     if (!opt.multi_rank) throw;
-    // An error every rank meets alike (a layout that does not fit, a missing file): each rank
-    // names itself and ends. Errors during the steps end the job through on_fatal_error instead.
+    // Errors in the steps end the job through on_fatal_error; this is what remains (MPI failing
+    // to start): each rank names itself and ends.
     std::fprintf(stderr, "origami train: rank %d: error: %s\n", env.rank.value_or(-1), e.what());
     return 1;
   }

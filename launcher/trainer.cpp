@@ -10,6 +10,7 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -22,6 +23,7 @@
 #include "parallel/communicator.h"
 #include "parallel/process_groups.h"
 #include "parallel/rank_groups.h"
+#include "parallel/startup_agreement.h"
 #include "runtime/checkpoint.h"
 #include "runtime/data.h"
 #include "runtime/tokenizer.h"
@@ -172,9 +174,6 @@ static models::ParallelOptions parallel_options(const config::ParallelConfig& p)
 
 std::vector<StepRecord> train(const Config& config, const TrainOptions& opt) {
   const auto& tc = config.train();
-  models::ModelSpec spec = opt.init_from.empty() ? models::spec_from_config(config.model())
-                                                 : models::spec_from_hf_config(opt.init_from);
-  spec.validate();
 
   // The world: every rank mpirun / srun / origami launch started, or this process alone.
   const Milliseconds timeout{int64_t(opt.collective_timeout_s * 1000)};
@@ -184,80 +183,101 @@ std::vector<StepRecord> train(const Config& config, const TrainOptions& opt) {
   const bool root = world.rank() == 0;
   const bool quiet = opt.quiet || !root;
 
-  // The layout, checked on every rank before anything is allocated.
+  // What the run holds, made in the try block below. Declared out here so that an error in a
+  // step reaches on_fatal_error before the groups' destructors, which would wait for the other
+  // ranks, run.
+  models::ModelSpec spec;
   models::DecoderOptions dopt;
-  dopt.batch = tc.micro_batch_size();
-  dopt.seq = tc.seq_len();
-  dopt.compute = dtype_from_name(tc.dtype());
-  dopt.device = device_from_string(tc.device());
-  dopt.recompute = tc.recompute();
-  const models::ParallelOptions po = parallel_options(config.parallel());
-  models::check_parallel_layout(spec, dopt, po, world.size(), tc.grad_accum());
-  const RankGroups layout(world.size(), po.layout);
-  ProcessGroupsOptions pgo;
-  pgo.timeout = timeout;
-  ProcessGroups groups = ProcessGroups::create(world, layout, pgo);
-  const int dp_rank = groups.dp->rank(), dp_size = groups.dp->size();
-
-  // Data.
-  std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(config.data().tokenizer());
-  ORIGAMI_CHECK(tokenizer->vocab_size() <= spec.vocab, "the tokenizer '", config.data().tokenizer(),
-                "' has ", tokenizer->vocab_size(), " ids but the model's vocabulary is ",
-                spec.vocab, ": raise model.vocab_size");
-  ORIGAMI_CHECK(!config.data().path().empty(), "data.path is empty: give the training data");
-  TokenStream stream =
-      TokenStream::open(config.data().path(), config.data().format(), tokenizer.get());
-  ORIGAMI_CHECK(int64_t(stream.max_token()) < spec.vocab, "data '", config.data().path(),
-                "' holds token id ", stream.max_token(), " outside the model's vocabulary of ",
-                spec.vocab);
-  BatchSampler sampler(stream, tc.seq_len(), tc.seed());
-
-  // Model.
-  models::ParallelModel model(spec, dopt, po, layout, groups, tc.grad_accum());
-  if (!quiet) {
-    std::cout << model.describe();
-    std::printf("data: %lld tokens, %lld windows of %lld per epoch\n",
-                static_cast<long long>(stream.size()),
-                static_cast<long long>(sampler.windows_per_epoch()),
-                static_cast<long long>(tc.seq_len()));
-  }
-  int64_t step = 0;
-  if (!opt.init_from.empty()) {
-    models::ParameterBuffer whole(models::ParameterLayout(spec), DType::f32);
-    models::load_hf_weights(opt.init_from, whole);
-    model.load_whole(whole);
-  } else {
-    model.init_random(tc.seed(), config.model().init_std());
-  }
-  if (opt.resume && !tc.checkpoint_dir().empty()) {
-    if (auto latest = CheckpointReader::latest(tc.checkpoint_dir())) {
-      step = load_checkpoint(*latest, model, sampler, spec);
-      if (!quiet)
-        std::printf("resumed from %s at step %lld\n", latest->c_str(),
-                    static_cast<long long>(step));
-    }
-  }
-
-  const double tokens_per_step =
-      double(tc.micro_batch_size() * tc.seq_len() * tc.grad_accum() * dp_size);
-  const double peak =
-      (tc.peak_flops() > 0 ? tc.peak_flops() : measure_cpu_peak(dopt.compute)) * world.size();
-  const double fpt = flops_per_token(spec, tc.seq_len());
-  std::ofstream metrics;
-  if (root && !tc.metrics_file().empty()) metrics.open(tc.metrics_file(), std::ios::app);
-  const bool bar = root && opt.progress && isatty(STDERR_FILENO);
-
-  const int64_t M = tc.grad_accum();
-  std::vector<Tensor> ids, targets;
-  for (int64_t m = 0; m < M; ++m) {
-    ids.push_back(Tensor::empty({tc.micro_batch_size(), tc.seq_len()}, DType::i64));
-    targets.push_back(Tensor::empty({tc.micro_batch_size(), tc.seq_len()}, DType::i64));
-  }
+  models::ParallelOptions po;
+  std::optional<RankGroups> layout;
+  std::optional<ProcessGroups> groups;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::optional<TokenStream> stream;
+  std::optional<BatchSampler> sampler;
+  std::unique_ptr<models::ParallelModel> model;
   std::vector<StepRecord> records;
-  // From here on the ranks work in lockstep: an error on one (a collective that timed out, a
-  // fault) must end the whole job at once. on_fatal_error runs before the communicators'
-  // destructors, which would wait for the other ranks.
+  // Until the first step each rank works on its own, and can fail alone (its pieces of a
+  // checkpoint, its memory): run_agreed ends every rank together then, in step, each naming the
+  // failure (StartupFailure). Any other error leaves the ranks out of step (a collective that
+  // timed out, a fault in a step): on_fatal_error ends the whole job at once.
   try {
+    // The model and the layout, checked on every rank before anything is allocated.
+    run_agreed(world, "checking the model and the parallel layout", [&] {
+      spec = opt.init_from.empty() ? models::spec_from_config(config.model())
+                                   : models::spec_from_hf_config(opt.init_from);
+      spec.validate();
+      dopt.batch = tc.micro_batch_size();
+      dopt.seq = tc.seq_len();
+      dopt.compute = dtype_from_name(tc.dtype());
+      dopt.device = device_from_string(tc.device());
+      dopt.recompute = tc.recompute();
+      po = parallel_options(config.parallel());
+      models::check_parallel_layout(spec, dopt, po, world.size(), tc.grad_accum());
+      layout.emplace(world.size(), po.layout);
+    });
+    ProcessGroupsOptions pgo;
+    pgo.timeout = timeout;
+    groups.emplace(ProcessGroups::create(world, *layout, pgo));
+    const int dp_rank = groups->dp->rank(), dp_size = groups->dp->size();
+
+    // Everything else before the first step: data, the model's memory, its weights (a Hugging
+    // Face folder, a checkpoint or random), the step buffers. No collectives in here.
+    int64_t step = 0;
+    std::string resumed_from;
+    double peak = 0;
+    std::ofstream metrics;
+    const int64_t M = tc.grad_accum();
+    std::vector<Tensor> ids, targets;
+    run_agreed(world, "loading the data, the model and its weights", [&] {
+      tokenizer = load_tokenizer(config.data().tokenizer());
+      ORIGAMI_CHECK(tokenizer->vocab_size() <= spec.vocab, "the tokenizer '",
+                    config.data().tokenizer(), "' has ", tokenizer->vocab_size(),
+                    " ids but the model's vocabulary is ", spec.vocab, ": raise model.vocab_size");
+      ORIGAMI_CHECK(!config.data().path().empty(), "data.path is empty: give the training data");
+      stream.emplace(
+          TokenStream::open(config.data().path(), config.data().format(), tokenizer.get()));
+      ORIGAMI_CHECK(int64_t(stream->max_token()) < spec.vocab, "data '", config.data().path(),
+                    "' holds token id ", stream->max_token(), " outside the model's vocabulary of ",
+                    spec.vocab);
+      sampler.emplace(*stream, tc.seq_len(), tc.seed());
+
+      model = std::make_unique<models::ParallelModel>(spec, dopt, po, *layout, *groups, M);
+      if (!quiet) {
+        std::cout << model->describe();
+        std::printf("data: %lld tokens, %lld windows of %lld per epoch\n",
+                    static_cast<long long>(stream->size()),
+                    static_cast<long long>(sampler->windows_per_epoch()),
+                    static_cast<long long>(tc.seq_len()));
+      }
+      if (!opt.init_from.empty()) {
+        models::ParameterBuffer whole(models::ParameterLayout(spec), DType::f32);
+        models::load_hf_weights(opt.init_from, whole);
+        model->load_whole(whole);
+      } else {
+        model->init_random(tc.seed(), config.model().init_std());
+      }
+      if (opt.resume && !tc.checkpoint_dir().empty()) {
+        if (auto latest = CheckpointReader::latest(tc.checkpoint_dir())) {
+          step = load_checkpoint(*latest, *model, *sampler, spec);
+          resumed_from = *latest;
+        }
+      }
+      peak =
+          (tc.peak_flops() > 0 ? tc.peak_flops() : measure_cpu_peak(dopt.compute)) * world.size();
+      if (root && !tc.metrics_file().empty()) metrics.open(tc.metrics_file(), std::ios::app);
+      for (int64_t m = 0; m < M; ++m) {
+        ids.push_back(Tensor::empty({tc.micro_batch_size(), tc.seq_len()}, DType::i64));
+        targets.push_back(Tensor::empty({tc.micro_batch_size(), tc.seq_len()}, DType::i64));
+      }
+    });
+
+    if (!quiet && !resumed_from.empty())
+      std::printf("resumed from %s at step %lld\n", resumed_from.c_str(),
+                  static_cast<long long>(step));
+    const double tokens_per_step =
+        double(tc.micro_batch_size() * tc.seq_len() * tc.grad_accum() * dp_size);
+    const double fpt = flops_per_token(spec, tc.seq_len());
+    const bool bar = root && opt.progress && isatty(STDERR_FILENO);
     const auto run_start = std::chrono::steady_clock::now();
     int64_t run_steps = 0;
     while (step < tc.steps()) {
@@ -274,8 +294,8 @@ std::vector<StepRecord> train(const Config& config, const TrainOptions& opt) {
       }
       // Every rank draws every microbatch (so all samplers stay in step), keeping its dp slice.
       for (int64_t m = 0; m < M; ++m)
-        sampler.next(ids[size_t(m)], targets[size_t(m)], dp_rank, dp_size);
-      const models::StepLoss loss = model.forward_backward(ids, targets);
+        sampler->next(ids[size_t(m)], targets[size_t(m)], dp_rank, dp_size);
+      const models::StepLoss loss = model->forward_backward(ids, targets);
       r.loss = loss.loss;
       r.ce = loss.ce;
       if (fault_here && opt.fault.kind == TrainOptions::Fault::kAbort) {
@@ -287,9 +307,9 @@ std::vector<StepRecord> train(const Config& config, const TrainOptions& opt) {
         ORIGAMI_FAIL("--fault: rank ", world.rank(), " fails in step ", step, " (test only)");
       // Gradients summed over microbatches: average, then clip the global norm.
       const double inv_accum = 1.0 / double(M);
-      r.grad_norm = model.grad_norm(inv_accum);
+      r.grad_norm = model->grad_norm(inv_accum);
       const float coef = ops::clip_coefficient(r.grad_norm, tc.clip_grad());
-      if (coef != 1.0f || M != 1) model.scale_gradients(float(inv_accum * coef));
+      if (coef != 1.0f || M != 1) model->scale_gradients(float(inv_accum * coef));
       r.lr = learning_rate(tc, step);
       ops::AdamWParams p;
       p.lr = float(r.lr);
@@ -298,8 +318,8 @@ std::vector<StepRecord> train(const Config& config, const TrainOptions& opt) {
       p.eps = float(tc.eps());
       p.weight_decay = float(tc.weight_decay());
       p.step = step;
-      model.optimizer_step(p);
-      for (int c = 0; c < model.num_chunks(); ++c) model.chunk(c).update_expert_bias();
+      model->optimizer_step(p);
+      for (int c = 0; c < model->num_chunks(); ++c) model->chunk(c).update_expert_bias();
       const double dt =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       r.tokens_per_s = tokens_per_step / dt;
@@ -339,7 +359,7 @@ std::vector<StepRecord> train(const Config& config, const TrainOptions& opt) {
                         (opt.stop_after >= 0 && run_steps >= opt.stop_after) || stop_signal > 0;
       if (!tc.checkpoint_dir().empty() &&
           (last || (tc.save_every() > 0 && step % tc.save_every() == 0)))
-        save_checkpoint(tc.checkpoint_dir(), step, model, world, sampler, spec, int(tc.keep()));
+        save_checkpoint(tc.checkpoint_dir(), step, *model, world, *sampler, spec, int(tc.keep()));
       if (stop_signal > 0 && root) {
         if (bar) std::fprintf(stderr, "\r\033[K");
         if (tc.checkpoint_dir().empty())
@@ -359,8 +379,8 @@ std::vector<StepRecord> train(const Config& config, const TrainOptions& opt) {
     if (!opt.export_hf.empty()) {
       // Every parameter gathered (collective), written by rank 0.
       models::ParameterBuffer whole(models::ParameterLayout(spec), DType::f32);
-      for (const std::string& name : model.names()) {
-        Tensor full = model.gather(name, "params");
+      for (const std::string& name : model->names()) {
+        Tensor full = model->gather(name, "params");
         Tensor dst = whole.get(name);
         dst.copy_from(full);
       }
@@ -370,6 +390,8 @@ std::vector<StepRecord> train(const Config& config, const TrainOptions& opt) {
       }
       world.barrier();
     }
+  } catch (const StartupFailure&) {
+    throw;  // every rank stops here, in step
   } catch (const std::exception& e) {
     if (opt.on_fatal_error) opt.on_fatal_error(e.what());
     throw;

@@ -31,9 +31,11 @@ struct TrainOptions {
   // over the world, so one signalled rank stops them all at the same step; then they save a
   // checkpoint (when train.checkpoint_dir is set) and train() returns normally.
   std::function<int()> stop_requested;
-  // Called with the message when an error ends this rank during the steps (when the ranks work in
-  // lockstep), before anything that would wait for the other ranks; origami train prints it and
-  // ends the job (MPI_Abort). Unset: the error propagates.
+  // Called with the message when an error leaves the ranks out of step (a collective that timed
+  // out, a fault in a step, a rank that never reached the start-up agreement), before anything
+  // that would wait for the other ranks; origami train prints it and ends the job (MPI_Abort).
+  // Unset: the error propagates. Failures before the first step that the ranks agreed on
+  // (StartupFailure) do not call it.
   std::function<void(const std::string&)> on_fatal_error;
   // Test-only fault injection (origami train --fault RANK:STEP:KIND): rank `rank` misbehaves at
   // 1-based step `step`. sleep: hangs before the step's first collective (the others must time
@@ -58,7 +60,10 @@ struct StepRecord {
 // Learning rate at 1-based step `step`: linear warmup from 0, then cosine to min_lr (or constant).
 double learning_rate(const config::TrainConfig& t, int64_t step);
 
-// Runs training as configured; returns the record of every step run in this call.
+// Runs training as configured; returns the record of every step run in this call. What each rank
+// does alone before the first step (checks, data, the model's memory, its weights) runs under
+// run_agreed (parallel/startup_agreement.h): when it fails on any rank, every rank throws
+// StartupFailure -- its own error on a rank that failed, the failed ranks on the others.
 std::vector<StepRecord> train(const Config& config, const TrainOptions& options);
 
 }  // namespace origami

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <climits>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -255,8 +256,24 @@ MpiCommunicator::MpiCommunicator(MPI_Comm comm, std::string name, Milliseconds t
   MPI_Comm_set_errhandler(ring_comm_, MPI_ERRORS_RETURN);
   const int rc =
       MPI_Win_allocate(MPI_Aint(sizeof(Arrival)), 1, MPI_INFO_NULL, comm_, &arrival_, &window_);
-  ORIGAMI_CHECK(rc == MPI_SUCCESS, name_,
-                ": MPI_Win_allocate for the arrival records failed: ", mpi_error_string(rc));
+  // The records only explain timeouts: a group whose window MPI cannot make runs without them.
+  // Every member must make the same choice (a window is freed collectively), so they agree on the
+  // first member that failed (size() when none did).
+  int first_failed = rc == MPI_SUCCESS ? size() : rank_, any_failed = size();
+  MPI_Allreduce(&first_failed, &any_failed, 1, MPI_INT, MPI_MIN, comm_);
+  if (any_failed < size()) {
+    if (rank_ == any_failed)
+      std::fprintf(stderr,
+                   "origami: note: %s: MPI_Win_allocate for the arrival records failed on member "
+                   "%d (global rank %d): %s; '%s' runs without them, so a timeout cannot name the "
+                   "ranks that never arrived\n",
+                   name_.c_str(), rank_, global_ranks_[size_t(rank_)], mpi_error_string(rc).c_str(),
+                   name_.c_str());
+    // A window some members lack can never be freed: it stays allocated, unused.
+    window_ = MPI_WIN_NULL;
+    arrival_ = &own_arrival_;
+    return;
+  }
   *arrival_ = Arrival{};
   int* model = nullptr;
   int flag = 0;
@@ -271,8 +288,10 @@ MpiCommunicator::~MpiCommunicator() {
   sweep_abandoned();
   // A window read that never completed (a dead peer) would make freeing wait forever.
   if (window_reads_pending_) return;
-  MPI_Win_unlock_all(window_);
-  MPI_Win_free(&window_);
+  if (window_ != MPI_WIN_NULL) {
+    MPI_Win_unlock_all(window_);
+    MPI_Win_free(&window_);
+  }
   MPI_Comm_free(&ring_comm_);
   MPI_Comm_free(&comm_);
 }
@@ -311,9 +330,27 @@ int64_t MpiCommunicator::announce(CollectiveKind kind, const Tensor* t) {
 
 std::string MpiCommunicator::describe_timeout(int64_t op, CollectiveKind kind, const Tensor* t,
                                               const std::string& details, Milliseconds waited) {
+  const int n = size();
+  std::ostringstream os;
+  os << name_ << ": " << collective_name(kind) << " #" << op;
+  const std::string td = tensor_desc(t);
+  if (!td.empty() || !details.empty())
+    os << " (" << td << (td.empty() || details.empty() ? "" : ", ") << details << ")";
+  os << " timed out after " << seconds_str(waited) << " on " << member_desc(*this, rank_) << " of "
+     << n << ".";
+  const std::string advice = " Every member of '" + name_ +
+                             "' must make the same collective calls in the same order; if the "
+                             "ranks are only slow, raise the timeout (now " +
+                             seconds_str(timeout_) + ").";
+  if (window_ == MPI_WIN_NULL) {
+    os << " Which members never arrived is unknown: this group has no arrival records (MPI could "
+          "not allocate their window)."
+       << advice;
+    return os.str();
+  }
+
   // Read every member's record; a member that cannot answer within the grace period is dead or
   // unreachable while it is outside MPI.
-  const int n = size();
   auto records = std::make_unique<Arrival[]>(size_t(n));
   std::vector<MPI_Request> reads(static_cast<size_t>(n), MPI_REQUEST_NULL);
   std::vector<char> answered(static_cast<size_t>(n), 0);
@@ -381,13 +418,6 @@ std::string MpiCommunicator::describe_timeout(int64_t op, CollectiveKind kind, c
     }
   }
 
-  std::ostringstream os;
-  os << name_ << ": " << collective_name(kind) << " #" << op;
-  const std::string td = tensor_desc(t);
-  if (!td.empty() || !details.empty())
-    os << " (" << td << (td.empty() || details.empty() ? "" : ", ") << details << ")";
-  os << " timed out after " << seconds_str(waited) << " on " << member_desc(*this, rank_) << " of "
-     << n << ".";
   const auto list = [&](const std::vector<std::string>& v) {
     for (size_t i = 0; i < v.size(); ++i) os << (i ? "; " : " ") << v[i];
   };
@@ -411,10 +441,7 @@ std::string MpiCommunicator::describe_timeout(int64_t op, CollectiveKind kind, c
           "ranks, or a network fault).";
   os << " Arrived: members";
   for (size_t i = 0; i < arrived.size(); ++i) os << (i ? ", " : " ") << arrived[i];
-  os << ". Every member of '" << name_
-     << "' must make the same collective calls in the same order; if the ranks are only slow, "
-        "raise the timeout (now "
-     << seconds_str(timeout_) << ").";
+  os << "." << advice;
   return os.str();
 }
 

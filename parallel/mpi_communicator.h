@@ -5,7 +5,9 @@
 // the deadline. To name the ranks that never arrived, each member keeps an "arrival record" (the
 // sequence number, kind and size of the last collective it entered) in an MPI window of its own;
 // entering a collective is one store into local memory. Only on a timeout does a rank read the
-// other members' records (MPI_Rget, passive target: the missing ranks need not cooperate).
+// other members' records (MPI_Rget, passive target: the missing ranks need not cooperate). A group
+// whose window MPI cannot allocate runs without records (every member agrees, with a note); its
+// timeouts then say that the missing ranks are unknown.
 #pragma once
 
 #include <mpi.h>
@@ -159,10 +161,11 @@ class MpiCommunicator final : public Communicator {
   MPI_Comm comm_ = MPI_COMM_NULL;
   MPI_Comm ring_comm_ = MPI_COMM_NULL;  // the ring all-reduce's messages, apart from users'
   Tensor ring_scratch_;                 // its receive buffer, grown on demand
-  MPI_Win window_ = MPI_WIN_NULL;
-  Arrival* arrival_ = nullptr;         // this member's record (window memory)
-  bool window_separate_ = false;       // MPI_WIN_SEPARATE: stores need MPI_Win_sync to be seen
-  bool window_reads_pending_ = false;  // a timeout's MPI_Rget never completed (a dead peer)
+  MPI_Win window_ = MPI_WIN_NULL;       // MPI_WIN_NULL: MPI could not make it; no records
+  Arrival* arrival_ = nullptr;          // this member's record (window memory, else own_arrival_)
+  Arrival own_arrival_;                 // the record of a group without a window
+  bool window_separate_ = false;        // MPI_WIN_SEPARATE: stores need MPI_Win_sync to be seen
+  bool window_reads_pending_ = false;   // a timeout's MPI_Rget never completed (a dead peer)
   int64_t op_count_ = 0;
   std::string broken_;  // non-empty: why the communicator may not be used any more
 };

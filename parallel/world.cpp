@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <sstream>
 
+#include "parallel/mpi_environment.h"
 #include "runtime/error.h"
 
 extern char** environ;
@@ -286,6 +287,7 @@ int ensure_mpi_initialized() {
   ORIGAMI_CHECK(!finalized, "MPI was already finalised in this process; it cannot start again");
   int provided = 0;
   if (!initialized) {
+    prepare_mpi_environment();
     ORIGAMI_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided) == MPI_SUCCESS,
                   "MPI_Init_thread failed");
     g_we_initialized_mpi = true;
@@ -309,6 +311,7 @@ MpiSession::MpiSession(int* argc, char*** argv) {
     MPI_Query_thread(&thread_level_);
     return;
   }
+  prepare_mpi_environment();
   ORIGAMI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &thread_level_) == MPI_SUCCESS,
                 "MPI_Init_thread failed");
   owns_ = true;

@@ -84,12 +84,14 @@ Device device_for_local_rank(int local_rank, int visible_cuda_devices);
 // Parses Slurm's compressed task counts ("2(x3),1" -> {2,2,2,1}); throws on malformed text.
 std::vector<int> parse_slurm_tasks_per_node(const std::string& text);
 
-// Initialises MPI when nobody has (MPI_Init_thread asking for MPI_THREAD_MULTIPLE); returns the
-// thread level provided. finalize_mpi() finalises it if this process initialised it here.
+// Initialises MPI when nobody has (MPI_Init_thread asking for MPI_THREAD_MULTIPLE, after
+// prepare_mpi_environment, parallel/mpi_environment.h); returns the thread level provided.
+// finalize_mpi() finalises it if this process initialised it here.
 int ensure_mpi_initialized();
 void finalize_mpi();
 
-// Owns MPI for a program's main(): initialises on construction, finalises on destruction.
+// Owns MPI for a program's main(): initialises on construction (as ensure_mpi_initialized does),
+// finalises on destruction.
 class MpiSession {
  public:
   MpiSession(int* argc, char*** argv);

@@ -72,7 +72,12 @@ void MemoryPlan::print(std::ostream& os, const std::string& title, bool detail) 
 
 Arena::Arena(std::string name, size_t capacity_bytes, Device device)
     : name_(std::move(name)), device_(device), capacity_(align_up(capacity_bytes)) {
-  block_ = Tensor::empty({int64_t(capacity_)}, DType::u8, device);
+  try {
+    block_ = Tensor::empty({int64_t(capacity_)}, DType::u8, device);
+  } catch (const Error& e) {
+    ORIGAMI_FAIL("arena '", name_, "' (", format_bytes(capacity_), " on ", device.str(),
+                 "): ", e.what());
+  }
 }
 
 Tensor Arena::allocate(const Shape& shape, DType dtype) {

@@ -327,10 +327,21 @@ void CheckpointReader::read(const std::string& name, Tensor& out, const Shape& o
     if (fd < 0) fail_errno("cannot open checkpoint file", p.file);
     struct stat st {};
     ::fstat(fd, &st);
+    // Which piece (a tensor saved by several ranks has one per rank), and what to do.
+    const auto piece = [&] {
+      return detail::concat("its piece at offsets ", shape_str(p.offsets), " of shape ",
+                            shape_str(p.shape), ", bytes ", p.byte_offset, "..",
+                            p.byte_offset + p.bytes, " of the file");
+    };
+    const auto advice = [&] {
+      return "; restore the file, or use an earlier checkpoint of '" +
+             fs::path(dir_).parent_path().string() + "'";
+    };
     if (uint64_t(st.st_size) < p.byte_offset + p.bytes) {
       ::close(fd);
       ORIGAMI_FAIL("checkpoint file '", p.file, "' is truncated: ", st.st_size,
-                   " bytes, but tensor '", name, "' needs bytes up to ", p.byte_offset + p.bytes);
+                   " bytes, but tensor '", name, "' (", piece(), ") needs bytes up to ",
+                   p.byte_offset + p.bytes, advice());
     }
     size_t done = 0;
     while (done < p.bytes) {
@@ -343,7 +354,8 @@ void CheckpointReader::read(const std::string& name, Tensor& out, const Shape& o
     }
     ::close(fd);
     ORIGAMI_CHECK(crc32_of(buf.data(), buf.size()) == p.crc, "checkpoint file '", p.file,
-                  "' is corrupt: tensor '", name, "' fails its CRC-32 check");
+                  "' is corrupt: tensor '", name, "' (", piece(), ") fails its CRC-32 check",
+                  advice());
     if (n == 0) continue;
     if (nd == 0) {  // a scalar
       std::memcpy(region.data(), buf.data(), es);

@@ -99,8 +99,10 @@ void apply_override(Config& c, const std::string& text, Locations& locs) {
       msg = r->MutableMessage(msg, f);
       continue;
     }
-    if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING && !value.empty() && value[0] != '"' &&
-        value[0] != '\'')
+    // String values need no quotes on the command line; an empty one is the empty string
+    // (--set train.checkpoint_dir= turns checkpoints off).
+    if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING &&
+        (value.empty() || (value[0] != '"' && value[0] != '\'')))
       value = "\"" + value + "\"";
     // Parse "field: value" in text format into the sub-message: same validation as the file.
     FirstError errors;

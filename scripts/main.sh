@@ -21,10 +21,9 @@ ranks="${ORIGAMI_RANKS:-4}"
 echo
 train=("$bin/origami" train "$config" --no-resume --set "train.checkpoint_dir=\"$run_dir\"")
 if [ "$ranks" -gt 1 ]; then
-  # Open MPI as root in a container: allow root, no cross-memory attach, no fabric probing.
+  # Open MPI as root in a container: allow root, no fabric probing.
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-  export OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_btl=self,vader,tcp
-  export OMPI_MCA_pml=ob1 OMP_NUM_THREADS=1
+  export OMPI_MCA_btl=self,vader,tcp OMPI_MCA_pml=ob1 OMP_NUM_THREADS=1
   # 4 sequences per data-parallel rank: the global batch of 8 sequences of the config.
   mpirun --oversubscribe --allow-run-as-root --bind-to none -np "$ranks" "${train[@]}" \
     --tp 2 --sequence-parallel --ep 4 --etp 1 \

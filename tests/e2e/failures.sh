@@ -27,11 +27,7 @@ else
   cmd=("${mpirun_cmd[@]}" -np 4 "$origami" "${train[@]}")
 fi
 
-start=$(date +%s.%N)
-timeout -k 5 120 "${cmd[@]}" 2>&1 | stamp >"$work/out.txt"
-rc=${PIPESTATUS[0]}
-end=$(date +%s.%N)
-total=$(python3 -c "print('%.2f' % ($end - $start))")
+run_stamped "${cmd[@]}"
 after_fault=$(seconds_since_line "$work/out.txt" "rank $want_rank: --fault:|--fault: rank $want_rank" "$end")
 # The output without rank 0's start-up tables.
 sed 's/^[0-9.]* //' "$work/out.txt" |

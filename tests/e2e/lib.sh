@@ -5,11 +5,10 @@ export OMP_NUM_THREADS=1
 work=$(mktemp -d /tmp/origami-e2e-XXXXXX)
 tiny=(--set train.log_every=1 --set train.micro_batch_size=1 --set train.seq_len=32
       --set train.grad_accum=1 --set train.warmup_steps=2 --no-progress)
-# Open MPI as root in a container, without cross-memory attach or fabric probing (what origami
-# launch sets by itself).
+# Open MPI as root in a container, without fabric probing (what origami launch sets by itself).
 mpirun_cmd=(env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-            OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_btl=self,vader,tcp
-            OMPI_MCA_pml=ob1 "$mpiexec" --oversubscribe --allow-run-as-root --bind-to none)
+            OMPI_MCA_btl=self,vader,tcp OMPI_MCA_pml=ob1
+            "$mpiexec" --oversubscribe --allow-run-as-root --bind-to none)
 
 cleanup() {
   # Anything of ours still running is a failure of the test, but must not outlive it.
@@ -32,6 +31,17 @@ import sys, time
 for line in iter(sys.stdin.readline, ""):
     sys.stdout.write("%.3f %s" % (time.time(), line))
 '
+}
+
+# Runs "$@" (at most 120 s) with its output stamped line by line into $work/out.txt; sets rc (its
+# exit status), end (when it ended) and total (the seconds it took).
+run_stamped() {
+  local start
+  start=$(date +%s.%N)
+  timeout -k 5 120 "$@" 2>&1 | stamp >"$work/out.txt"
+  rc=${PIPESTATUS[0]}
+  end=$(date +%s.%N)
+  total=$(python3 -c "print('%.2f' % ($end - $start))")
 }
 
 # Seconds between the first stamped line matching $2 in file $1 and the stamp $3.

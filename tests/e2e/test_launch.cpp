@@ -6,6 +6,7 @@
 
 #include "launcher/supervisor.h"
 #include "launcher/trainer.h"
+#include "parallel/startup_agreement.h"
 #include "runtime/error.h"
 
 namespace origami::launch {
@@ -30,6 +31,15 @@ TEST(Supervisor, PrimaryFailureIsTheEarliestOwnFailure) {
   ranks[1].end_ns = 90;  // now rank 1's error came first
   EXPECT_EQ(primary_failure(ranks), 1);
   ranks[1].end_ns = 100;  // a tie: the lower rank
+  EXPECT_EQ(primary_failure(ranks), 1);
+}
+
+TEST(Supervisor, RanksStoppedForOthersAreNotTheFailure) {
+  // Before the first step rank 1 failed (exit 1); ranks 0, 2 and 3 stopped because of it, two
+  // of them ending first.
+  const int stopped = kExitStoppedForOtherRanks;
+  std::vector<RankRecord> ranks = {ended(0, stopped, 0, 10), ended(1, 1, 0, 30),
+                                   ended(2, stopped, 0, 20), ended(3, stopped, 0, 40)};
   EXPECT_EQ(primary_failure(ranks), 1);
 }
 

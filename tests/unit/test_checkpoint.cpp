@@ -115,8 +115,12 @@ TEST(Checkpoint, TruncatedAndCorruptFilesAreRefused) {
     f.seekp(17);
     f.write(&c, 1);
   }
-  EXPECT_NE(error_of([&] { CheckpointReader(d.string()).read_full("x"); }).find("CRC-32"),
-            std::string::npos);
+  // The message names the file and the piece.
+  const std::string crc = error_of([&] { CheckpointReader(d.string()).read_full("x"); });
+  for (const std::string& piece : {std::string("CRC-32"), bin.string(),
+                                   std::string("tensor 'x' (its piece at offsets [0] of "
+                                               "shape [64], bytes 0..256 of the file)")})
+    EXPECT_NE(crc.find(piece), std::string::npos) << crc;
   fs::resize_file(bin, 100);
   EXPECT_NE(error_of([&] { CheckpointReader(d.string()).read_full("x"); }).find("truncated"),
             std::string::npos);

@@ -51,6 +51,22 @@ TEST(Config, OverridesSetAnyField) {
   EXPECT_EQ(c.model().moe().mlp_only_layers_size(), 2);
 }
 
+TEST(Config, EmptyOverrideOfAStringFieldIsTheEmptyString) {
+  std::string with_dir = kTiny;
+  with_dir.replace(with_dir.find("steps: 5"), 8, "steps: 5 checkpoint_dir: \"ckpt\"");
+  EXPECT_EQ(parse_config(with_dir, "tiny.pbtxt").train().checkpoint_dir(), "ckpt");
+  // --set train.checkpoint_dir= turns checkpoints off, as do the quoted forms.
+  for (const char* o :
+       {"train.checkpoint_dir=", "train.checkpoint_dir=\"\"", "train.checkpoint_dir=''"})
+    EXPECT_EQ(parse_config(with_dir, "tiny.pbtxt", {o}).train().checkpoint_dir(), "") << o;
+  EXPECT_EQ(parse_config(kTiny, "tiny.pbtxt", {"train.metrics_file="}).train().metrics_file(), "");
+  // A field with a default takes it again.
+  EXPECT_EQ(parse_config(kTiny, "tiny.pbtxt", {"train.dtype="}).train().dtype(), "f32");
+  // Other types still need a value, and the error names the override.
+  const std::string e = error_of(kTiny, {"train.steps="});
+  EXPECT_NE(e.find("--set train.steps="), std::string::npos) << e;
+}
+
 TEST(Config, ErrorsNameFileLineAndField) {
   // Unknown field: syntax error with position.
   std::string e = error_of("model { hidden_sise: 3 }");
