@@ -128,7 +128,9 @@ int main(int argc, char** argv) {
   const double esize = dt == DType::f32 ? 4.0 : 2.0;
   models::ParameterBuffer params(models::ParameterLayout(spec), DType::f32);
   params.init_random(1, 0.02);
-  const double weight_bytes = double(models::ParameterLayout(spec).parameter_count()) * esize;
+  // A decode step reads every weight but the embedding table, of which it reads one row a token.
+  const double weight_bytes =
+      double(models::ParameterLayout(spec).parameter_count() - vocab * hidden) * esize;
   const double kv_per_token = double(2 * layers * spec.kv_heads * spec.head_dim) * esize;
 
   const double bw = read_bandwidth(threads);
@@ -140,7 +142,7 @@ int main(int argc, char** argv) {
   }
   std::printf(
       "model: hidden %lld, %lld layers, %lld heads (%lld KV), ffn %lld, vocab %lld: %.1f M "
-      "parameters, %s, %.1f MB of weights\n"
+      "parameters, %s, %.1f MB of weights read per step (all but the embedding table)\n"
       "read bandwidth %.1f GB/s (%d threads, 1 GiB streaming sum); load average %s\n"
       "bound = batch x bandwidth / (weights + batch x context x %.0f B of KV per token)\n\n",
       (long long)hidden, (long long)layers, (long long)spec.heads, (long long)spec.kv_heads,
