@@ -19,6 +19,7 @@
 #include "parallel/communicator.h"
 #include "parallel/process_groups.h"
 #include "parallel/rank_groups.h"
+#include "parallel/startup_agreement.h"
 #include "parallel/world.h"
 #include "runtime/checkpoint.h"
 #include "runtime/config.h"
@@ -122,127 +123,149 @@ int generate(int argc, char** argv) {
 }
 
 int run_generate(const Flags& flags, bool multi_rank) {
-  ORIGAMI_CHECK(flags.positional().empty(), "origami generate takes no positional arguments, got '",
-                flags.positional().empty() ? "" : flags.positional()[0],
-                "'; give the text with --prompt");
-  const std::string model_dir = flags.get("model"), config_path = flags.get("config");
-  ORIGAMI_CHECK(model_dir.empty() != config_path.empty(),
-                "give the model: either --model HF_DIR (a Hugging Face folder) or --config CONFIG "
-                "with a training checkpoint (--checkpoint DIR or the config's "
-                "train.checkpoint_dir)");
-  const std::vector<std::string>& prompts = flags.get_list("prompt");
-  ORIGAMI_CHECK(!prompts.empty(), "no prompt: give the text with --prompt TEXT");
-
-  // The model spec and where the weights and the tokenizer come from.
-  models::ModelSpec spec;
-  std::string tokenizer_path = flags.get("tokenizer"), checkpoint_dir;
-  if (!model_dir.empty()) {
-    ORIGAMI_CHECK(fs::is_directory(model_dir), "model folder '", model_dir, "' does not exist");
-    ORIGAMI_CHECK(fs::exists(fs::path(model_dir) / "config.json"), "model folder '", model_dir,
-                  "' has no config.json: it is not a Hugging Face model folder");
-    spec = models::spec_from_hf_config(model_dir);
-    if (tokenizer_path.empty()) {
-      ORIGAMI_CHECK(fs::exists(fs::path(model_dir) / "tokenizer.json") ||
-                        fs::exists(fs::path(model_dir) / "tokenizer.model"),
-                    "model folder '", model_dir,
-                    "' has no tokenizer.json or tokenizer.model: give --tokenizer (a tokenizer "
-                    "file, a folder holding one, or 'byte')");
-      tokenizer_path = model_dir;
-    }
-  } else {
-    const Config config = load_config(config_path, flags.get_list("set"));
-    spec = models::spec_from_config(config.model());
-    checkpoint_dir =
-        flags.given("checkpoint") ? flags.get("checkpoint") : config.train().checkpoint_dir();
-    ORIGAMI_CHECK(!checkpoint_dir.empty(), "no checkpoint: give --checkpoint DIR (the config '",
-                  config_path, "' sets no train.checkpoint_dir)");
-    if (tokenizer_path.empty()) tokenizer_path = config.data().tokenizer();
-    ORIGAMI_CHECK(!tokenizer_path.empty(), "no tokenizer: give --tokenizer (the config '",
-                  config_path, "' sets no data.tokenizer)");
-  }
-  spec.validate();
-  std::unique_ptr<Tokenizer> tok = load_tokenizer(tokenizer_path);
-  ORIGAMI_CHECK(tok->vocab_size() <= spec.vocab, "vocabulary mismatch: the tokenizer '",
-                tokenizer_path, "' has ", tok->vocab_size(), " ids but the model (", spec.str(),
-                ") only ", spec.vocab, "; give the tokenizer the model was trained with");
-
-  // Prompts, and the context they need.
-  const bool add_special = flags.get_bool("add-special");
-  std::vector<std::vector<int64_t>> ids;
-  int64_t longest = 0;
-  for (const std::string& text : prompts) {
-    const std::vector<TokenId> enc = tok->encode(text, add_special);
-    ORIGAMI_CHECK(!enc.empty(), "the prompt '", text, "' encodes to no tokens");
-    ids.emplace_back(enc.begin(), enc.end());
-    longest = std::max<int64_t>(longest, int64_t(enc.size()));
-  }
-  models::GenerationConfig gc;
-  gc.max_new_tokens = flags.get_int("max-new-tokens");
-  ORIGAMI_CHECK(gc.max_new_tokens >= 1, "--max-new-tokens must be >= 1, got ", gc.max_new_tokens);
-  const int64_t limit =
-      flags.get_int("max-context") > 0 ? flags.get_int("max-context") : spec.max_seq_len;
-  ORIGAMI_CHECK(limit <= 0 || longest <= limit, "the prompt has ", longest,
-                " tokens, longer than the model's context of ", limit,
-                " tokens: shorten it (or raise --max-context if the model allows)");
-  const int64_t context =
-      limit > 0 ? std::min(limit, longest + gc.max_new_tokens) : longest + gc.max_new_tokens;
-  gc.sampling.temperature = flags.get_double("temperature");
-  gc.sampling.top_k = flags.get_int("top-k");
-  gc.sampling.top_p = flags.get_double("top-p");
-  gc.sampling.repetition_penalty = flags.get_double("repetition-penalty");
-  gc.sampling.seed = uint64_t(flags.get_int("seed"));
-  gc.sampling.validate();
-  const std::string eos = flags.get("eos");
-  if (eos.empty()) {
-    if (tok->eos_id()) gc.stop_ids.push_back(*tok->eos_id());
-  } else if (eos != "none") {
-    const int64_t id = flags.get_int("eos");
-    ORIGAMI_CHECK(id >= 0 && id < spec.vocab, "--eos ", id, " is outside the vocabulary of ",
-                  spec.vocab);
-    gc.stop_ids.push_back(id);
-  }
-
-  // The generator and its weights.
-  models::GeneratorOptions go;
-  go.max_batch = int64_t(ids.size());
-  go.max_seq = context;
-  go.compute = dtype_from_name(flags.get("dtype"));
-  go.device = device_from_string(flags.get("device"));
-  go.kv_block_size = flags.get_int("kv-block-size");
-  go.kv_blocks = flags.get_int("kv-blocks");
-
   // The ranks: every rank mpirun / srun / origami launch started, or this process alone.
   const Milliseconds timeout{int64_t(flags.get_double("collective-timeout") * 1000)};
   ORIGAMI_CHECK(timeout.count() > 0, "--collective-timeout must be > 0 seconds");
   std::unique_ptr<Communicator> world =
       multi_rank ? mpi_world_communicator(timeout) : self_communicator("world", timeout);
   const bool root = world->rank() == 0;
+  const std::vector<std::string>& prompts = flags.get_list("prompt");
+  std::string model_dir, checkpoint_dir;
+  models::ModelSpec spec;
+  std::unique_ptr<Tokenizer> tok;
+  std::vector<std::vector<int64_t>> ids;
+  models::GenerationConfig gc;
+  int64_t context = 0;
   ParallelLayout pl;
-  pl.tp = int(flags.get_int("tp"));
-  pl.pp = int(flags.get_int("pp"));
-  pl.ep = int(flags.get_int("ep"));
-  pl.etp = int(flags.get_int("etp"));
-  const RankGroups layout(world->size(), pl);
-  models::check_inference_layout(spec, layout);
-  ProcessGroupsOptions pgo;
-  pgo.timeout = timeout;
-  ProcessGroups groups = ProcessGroups::create(*world, layout, pgo);
-  models::GeneratorParallel par;
-  if (multi_rank) {
-    par.groups = &groups;
-    par.layout = &layout;
-    par.microbatches = int(flags.get_int("microbatches"));
+  std::optional<RankGroups> layout;
+  ProcessGroups groups;
+  std::unique_ptr<models::Generator> gen;
+  double load_s = 0;
+  // Until generation starts each rank works alone and can fail alone (its slices of a
+  // checkpoint, its memory): run_agreed ends every rank together, each naming the failure.
+  try {
+    run_agreed(*world, "reading the model, the tokenizer and the prompts", [&] {
+      ORIGAMI_CHECK(flags.positional().empty(),
+                    "origami generate takes no positional arguments, got '",
+                    flags.positional().empty() ? "" : flags.positional()[0],
+                    "'; give the text with --prompt");
+      model_dir = flags.get("model");
+      const std::string config_path = flags.get("config");
+      ORIGAMI_CHECK(
+          model_dir.empty() != config_path.empty(),
+          "give the model: either --model HF_DIR (a Hugging Face folder) or --config CONFIG "
+          "with a training checkpoint (--checkpoint DIR or the config's "
+          "train.checkpoint_dir)");
+      ORIGAMI_CHECK(!prompts.empty(), "no prompt: give the text with --prompt TEXT");
+
+      // The model spec and where the weights and the tokenizer come from.
+      std::string tokenizer_path = flags.get("tokenizer");
+      if (!model_dir.empty()) {
+        ORIGAMI_CHECK(fs::is_directory(model_dir), "model folder '", model_dir, "' does not exist");
+        ORIGAMI_CHECK(fs::exists(fs::path(model_dir) / "config.json"), "model folder '", model_dir,
+                      "' has no config.json: it is not a Hugging Face model folder");
+        spec = models::spec_from_hf_config(model_dir);
+        if (tokenizer_path.empty()) {
+          ORIGAMI_CHECK(fs::exists(fs::path(model_dir) / "tokenizer.json") ||
+                            fs::exists(fs::path(model_dir) / "tokenizer.model"),
+                        "model folder '", model_dir,
+                        "' has no tokenizer.json or tokenizer.model: give --tokenizer (a tokenizer "
+                        "file, a folder holding one, or 'byte')");
+          tokenizer_path = model_dir;
+        }
+      } else {
+        const Config config = load_config(config_path, flags.get_list("set"));
+        spec = models::spec_from_config(config.model());
+        checkpoint_dir =
+            flags.given("checkpoint") ? flags.get("checkpoint") : config.train().checkpoint_dir();
+        ORIGAMI_CHECK(!checkpoint_dir.empty(), "no checkpoint: give --checkpoint DIR (the config '",
+                      config_path, "' sets no train.checkpoint_dir)");
+        if (tokenizer_path.empty()) tokenizer_path = config.data().tokenizer();
+        ORIGAMI_CHECK(!tokenizer_path.empty(), "no tokenizer: give --tokenizer (the config '",
+                      config_path, "' sets no data.tokenizer)");
+      }
+      spec.validate();
+      tok = load_tokenizer(tokenizer_path);
+      ORIGAMI_CHECK(tok->vocab_size() <= spec.vocab, "vocabulary mismatch: the tokenizer '",
+                    tokenizer_path, "' has ", tok->vocab_size(), " ids but the model (", spec.str(),
+                    ") only ", spec.vocab, "; give the tokenizer the model was trained with");
+
+      // Prompts, and the context they need.
+      const bool add_special = flags.get_bool("add-special");
+      int64_t longest = 0;
+      for (const std::string& text : prompts) {
+        const std::vector<TokenId> enc = tok->encode(text, add_special);
+        ORIGAMI_CHECK(!enc.empty(), "the prompt '", text, "' encodes to no tokens");
+        ids.emplace_back(enc.begin(), enc.end());
+        longest = std::max<int64_t>(longest, int64_t(enc.size()));
+      }
+      gc.max_new_tokens = flags.get_int("max-new-tokens");
+      ORIGAMI_CHECK(gc.max_new_tokens >= 1, "--max-new-tokens must be >= 1, got ",
+                    gc.max_new_tokens);
+      const int64_t limit =
+          flags.get_int("max-context") > 0 ? flags.get_int("max-context") : spec.max_seq_len;
+      ORIGAMI_CHECK(limit <= 0 || longest <= limit, "the prompt has ", longest,
+                    " tokens, longer than the model's context of ", limit,
+                    " tokens: shorten it (or raise --max-context if the model allows)");
+      context =
+          limit > 0 ? std::min(limit, longest + gc.max_new_tokens) : longest + gc.max_new_tokens;
+      gc.sampling.temperature = flags.get_double("temperature");
+      gc.sampling.top_k = flags.get_int("top-k");
+      gc.sampling.top_p = flags.get_double("top-p");
+      gc.sampling.repetition_penalty = flags.get_double("repetition-penalty");
+      gc.sampling.seed = uint64_t(flags.get_int("seed"));
+      gc.sampling.validate();
+      const std::string eos = flags.get("eos");
+      if (eos.empty()) {
+        if (tok->eos_id()) gc.stop_ids.push_back(*tok->eos_id());
+      } else if (eos != "none") {
+        const int64_t id = flags.get_int("eos");
+        ORIGAMI_CHECK(id >= 0 && id < spec.vocab, "--eos ", id, " is outside the vocabulary of ",
+                      spec.vocab);
+        gc.stop_ids.push_back(id);
+      }
+      pl.tp = int(flags.get_int("tp"));
+      pl.pp = int(flags.get_int("pp"));
+      pl.ep = int(flags.get_int("ep"));
+      pl.etp = int(flags.get_int("etp"));
+      layout.emplace(world->size(), pl);
+      models::check_inference_layout(spec, *layout);
+    });
+    ProcessGroupsOptions pgo;
+    pgo.timeout = timeout;
+    groups = ProcessGroups::create(*world, *layout, pgo);
+    run_agreed(*world, "loading the model and its weights", [&] {
+      // The generator and its weights.
+      models::GeneratorOptions go;
+      go.max_batch = int64_t(ids.size());
+      go.max_seq = context;
+      go.compute = dtype_from_name(flags.get("dtype"));
+      go.device = device_from_string(flags.get("device"));
+      go.kv_block_size = flags.get_int("kv-block-size");
+      go.kv_blocks = flags.get_int("kv-blocks");
+      models::GeneratorParallel par;
+      if (multi_rank) {
+        par.groups = &groups;
+        par.layout = &*layout;
+        par.microbatches = int(flags.get_int("microbatches"));
+      }
+      gen = std::make_unique<models::Generator>(spec, go, par);
+      const auto t_load = Clock::now();
+      if (!model_dir.empty())
+        models::load_hf_weights(model_dir, gen->weights());
+      else
+        models::load_training_checkpoint(checkpoint_step_dir(checkpoint_dir), *gen);
+      load_s = std::chrono::duration<double>(Clock::now() - t_load).count();
+    });
+  } catch (const StartupFailure& e) {
+    if (!multi_rank) throw;  // one process: the error as it is
+    std::fprintf(stderr, "origami generate: rank %d: %s: %s\n", world->rank(),
+                 e.failed_here() ? "error" : "stopped", e.what());
+    return e.failed_here() ? 1 : kExitStoppedForOtherRanks;
   }
-  models::Generator gen(spec, go, par);
-  const auto t_load = Clock::now();
-  if (!model_dir.empty())
-    models::load_hf_weights(model_dir, gen.weights());
-  else
-    models::load_training_checkpoint(checkpoint_step_dir(checkpoint_dir), gen);
-  const double load_s = std::chrono::duration<double>(Clock::now() - t_load).count();
   const bool stats = flags.get_bool("stats") && root;
   if (stats) {
-    std::cerr << gen.describe();
+    std::cerr << gen->describe();
     std::fprintf(stderr, "loaded the weights in %.2f s\n", load_s);
   }
 
@@ -269,7 +292,7 @@ int run_generate(const Flags& flags, bool multi_rank) {
       printed = text.size();
     }
   };
-  const std::vector<models::GenerationResult> results = gen.generate(ids, gc, on_token);
+  const std::vector<models::GenerationResult> results = gen->generate(ids, gc, on_token);
   const auto t_end = Clock::now();
 
   for (size_t i = 0; i < results.size() && root; ++i) {

@@ -7,7 +7,7 @@
 #   truncated  PP4: resume from a checkpoint whose rank_00002.bin was cut in half (only rank 2
 #              reads it)
 #   memory     TP2 x DP2 with micro-batches of 96 x 128 tokens (about 500 MiB of activation arena
-#              per rank): rank 2 runs under `ulimit -v` (a wrapper that checks
+#              per rank): rank 2 runs under `ulimit -d` (private memory; shared libraries do not count) (a wrapper that checks
 #              OMPI_COMM_WORLD_RANK), so allocating its part of the model fails
 #   startup_failures.sh corrupt|truncated|memory ORIGAMI MPIEXEC CONFIG
 set -u
@@ -52,7 +52,7 @@ else
   # small batches needs about 320 MiB, with these batches about 800 MiB), the others run as usual.
   cat >"$work/rank2_low_memory.sh" <<'SH'
 #!/usr/bin/env bash
-[ "${OMPI_COMM_WORLD_RANK:-}" = 2 ] && ulimit -v $((550 * 1024))
+[ "${OMPI_COMM_WORLD_RANK:-}" = 2 ] && ulimit -d $((550 * 1024))
 exec "$@"
 SH
   chmod +x "$work/rank2_low_memory.sh"
@@ -92,7 +92,7 @@ case $kind in
       expect "^origami train: rank $r: stopped: rank 2 failed while loading the data, the model and its weights \(see its error\)" 1
     done ;;
   memory)
-    expect "^origami train: rank 2: error: (arena '[a-z ]+' \([0-9.]+ [KMG]iB on cpu\): out of host memory allocating [0-9]+ bytes|out of memory while loading the data, the model and its weights)" 1
+    expect "^origami train: rank 2: error: (arena '[a-z ]+' \([0-9.]+ [KMG]iB on cpu\): )?(out of host memory allocating [0-9]+ bytes|out of memory while loading the data, the model and its weights)" 1
     for r in 0 1 3; do
       expect "^origami train: rank $r: stopped: rank 2 failed while loading" 1
     done ;;
