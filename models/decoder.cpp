@@ -57,15 +57,11 @@ Decoder::Decoder(const ModelSpec& spec, const DecoderOptions& opt)
   ffn_ = d.F;
   vocab_ = d.V;
   vocab_offset_ = int64_t(tp_rank_) * d.V;
-  dispatch_ = d.dispatch;
-  ep_ = layout_.shard().ep;
-  ep_rank_ = layout_.shard().ep_rank;
-  etp_ = layout_.shard().etp;
-  etp_rank_ = layout_.shard().etp_rank;
-  ORIGAMI_CHECK(
-      !dispatch_ || !spec_.is_moe() ||
-          (opt.parallel.tp_ep && (ep_ == 1 || opt.parallel.ep) && (etp_ == 1 || opt.parallel.etp)),
-      "decoder: expert parallelism needs the ep, etp and tp-ep communicators");
+  const ShardSpec& shard = layout_.shard();
+  ORIGAMI_CHECK(!d.dispatch || !spec_.is_moe() ||
+                    (opt.parallel.tp_ep && (shard.ep == 1 || opt.parallel.ep) &&
+                     (shard.etp == 1 || opt.parallel.etp)),
+                "decoder: expert parallelism needs the ep, etp and tp-ep communicators");
   plan_ = memory_plan(spec_, opt);
   BufferMaker mk;
   mk.planning = false;
@@ -96,6 +92,11 @@ Decoder::Decoder(const ModelSpec& spec, const DecoderOptions& opt)
   mbs_ = std::move(a.mbs);
   shared_acts_ = std::move(a.shared_acts);
   s_ = std::make_unique<Scratch>(std::move(a.s));
+  if (d.dispatch && d.any_moe)
+    dispatcher_ = make_expert_dispatcher(
+        opt.parallel.allgather_dispatcher ? DispatcherKind::all_gather : DispatcherKind::all_to_all,
+        {opt.parallel.ep, opt.parallel.etp, opt.parallel.tp_ep}, spec_.moe.num_experts,
+        spec_.hidden, s_->dispatch);
 
   const ModelParamNames& names = layout_.names();
   for (int64_t l = Lb_; l < Le_; ++l) {
@@ -661,6 +662,36 @@ void Decoder::mlp_backward(int64_t l, LayerActivations& a) {
 // ---- MoE block
 // -----------------------------------------------------------------------------------
 
+namespace {
+// The experts on rows grouped by expert (rows[e] each), x [n,H] compute, p [n] f32 routing
+// weights: eg, eu [n,Fe] = x W[e]^T;  ea = silu(eg) * eu * p;  y [n,H] = ea Wdown[e]^T.
+void experts_forward(const LayerWeights& w, std::span<const int64_t> rows, const Tensor& x,
+                     const Tensor& p, LayerActivations& a, Tensor& y) {
+  const int64_t n = x.size(0);
+  Tensor eg = rows_of(a.eg, n), eu = rows_of(a.eu, n), ea = rows_of(a.ea, n);
+  ops::grouped_gemm(x, w.e_gate, rows, eg, true);
+  ops::grouped_gemm(x, w.e_up, rows, eu, true);
+  ops::swiglu_forward(eg, eu, ea, p);
+  ops::grouped_gemm(ea, w.e_down, rows, y, true);
+}
+
+// Their backward: dy [n,H] -> dx [n,H], dp [n] f32; expert weight gradients added to g.
+void experts_backward(const LayerWeights& w, LayerWeights& g, std::span<const int64_t> rows,
+                      const Tensor& x, const Tensor& p, const LayerActivations& a, const Tensor& dy,
+                      Scratch& s, Tensor& dx, Tensor& dp) {
+  const int64_t n = x.size(0);
+  const Tensor eg = rows_of(a.eg, n), eu = rows_of(a.eu, n), ea = rows_of(a.ea, n);
+  Tensor dea = rows_of(s.dea, n), deg = rows_of(s.deg, n), deu = rows_of(s.deu, n);
+  // dea [n,Fe] = dy Wdown[e];  dWdown[e] += dy_e^T ea_e
+  ops::grouped_gemm_backward(ea, w.e_down, dy, rows, dea, g.e_down, true);
+  // deg, deu [n,Fe]; dp [n] = d loss / d prob of each row
+  ops::swiglu_backward(eg, eu, dea, deg, deu, p, dp);
+  // dx [n,H] = deg Wg[e] + deu Wu[e];  dWg[e], dWu[e] += d_e^T x_e
+  ops::grouped_gemm_backward(x, w.e_gate, deg, rows, dx, g.e_gate, true);
+  ops::grouped_gemm_backward(x, w.e_up, deu, rows, dx, g.e_up, true, true);
+}
+}  // namespace
+
 void Decoder::moe_forward(int64_t l, LayerActivations& a) {
   Scratch& s = *s_;
   const LayerWeights& w = w_[size_t(l - Lb_)];
@@ -689,33 +720,28 @@ void Decoder::moe_forward(int64_t l, LayerActivations& a) {
   const std::span<const int64_t> rows(r.group_rows.data_as<int64_t>(), size_t(E));
 
   out.copy_from(a.x_mid);
-  if (dispatch_) {
-    // Experts on other ranks: every rank takes part in the exchange, with or without tokens.
-    Tensor tok = rows_of(a.perm_token, N), pw = rows_of(a.perm_weight, N);
-    Tensor xg = rows_of(a.xg, N), y = rows_of(s.y, N);
-    if (N > 0) {
-      tok.copy_from(rows_of(r.perm_token, N));
-      pw.copy_from(rows_of(r.perm_weight, N));
-      ops::gather_rows(hn2, tok, xg);
-    }
-    experts_forward_dispatched(a, w, N, y);
-    if (N > 0) ops::scatter_add_rows(y, tok, out);
-  } else if (N > 0) {
-    // Permute: token copies sorted by expert. tok, pw [N]; xg [N,H] = hn2[tok]
-    Tensor tok = rows_of(a.perm_token, N), pw = rows_of(a.perm_weight, N);
+  // Permute: token copies sorted by expert. tok, pw [N]; xg [N,H] = hn2[tok]
+  Tensor tok = rows_of(a.perm_token, N), pw = rows_of(a.perm_weight, N);
+  Tensor xg = rows_of(a.xg, N), y = rows_of(s.y, N);
+  if (N > 0) {
     tok.copy_from(rows_of(r.perm_token, N));
     pw.copy_from(rows_of(r.perm_weight, N));
-    Tensor xg = rows_of(a.xg, N), eg = rows_of(a.eg, N), eu = rows_of(a.eu, N),
-           ea = rows_of(a.ea, N), y = rows_of(s.y, N);
     ops::gather_rows(hn2, tok, xg);
-    // Experts: eg, eu [N,Fe] = xg W[e]^T;  ea = silu(eg) * eu * prob;  y [N,H] = ea Wdown[e]^T
-    ops::grouped_gemm(xg, w.e_gate, rows, eg, true);
-    ops::grouped_gemm(xg, w.e_up, rows, eu, true);
-    ops::swiglu_forward(eg, eu, ea, pw);
-    ops::grouped_gemm(ea, w.e_down, rows, y, true);
-    // Unpermute: x_{l+1}[tok] += y (the k copies of a token add up)
-    ops::scatter_add_rows(y, tok, out);
   }
+  if (dispatcher_) {
+    // Experts on other ranks: every rank takes part in the exchange, with or without tokens.
+    // xe [n,H], pe [n]: the rows of this rank's experts; ye [n,H] their outputs.
+    DispatchState& st = a.dispatch;
+    dispatcher_->dispatch(xg, pw, r.group_rows, st, a.xe, a.pe);
+    const int64_t n = st.expert_rows;
+    Tensor ye = rows_of(s.d_ye, n);
+    if (n > 0) experts_forward(w, st.rows_per_expert, rows_of(a.xe, n), rows_of(a.pe, n), a, ye);
+    dispatcher_->combine(ye, st, y);
+  } else if (N > 0) {
+    experts_forward(w, rows, xg, pw, a, y);
+  }
+  // Unpermute: x_{l+1}[tok] += y (the k copies of a token add up)
+  if (N > 0) ops::scatter_add_rows(y, tok, out);
 
   if (w.s_gate.defined()) {
     // Shared expert: x_{l+1} += sigmoid(hn2 . wg) * (silu(hn2 Wg^T) * hn2 Wu^T) Wd^T
@@ -747,31 +773,23 @@ void Decoder::moe_backward(int64_t l, LayerActivations& a) {
   const std::span<const int64_t> rows(r.group_rows.data_as<int64_t>(), size_t(E));
 
   s.dh.zero_();
-  if (dispatch_) {
-    Tensor tok = rows_of(a.perm_token, N);
-    Tensor dy = rows_of(s.dy, N), dxg = rows_of(s.dxg, N), drow = rows_of(s.drow, N);
-    if (N > 0) ops::gather_rows(s.dres_c, tok, dy);
-    experts_backward_dispatched(a, w, g, N, dy, dxg, drow);
-    if (N > 0) {
-      ops::scatter_add_rows(dxg, tok, s.dh);
-      Tensor drow_host = rows_of(s.drow_host, N);
-      drow_host.copy_from(drow);
-    }
+  // dy [N,H] = dout[tok]; dxg [N,H], drow [N] = d loss / d xg, pw
+  Tensor tok = rows_of(a.perm_token, N), pw = rows_of(a.perm_weight, N);
+  Tensor dy = rows_of(s.dy, N), dxg = rows_of(s.dxg, N), drow = rows_of(s.drow, N);
+  if (N > 0) ops::gather_rows(s.dres_c, tok, dy);
+  if (dispatcher_) {
+    const DispatchState& st = a.dispatch;
+    const int64_t n = st.expert_rows;
+    Tensor dye = rows_of(s.d_ye, n), dxe = rows_of(s.d_dxe, n), dpe = rows_of(s.d_drow_e, n);
+    dispatcher_->combine_backward(dy, st, dye);
+    if (n > 0)
+      experts_backward(w, g, st.rows_per_expert, rows_of(a.xe, n), rows_of(a.pe, n), a, dye, s, dxe,
+                       dpe);
+    dispatcher_->dispatch_backward(dxe, dpe, st, dxg, drow);
   } else if (N > 0) {
-    Tensor tok = rows_of(a.perm_token, N), pw = rows_of(a.perm_weight, N);
-    Tensor xg = rows_of(a.xg, N), eg = rows_of(a.eg, N), eu = rows_of(a.eu, N),
-           ea = rows_of(a.ea, N);
-    Tensor dy = rows_of(s.dy, N), dea = rows_of(s.dea, N), deg = rows_of(s.deg, N),
-           deu = rows_of(s.deu, N), dxg = rows_of(s.dxg, N), drow = rows_of(s.drow, N);
-    // dy [N,H] = dout[tok]
-    ops::gather_rows(s.dres_c, tok, dy);
-    // dea [N,Fe] = dy Wdown[e];  dWdown[e] += dy_e^T ea_e
-    ops::grouped_gemm_backward(ea, w.e_down, dy, rows, dea, g.e_down, true);
-    // deg, deu [N,Fe]; drow [N] = d loss / d prob of each copy
-    ops::swiglu_backward(eg, eu, dea, deg, deu, pw, drow);
-    // dxg [N,H] = deg Wg[e] + deu Wu[e];  dWg[e], dWu[e] += d_e^T xg_e
-    ops::grouped_gemm_backward(xg, w.e_gate, deg, rows, dxg, g.e_gate, true);
-    ops::grouped_gemm_backward(xg, w.e_up, deu, rows, dxg, g.e_up, true, true);
+    experts_backward(w, g, rows, rows_of(a.xg, N), pw, a, dy, s, dxg, drow);
+  }
+  if (N > 0) {
     // dh [T,H] = sum over each token's copies
     ops::scatter_add_rows(dxg, tok, s.dh);
     Tensor drow_host = rows_of(s.drow_host, N);
@@ -819,251 +837,6 @@ void Decoder::moe_backward(int64_t l, LayerActivations& a) {
       linear_dw(s.dsl_c, hn2, g.s_expert_gate);
       linear_dx(s.dsl_c, w.s_expert_gate, s.dh, 1.0f);
     }
-  }
-}
-
-// ---- experts across ranks (REFERENCE.md section 2) ------------------------------------------
-//
-// Source order: the rows this rank receives, in blocks by source rank (members of tp-ep, ETP
-// fastest) and, inside a block, by global expert (each source sorted its copies by expert).
-//   all-to-all dispatcher: a2a-v over ep (the rows for this rank's experts), then all-gather-v
-//     over etp (the ETP peers hold the other slices of the same experts and need the same rows);
-//     the sources are the ep peers of each etp peer, blocks [etp peer][ep peer][local expert].
-//   all-gather dispatcher: all-gather-v over tp-ep of every rank's rows, blocks [member][expert]
-//     (rows of other ranks' experts are skipped by idx and get zero outputs).
-// The expert order (rows grouped by local expert, sources in order inside) feeds grouped GEMM.
-
-namespace {
-// Element counts of rows of width w.
-std::vector<int64_t> times(const std::vector<int64_t>& rows, int64_t w) {
-  std::vector<int64_t> out(rows.size());
-  for (size_t i = 0; i < rows.size(); ++i) out[i] = rows[i] * w;
-  return out;
-}
-}  // namespace
-
-void Decoder::experts_forward_dispatched(LayerActivations& a, const LayerWeights& w, int64_t N,
-                                         Tensor& y) {
-  Scratch& s = *s_;
-  const DecoderParallel& par = opt_.parallel;
-  const int64_t E = spec_.moe.num_experts, H = spec_.hidden, El = E / ep_;
-  const int G = ep_ * etp_;
-  // 1. Rows per expert of every member of tp-ep (member m = etp + ETP * ep).
-  Tensor mine = a.router.group_rows;  // [E] i64 host
-  Tensor table = a.table;
-  par.tp_ep->all_gather(mine, table);
-  const int64_t* tab = table.data_as<int64_t>();
-  auto rows_of_member = [&](int m, int64_t e) { return tab[int64_t(m) * E + e]; };
-  const int64_t e0 = int64_t(ep_rank_) * El;  // first local expert
-
-  // 2. Source-order rows (and their routing weights) on this rank.
-  std::vector<std::pair<int, int64_t>> blocks;  // (member, global expert) in source order
-  int64_t src_rows = 0;
-  if (!par.allgather_dispatcher) {
-    // a2a over ep: to ep peer q the rows of q's experts.
-    std::vector<int64_t> send(size_t(ep_), 0), recv(size_t(ep_), 0);
-    const int me = etp_rank_ + etp_ * ep_rank_;
-    for (int q = 0; q < ep_; ++q)
-      for (int64_t e = q * El; e < (q + 1) * El; ++e) send[size_t(q)] += rows_of_member(me, e);
-    for (int q = 0; q < ep_; ++q)
-      for (int64_t e = e0; e < e0 + El; ++e)
-        recv[size_t(q)] += rows_of_member(etp_rank_ + etp_ * q, e);
-    int64_t r_ep = 0;
-    for (int64_t v : recv) r_ep += v;
-    Tensor xg = rows_of(a.xg, N), pw = rows_of(a.perm_weight, N);
-    Tensor rx = rows_of(s.d_recv, r_ep), rp = rows_of(s.d_recv_p, r_ep);
-    if (ep_ > 1) {
-      par.ep->all_to_all_v(xg.view({N * H}), times(send, H), rx, times(recv, H));
-      par.ep->all_to_all_v(pw, send, rp, recv);
-    } else {
-      rx.copy_from(xg);
-      rp.copy_from(pw);
-    }
-    // all-gather over etp of every peer's received rows.
-    std::vector<int64_t> per_etp(size_t(etp_), 0);
-    for (int t = 0; t < etp_; ++t)
-      for (int q = 0; q < ep_; ++q)
-        for (int64_t e = e0; e < e0 + El; ++e)
-          per_etp[size_t(t)] += rows_of_member(t + etp_ * q, e);
-    for (int64_t v : per_etp) src_rows += v;
-    Tensor sx = rows_of(s.d_src_x, src_rows), sp = rows_of(s.d_src_p, src_rows);
-    if (etp_ > 1) {
-      par.etp->all_gather_v(rx.view({r_ep * H}), sx, times(per_etp, H));
-      par.etp->all_gather_v(rp, sp, per_etp);
-    } else {
-      sx.copy_from(rx);
-      sp.copy_from(rp);
-    }
-    for (int t = 0; t < etp_; ++t)
-      for (int q = 0; q < ep_; ++q)
-        for (int64_t e = e0; e < e0 + El; ++e) blocks.push_back({t + etp_ * q, e});
-  } else {
-    std::vector<int64_t> per_member(size_t(G), 0);
-    for (int m = 0; m < G; ++m)
-      for (int64_t e = 0; e < E; ++e) per_member[size_t(m)] += rows_of_member(m, e);
-    for (int64_t v : per_member) src_rows += v;
-    Tensor xg = rows_of(a.xg, N), pw = rows_of(a.perm_weight, N);
-    Tensor sx = rows_of(s.d_src_x, src_rows), sp = rows_of(s.d_src_p, src_rows);
-    par.tp_ep->all_gather_v(xg.view({N * H}), sx, times(per_member, H));
-    par.tp_ep->all_gather_v(pw, sp, per_member);
-    for (int m = 0; m < G; ++m)
-      for (int64_t e = 0; e < E; ++e) blocks.push_back({m, e});
-  }
-
-  // 3. idx: the expert order of this rank's experts' rows.
-  std::vector<int64_t> start(blocks.size(), 0);
-  for (size_t b = 1; b < blocks.size(); ++b)
-    start[b] = start[b - 1] + rows_of_member(blocks[b - 1].first, blocks[b - 1].second);
-  a.rows_e.assign(size_t(El), 0);
-  int64_t* idx = s.d_idx_host.data_as<int64_t>();
-  int64_t n = 0;
-  for (int64_t e = e0; e < e0 + El; ++e)
-    for (size_t b = 0; b < blocks.size(); ++b) {
-      if (blocks[b].second != e) continue;
-      const int64_t c = rows_of_member(blocks[b].first, e);
-      for (int64_t i = 0; i < c; ++i) idx[n++] = start[b] + i;
-      a.rows_e[size_t(e - e0)] += c;
-    }
-  a.src_rows = src_rows;
-  a.exp_rows = n;
-
-  // 4. Experts on the expert-order rows; outputs back in source order (zero for other rows).
-  Tensor ys = rows_of(s.d_src_y, src_rows);
-  ys.zero_();
-  if (n > 0) {
-    Tensor id = rows_of(a.idx, n);
-    id.copy_from(rows_of(s.d_idx_host, n));
-    Tensor xe = rows_of(a.xe, n), pe = rows_of(a.pe, n), eg = rows_of(a.eg, n),
-           eu = rows_of(a.eu, n), ea = rows_of(a.ea, n), ye = rows_of(s.d_ye, n);
-    ops::gather_rows(rows_of(s.d_src_x, src_rows), id, xe);
-    Tensor pe2 = pe.view({n, 1});
-    ops::gather_rows(rows_of(s.d_src_p, src_rows).view({src_rows, 1}), id, pe2);
-    const std::span<const int64_t> rows(a.rows_e.data(), a.rows_e.size());
-    ops::grouped_gemm(xe, w.e_gate, rows, eg, true);
-    ops::grouped_gemm(xe, w.e_up, rows, eu, true);
-    ops::swiglu_forward(eg, eu, ea, pe);
-    ops::grouped_gemm(ea, w.e_down, rows, ye, true);
-    ops::scatter_add_rows(ye, id, ys);
-  }
-
-  // 5. Back to the sources: the mirror of step 2 (sums of the ETP slices' partial outputs).
-  if (!par.allgather_dispatcher) {
-    std::vector<int64_t> per_etp(size_t(etp_), 0), send(size_t(ep_), 0), recv(size_t(ep_), 0);
-    const int me = etp_rank_ + etp_ * ep_rank_;
-    for (int t = 0; t < etp_; ++t)
-      for (int q = 0; q < ep_; ++q)
-        for (int64_t e = e0; e < e0 + El; ++e)
-          per_etp[size_t(t)] += rows_of_member(t + etp_ * q, e);
-    for (int q = 0; q < ep_; ++q)
-      for (int64_t e = q * El; e < (q + 1) * El; ++e) send[size_t(q)] += rows_of_member(me, e);
-    for (int q = 0; q < ep_; ++q)
-      for (int64_t e = e0; e < e0 + El; ++e)
-        recv[size_t(q)] += rows_of_member(etp_rank_ + etp_ * q, e);
-    const int64_t r_ep = per_etp[size_t(etp_rank_)];
-    Tensor rx = rows_of(s.d_recv, r_ep);
-    if (etp_ > 1) {
-      par.etp->reduce_scatter_v(ys.view({src_rows * H}), rx, times(per_etp, H));
-    } else {
-      rx.copy_from(ys);
-    }
-    if (ep_ > 1) {
-      par.ep->all_to_all_v(rx.view({r_ep * H}), times(recv, H), y, times(send, H));
-    } else if (N > 0) {
-      y.copy_from(rx);
-    }
-  } else {
-    std::vector<int64_t> per_member(size_t(G), 0);
-    for (int m = 0; m < G; ++m)
-      for (int64_t e = 0; e < E; ++e) per_member[size_t(m)] += rows_of_member(m, e);
-    par.tp_ep->reduce_scatter_v(ys.view({src_rows * H}), y, times(per_member, H));
-  }
-}
-
-void Decoder::experts_backward_dispatched(LayerActivations& a, const LayerWeights& w,
-                                          LayerWeights& g, int64_t N, const Tensor& dy, Tensor& dxg,
-                                          Tensor& drow) {
-  Scratch& s = *s_;
-  const DecoderParallel& par = opt_.parallel;
-  const int64_t E = spec_.moe.num_experts, H = spec_.hidden, El = E / ep_;
-  const int G = ep_ * etp_;
-  const int64_t* tab = a.table.data_as<int64_t>();
-  auto rows_of_member = [&](int m, int64_t e) { return tab[int64_t(m) * E + e]; };
-  const int64_t e0 = int64_t(ep_rank_) * El;
-  const int64_t src_rows = a.src_rows, n = a.exp_rows;
-
-  // Output gradients to the experts' ranks: the same movement as the forward's step 2.
-  std::vector<int64_t> per_etp(size_t(etp_), 0), send(size_t(ep_), 0), recv(size_t(ep_), 0),
-      per_member(size_t(G), 0);
-  const int me = etp_rank_ + etp_ * ep_rank_;
-  for (int t = 0; t < etp_; ++t)
-    for (int q = 0; q < ep_; ++q)
-      for (int64_t e = e0; e < e0 + El; ++e) per_etp[size_t(t)] += rows_of_member(t + etp_ * q, e);
-  for (int q = 0; q < ep_; ++q)
-    for (int64_t e = q * El; e < (q + 1) * El; ++e) send[size_t(q)] += rows_of_member(me, e);
-  for (int q = 0; q < ep_; ++q)
-    for (int64_t e = e0; e < e0 + El; ++e)
-      recv[size_t(q)] += rows_of_member(etp_rank_ + etp_ * q, e);
-  for (int m = 0; m < G; ++m)
-    for (int64_t e = 0; e < E; ++e) per_member[size_t(m)] += rows_of_member(m, e);
-
-  Tensor dsrc = rows_of(s.d_src_y, src_rows);  // source-order output gradients
-  if (!par.allgather_dispatcher) {
-    const int64_t r_ep = per_etp[size_t(etp_rank_)];
-    Tensor rx = rows_of(s.d_recv, r_ep);
-    if (ep_ > 1)
-      par.ep->all_to_all_v(dy.view({N * H}), times(send, H), rx, times(recv, H));
-    else if (N > 0)
-      rx.copy_from(dy);
-    if (etp_ > 1)
-      par.etp->all_gather_v(rx.view({r_ep * H}), dsrc, times(per_etp, H));
-    else
-      dsrc.copy_from(rx);
-  } else {
-    par.tp_ep->all_gather_v(dy.view({N * H}), dsrc, times(per_member, H));
-  }
-
-  // Experts backward on the expert-order rows; input and weight gradients back in source order.
-  Tensor dxs = rows_of(s.d_src_x, src_rows), dps = rows_of(s.d_src_p, src_rows);
-  dxs.zero_();
-  dps.zero_();
-  if (n > 0) {
-    Tensor id = rows_of(a.idx, n);
-    Tensor xe = rows_of(a.xe, n), pe = rows_of(a.pe, n), eg = rows_of(a.eg, n),
-           eu = rows_of(a.eu, n), ea = rows_of(a.ea, n);
-    Tensor dye = rows_of(s.d_ye, n), dea = rows_of(s.dea, n), deg = rows_of(s.deg, n),
-           deu = rows_of(s.deu, n), dxe = rows_of(s.d_dxe, n), dpe = rows_of(s.d_drow_e, n);
-    ops::gather_rows(dsrc, id, dye);
-    const std::span<const int64_t> rows(a.rows_e.data(), a.rows_e.size());
-    ops::grouped_gemm_backward(ea, w.e_down, dye, rows, dea, g.e_down, true);
-    ops::swiglu_backward(eg, eu, dea, deg, deu, pe, dpe);
-    ops::grouped_gemm_backward(xe, w.e_gate, deg, rows, dxe, g.e_gate, true);
-    ops::grouped_gemm_backward(xe, w.e_up, deu, rows, dxe, g.e_up, true, true);
-    ops::scatter_add_rows(dxe, id, dxs);
-    Tensor dps2 = dps.view({src_rows, 1});
-    ops::scatter_add_rows(dpe.view({n, 1}), id, dps2);
-  }
-
-  // Back to the sources, summing the ETP slices' partial gradients: the forward's step 5.
-  if (!par.allgather_dispatcher) {
-    const int64_t r_ep = per_etp[size_t(etp_rank_)];
-    Tensor rx = rows_of(s.d_recv, r_ep), rp = rows_of(s.d_recv_p, r_ep);
-    if (etp_ > 1) {
-      par.etp->reduce_scatter_v(dxs.view({src_rows * H}), rx, times(per_etp, H));
-      par.etp->reduce_scatter_v(dps, rp, per_etp);
-    } else {
-      rx.copy_from(dxs);
-      rp.copy_from(dps);
-    }
-    if (ep_ > 1) {
-      par.ep->all_to_all_v(rx.view({r_ep * H}), times(recv, H), dxg, times(send, H));
-      par.ep->all_to_all_v(rp, recv, drow, send);
-    } else if (N > 0) {
-      dxg.copy_from(rx);
-      drow.copy_from(rp);
-    }
-  } else {
-    par.tp_ep->reduce_scatter_v(dxs.view({src_rows * H}), dxg, times(per_member, H));
-    par.tp_ep->reduce_scatter_v(dps, drow, per_member);
   }
 }
 

@@ -45,6 +45,7 @@
 namespace origami {
 class Communicator;
 class CpAttention;
+class ExpertDispatcher;
 }  // namespace origami
 
 namespace origami::models {
@@ -231,11 +232,6 @@ class Decoder {
   void mlp_backward(int64_t l, LayerActivations& a);
   void moe_forward(int64_t l, LayerActivations& a);
   void moe_backward(int64_t l, LayerActivations& a);
-  // The experts of a layer across ranks (ep > 1 or etp > 1): xg/pw hold this rank's N permuted
-  // token copies; y receives their expert outputs (forward); dy -> dxg, drow (backward).
-  void experts_forward_dispatched(LayerActivations& a, const LayerWeights& w, int64_t N, Tensor& y);
-  void experts_backward_dispatched(LayerActivations& a, const LayerWeights& w, LayerWeights& g,
-                                   int64_t N, const Tensor& dy, Tensor& dxg, Tensor& drow);
   LayerActivations& acts_for(int64_t l);
   void set_step_rows(int64_t T);  // inference: narrows the working views to a step's rows
   Tensor infer_head(const StepBatch& batch);  // inference: logits of the requested rows
@@ -257,6 +253,8 @@ class Decoder {
   std::vector<LayerActivations> shared_acts_;     // the one set reused with recompute
   std::unique_ptr<Scratch> s_;
   std::unique_ptr<CpAttention> cp_attn_;  // context parallel attention (cp > 1)
+  // The experts of MoE layers across ranks (ep or etp > 1), else null.
+  std::unique_ptr<ExpertDispatcher> dispatcher_;
   // Inference: the full-size buffers the per-step views narrow, the KV caches and step metadata.
   std::unique_ptr<InferenceBuffers> inf_;
   int64_t current_sequences_ = 0, current_max_blocks_ = 0;  // of the step being run
@@ -267,9 +265,7 @@ class Decoder {
   int64_t Lb_ = 0, Le_ = 0;               // this chunk's layers [Lb_, Le_)
   int64_t hq_ = 0, hkv_ = 0, ffn_ = 0;    // this rank's query heads, KV heads, MLP width
   int64_t vocab_ = 0, vocab_offset_ = 0;  // this rank's vocabulary rows
-  bool dispatch_ = false;                 // experts across ranks (ep or etp > 1)
-  int ep_ = 1, ep_rank_ = 0, etp_ = 1, etp_rank_ = 0;
-  std::vector<int64_t> moe_index_;  // layer -> MoE layer index (-1 for dense)
+  std::vector<int64_t> moe_index_;        // layer -> MoE layer index (-1 for dense)
   std::vector<std::vector<int64_t>> expert_counts_;
   std::vector<std::vector<float>> expert_bias_;
   std::vector<double> aux_prob_sums_;  // [E] sum over MoE layers and tokens of aux_probs
