@@ -17,6 +17,7 @@
 #include "ops/rope.h"
 #include "parallel/communicator.h"
 #include "parallel/context_parallel.h"
+#include "parallel/tensor_parallel.h"
 #include "runtime/error.h"
 
 namespace origami::models {
@@ -222,48 +223,6 @@ void load_tokens(const Tensor& src, Tensor& host, Tensor& dev, const char* what)
 }
 }  // namespace
 
-void Decoder::tp_gather_rows(const Tensor& local, Tensor& full) {
-  opt_.parallel.tp->all_gather(local, full);
-}
-
-// partial [T,H]: this rank's share of a row-parallel output. Sequence parallel: its rows
-// [Tl,H] of the sum land in `local`; otherwise partial itself becomes the sum (local unused).
-void Decoder::tp_reduce_rows(Tensor& partial, Tensor& local) {
-  if (sp_)
-    opt_.parallel.tp->reduce_scatter(partial, local);
-  else
-    opt_.parallel.tp->all_reduce(partial);
-}
-
-// out [Tl,H] = x [Tl,H] + in [T,K] @ w [H,K]^T summed over TP (w: this rank's K columns). The
-// residual is folded into the reduction: each rank adds its own rows of x (without SP, rank 0
-// adds all of them), so the sum arrives complete.
-void Decoder::row_parallel_residual(const Tensor& in, const Tensor& w, const Tensor& x,
-                                    Tensor& out) {
-  if (tp_ == 1) {
-    out.copy_from(x);
-    linear(in, w, out, 1.0f);
-    return;
-  }
-  Tensor partial = rows_of(s_->partial, T_);
-  float beta = 0.0f;
-  if (sp_) {
-    partial.zero_();
-    partial.narrow(0, int64_t(tp_rank_) * Tl_, Tl_).copy_from(x);
-    beta = 1.0f;
-  } else if (tp_rank_ == 0) {
-    partial.copy_from(x);
-    beta = 1.0f;
-  }
-  linear(in, w, partial, beta);
-  if (sp_) {
-    opt_.parallel.tp->reduce_scatter(partial, out);
-  } else {
-    opt_.parallel.tp->all_reduce(partial);
-    out.copy_from(partial);
-  }
-}
-
 // The token count the z-loss mean divides by: every row of the batch over the ranks splitting it.
 int64_t Decoder::z_tokens() const {
   const int64_t dp = opt_.parallel.dp ? opt_.parallel.dp->size() : 1;
@@ -298,7 +257,7 @@ void Decoder::embed_tokens(Microbatch& b) {
   } else {
     Tensor& partial = s_->partial;
     ops::embedding_forward(emb, b.ids, partial, vocab_offset_, spec_.vocab);
-    tp_reduce_rows(partial, b.xs[0]);
+    tp_reduce_rows(*opt_.parallel.tp, sp_, partial, b.xs[0]);
     if (!sp_) b.xs[0].copy_from(partial);
   }
 }
@@ -316,7 +275,7 @@ void Decoder::final_norm(Microbatch& b) {
   const Tensor& wf = compute_.get(layout_.names().final_norm);
   if (sp_) {
     ops::rmsnorm_forward(b.xs.back(), wf, float(spec_.rms_eps), s_->hn_local, b.rstd_f);
-    tp_gather_rows(s_->hn_local, b.hf);
+    tp_gather_rows(*opt_.parallel.tp, s_->hn_local, b.hf);
   } else {
     ops::rmsnorm_forward(b.xs.back(), wf, float(spec_.rms_eps), b.hf, b.rstd_f);
   }
@@ -463,7 +422,7 @@ void Decoder::chunk_backward(int slot, const Tensor& dx_in) {
     // dhf [T,H] = dlogits @ Wlm (partial over the vocabulary shards);  dWlm += dlogits^T @ hf
     linear_dx(s.dlogits, compute_.get(lm), s.dh_full);
     linear_dw(s.dlogits, b.hf, grads_.get(lm));
-    if (tp_ > 1) tp_reduce_rows(s.dh_full, s.dh);
+    if (tp_ > 1) tp_reduce_rows(*opt_.parallel.tp, sp_, s.dh_full, s.dh);
     // dx_L through the final norm; dres (f32) carries the residual gradient downwards.
     Tensor dw_final = grads_.get(names.final_norm);
     ops::rmsnorm_backward(b.xs.back(), compute_.get(names.final_norm), b.rstd_f, s.dh, s.dx,
@@ -489,7 +448,7 @@ void Decoder::chunk_backward(int slot, const Tensor& dx_in) {
     // dembed [V,H] += rows of dres by id (this rank's vocabulary rows; all T rows needed)
     Tensor dembed = grads_.get(names.embed);
     if (sp_) {
-      tp_gather_rows(s.dres, s.dres_full);
+      tp_gather_rows(*opt_.parallel.tp, s.dres, s.dres_full);
       ops::embedding_backward(b.ids, s.dres_full, dembed, vocab_offset_, spec_.vocab);
     } else {
       ops::embedding_backward(b.ids, s.dres, dembed, vocab_offset_, spec_.vocab);
@@ -538,7 +497,7 @@ void Decoder::attention_forward(int64_t l, LayerActivations& a) {
   // hn1 [T,H] = rmsnorm(x) (norm of this rank's rows, then gathered with SP)
   if (sp_) {
     ops::rmsnorm_forward(x, w.ln1, float(spec_.rms_eps), s.hn_local, a.rstd1);
-    tp_gather_rows(s.hn_local, a.hn1);
+    tp_gather_rows(*opt_.parallel.tp, s.hn_local, a.hn1);
   } else {
     ops::rmsnorm_forward(x, w.ln1, float(spec_.rms_eps), a.hn1, a.rstd1);
   }
@@ -558,7 +517,7 @@ void Decoder::attention_forward(int64_t l, LayerActivations& a) {
   // attn [B,S,Hq,D] = softmax(q k^T * scale, causal / window) v;  lse [B,Hq,S]
   if (inf_) {  // inference: keys and values to the paged cache, queries against it
     attention_paged(l, a);
-    row_parallel_residual(a.attn, w.wo, x, a.x_mid);
+    row_parallel_residual(opt_.parallel.tp, sp_, a.attn, w.wo, x, s_->partial, a.x_mid);
     return;
   }
   ops::AttentionParams p;
@@ -571,7 +530,7 @@ void Decoder::attention_forward(int64_t l, LayerActivations& a) {
     ops::attention_forward(a.q.view({B, S, Hq, D}), a.k.view({B, S, Hkv, D}),
                            a.v.view({B, S, Hkv, D}), p, attn4, a.lse);
   // x_mid [Tl,H] = x + attn Wo^T (summed over TP)
-  row_parallel_residual(a.attn, w.wo, x, a.x_mid);
+  row_parallel_residual(opt_.parallel.tp, sp_, a.attn, w.wo, x, s_->partial, a.x_mid);
 }
 
 // In: dres_c = d loss / d x_mid (compute dtype). Out: dh = d loss / d hn1 (this rank's rows).
@@ -581,7 +540,8 @@ void Decoder::attention_backward(int64_t l, LayerActivations& a) {
   LayerWeights& g = g_[size_t(l - Lb_)];
   const int64_t B = opt_.batch, S = opt_.seq, T = T_, D = spec_.head_dim;
   const int64_t Hq = hq_, Hkv = hkv_;
-  if (sp_) tp_gather_rows(s.dres_c, s.dfull);  // dfull [T,H] (else dfull is dres_c)
+  if (sp_)
+    tp_gather_rows(*opt_.parallel.tp, s.dres_c, s.dfull);  // dfull [T,H] (else dfull is dres_c)
   // dattn [T,Hq*D] = dx_mid @ Wo;  dWo [H,Hq*D] += dx_mid^T @ attn
   linear_dx(s.dfull, w.wo, s.dattn);
   linear_dw(s.dfull, a.attn, g.wo);
@@ -614,7 +574,7 @@ void Decoder::attention_backward(int64_t l, LayerActivations& a) {
   linear_dx(s.dq, w.wq, s.dh_full);
   linear_dx(s.dk, w.wk, s.dh_full, 1.0f);
   linear_dx(s.dv, w.wv, s.dh_full, 1.0f);
-  if (tp_ > 1) tp_reduce_rows(s.dh_full, s.dh);  // sum of the heads' parts
+  if (tp_ > 1) tp_reduce_rows(*opt_.parallel.tp, sp_, s.dh_full, s.dh);  // sum of the heads' parts
 }
 
 // ---- dense SwiGLU MLP ------------------------------------------------------------------------
@@ -626,7 +586,7 @@ void Decoder::mlp_forward(int64_t l, LayerActivations& a) {
   // hn2 [T,H] = rmsnorm(x_mid) (gathered with SP)
   if (sp_) {
     ops::rmsnorm_forward(a.x_mid, w.ln2, float(spec_.rms_eps), s.hn_local, a.rstd2);
-    tp_gather_rows(s.hn_local, a.hn2);
+    tp_gather_rows(*opt_.parallel.tp, s.hn_local, a.hn2);
   } else {
     ops::rmsnorm_forward(a.x_mid, w.ln2, float(spec_.rms_eps), a.hn2, a.rstd2);
   }
@@ -635,7 +595,7 @@ void Decoder::mlp_forward(int64_t l, LayerActivations& a) {
   linear(a.hn2, w.up, a.up);
   ops::swiglu_forward(a.gate, a.up, a.act);
   // x_{l+1} [Tl,H] = x_mid + act Wdown^T (summed over TP)
-  row_parallel_residual(a.act, w.down, a.x_mid, out);
+  row_parallel_residual(opt_.parallel.tp, sp_, a.act, w.down, a.x_mid, s_->partial, out);
 }
 
 // In: dres_c = d loss / d x_{l+1}. Out: dh = d loss / d hn2.
@@ -645,7 +605,8 @@ void Decoder::mlp_backward(int64_t l, LayerActivations& a) {
   LayerWeights& g = g_[size_t(l - Lb_)];
   const int64_t T = T_, F = ffn_;
   Tensor dact = front(s.dact, T, F), dgate = front(s.dgate, T, F), dup = front(s.dup, T, F);
-  if (sp_) tp_gather_rows(s.dres_c, s.dfull);  // dfull [T,H] (else dfull is dres_c)
+  if (sp_)
+    tp_gather_rows(*opt_.parallel.tp, s.dres_c, s.dfull);  // dfull [T,H] (else dfull is dres_c)
   // dact [T,F] = dout @ Wdown;  dWdown [H,F] += dout^T @ act
   linear_dx(s.dfull, w.down, dact);
   linear_dw(s.dfull, a.act, g.down);
@@ -656,7 +617,7 @@ void Decoder::mlp_backward(int64_t l, LayerActivations& a) {
   linear_dw(dup, a.hn2, g.up);
   linear_dx(dgate, w.gate, s.dh_full);
   linear_dx(dup, w.up, s.dh_full, 1.0f);
-  if (tp_ > 1) tp_reduce_rows(s.dh_full, s.dh);
+  if (tp_ > 1) tp_reduce_rows(*opt_.parallel.tp, sp_, s.dh_full, s.dh);
 }
 
 // ---- MoE block

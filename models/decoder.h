@@ -218,10 +218,6 @@ class Decoder {
 
  private:
   LossInfo finish_loss(Microbatch& b);
-  // TP region boundaries on the residual rows (see the header comment).
-  void tp_gather_rows(const Tensor& local, Tensor& full);
-  void tp_reduce_rows(Tensor& partial, Tensor& local);
-  void row_parallel_residual(const Tensor& in, const Tensor& w, const Tensor& x, Tensor& out);
   int64_t z_tokens() const;
   Microbatch& mb() { return *mbs_[size_t(cur_)]; }
   void layer_forward(int64_t l, LayerActivations& a);
