@@ -56,16 +56,17 @@ struct DecoderParallel {
   // and MoE statistics are summed over it (null: this rank holds the whole batch).
   Communicator* dp = nullptr;
   bool sequence_parallel = false;
-  // Expert layout (MoE parallel folding, REFERENCE.md sections 1-2): experts split over ep, each
-  // expert's width over etp; tokens dispatched over ep (all-to-all) and gathered over etp, or
-  // with the all-gather dispatcher gathered over tp_ep (the ETP x EP group). Null: size 1.
+  // Expert layout (docs/design-facts.md, 'MoE parallel folding' and 'MoE dispatch'): experts
+  // split over ep, each expert's width over etp; tokens dispatched over ep (all-to-all) and
+  // gathered over etp, or with the all-gather dispatcher gathered over tp_ep (the ETP x EP group).
+  // Null: size 1.
   Communicator* ep = nullptr;
   Communicator* etp = nullptr;
   Communicator* tp_ep = nullptr;
   bool allgather_dispatcher = false;
-  // Context parallelism (REFERENCE.md section 3): the batch's sequences are split over cp in the
-  // zigzag order (DecoderOptions::seq is then this rank's S/cp tokens); attention runs across
-  // the group, by ring or by all-gather of K/V. `dp` must then span dp x cp.
+  // Context parallelism (docs/design-facts.md, 'Context parallelism'): the batch's sequences are
+  // split over cp in the zigzag order (DecoderOptions::seq is then this rank's S/cp tokens);
+  // attention runs across the group, by ring or by all-gather of K/V. `dp` must then span dp x cp.
   Communicator* cp = nullptr;
   bool cp_ring = true;
   int64_t layer_begin = 0, layer_end = -1;  // this chunk's layers (-1: to the last)

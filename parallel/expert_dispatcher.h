@@ -1,5 +1,5 @@
-// Expert dispatchers (docs/parallel.md, 'MoE dispatch'): the communication of an MoE layer whose
-// experts live on other ranks. Megatron-style, the layer runs
+// Expert dispatchers (docs/design-facts.md, 'MoE dispatch'): the communication of an MoE layer
+// whose experts live on other ranks. Megatron-style, the layer runs
 //   route (the model) -> dispatch -> experts (the model: grouped GEMM) -> combine
 // and its backward
 //   combine_backward -> experts backward (the model) -> dispatch_backward.

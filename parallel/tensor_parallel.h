@@ -1,5 +1,5 @@
 // Tensor-parallel region boundaries on the rows of the residual stream (Megatron-style; see
-// docs/parallel.md, 'Tensor and sequence parallelism').
+// docs/parallel.md, 'How each dimension works').
 //
 // Without sequence parallelism every TP rank holds all T rows and a row-parallel output [T,H] is
 // summed over TP by an all-reduce. With it, rank t holds rows [t*T/tp, (t+1)*T/tp) (Tl = T/tp
