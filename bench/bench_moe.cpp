@@ -121,9 +121,7 @@ int classify_symbol(const std::string& n) {
   if (has_id(n, "DistributedOptimizer")) return kOptimizer;
   if (has_id(n, "Decoder")) {
     if (any({"attention_forward", "attention_backward"})) return kAttention;
-    if (any({"moe_forward", "moe_backward", "experts_forward_dispatched",
-             "experts_backward_dispatched"}))
-      return kMoe;
+    if (any({"moe_forward", "moe_backward"})) return kMoe;  // the expert dispatcher's calls too
     if (any({"mlp_forward", "mlp_backward"})) return kMlp;
     if (any({"chunk_forward", "chunk_backward", "finish_loss"})) return kHead;
     if (any({"layer_forward", "layer_backward"})) return kOther;  // an inlined block: unknown

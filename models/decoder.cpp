@@ -1,22 +1,20 @@
 #include "models/decoder.h"
 
 #include <algorithm>
-#include <cmath>
 #include <ostream>
-#include <span>
 
 #include "models/decoder_internal.h"
-#include "models/moe_router.h"
 #include "ops/activation.h"
 #include "ops/attention.h"
 #include "ops/cross_entropy.h"
 #include "ops/embedding.h"
 #include "ops/gemm.h"
-#include "ops/index.h"
 #include "ops/norm.h"
 #include "ops/rope.h"
 #include "parallel/communicator.h"
 #include "parallel/context_parallel.h"
+#include "parallel/expert_dispatcher.h"
+#include "parallel/tensor_parallel.h"
 #include "runtime/error.h"
 
 namespace origami::models {
@@ -57,15 +55,11 @@ Decoder::Decoder(const ModelSpec& spec, const DecoderOptions& opt)
   ffn_ = d.F;
   vocab_ = d.V;
   vocab_offset_ = int64_t(tp_rank_) * d.V;
-  dispatch_ = d.dispatch;
-  ep_ = layout_.shard().ep;
-  ep_rank_ = layout_.shard().ep_rank;
-  etp_ = layout_.shard().etp;
-  etp_rank_ = layout_.shard().etp_rank;
-  ORIGAMI_CHECK(
-      !dispatch_ || !spec_.is_moe() ||
-          (opt.parallel.tp_ep && (ep_ == 1 || opt.parallel.ep) && (etp_ == 1 || opt.parallel.etp)),
-      "decoder: expert parallelism needs the ep, etp and tp-ep communicators");
+  const ShardSpec& shard = layout_.shard();
+  ORIGAMI_CHECK(!d.dispatch || !spec_.is_moe() ||
+                    (opt.parallel.tp_ep && (shard.ep == 1 || opt.parallel.ep) &&
+                     (shard.etp == 1 || opt.parallel.etp)),
+                "decoder: expert parallelism needs the ep, etp and tp-ep communicators");
   plan_ = memory_plan(spec_, opt);
   BufferMaker mk;
   mk.planning = false;
@@ -96,6 +90,11 @@ Decoder::Decoder(const ModelSpec& spec, const DecoderOptions& opt)
   mbs_ = std::move(a.mbs);
   shared_acts_ = std::move(a.shared_acts);
   s_ = std::make_unique<Scratch>(std::move(a.s));
+  if (d.dispatch && d.any_moe)
+    dispatcher_ = make_expert_dispatcher(
+        opt.parallel.allgather_dispatcher ? DispatcherKind::all_gather : DispatcherKind::all_to_all,
+        {opt.parallel.ep, opt.parallel.etp, opt.parallel.tp_ep}, spec_.moe.num_experts,
+        spec_.hidden, s_->dispatch);
 
   const ModelParamNames& names = layout_.names();
   for (int64_t l = Lb_; l < Le_; ++l) {
@@ -221,48 +220,6 @@ void load_tokens(const Tensor& src, Tensor& host, Tensor& dev, const char* what)
 }
 }  // namespace
 
-void Decoder::tp_gather_rows(const Tensor& local, Tensor& full) {
-  opt_.parallel.tp->all_gather(local, full);
-}
-
-// partial [T,H]: this rank's share of a row-parallel output. Sequence parallel: its rows
-// [Tl,H] of the sum land in `local`; otherwise partial itself becomes the sum (local unused).
-void Decoder::tp_reduce_rows(Tensor& partial, Tensor& local) {
-  if (sp_)
-    opt_.parallel.tp->reduce_scatter(partial, local);
-  else
-    opt_.parallel.tp->all_reduce(partial);
-}
-
-// out [Tl,H] = x [Tl,H] + in [T,K] @ w [H,K]^T summed over TP (w: this rank's K columns). The
-// residual is folded into the reduction: each rank adds its own rows of x (without SP, rank 0
-// adds all of them), so the sum arrives complete.
-void Decoder::row_parallel_residual(const Tensor& in, const Tensor& w, const Tensor& x,
-                                    Tensor& out) {
-  if (tp_ == 1) {
-    out.copy_from(x);
-    linear(in, w, out, 1.0f);
-    return;
-  }
-  Tensor partial = rows_of(s_->partial, T_);
-  float beta = 0.0f;
-  if (sp_) {
-    partial.zero_();
-    partial.narrow(0, int64_t(tp_rank_) * Tl_, Tl_).copy_from(x);
-    beta = 1.0f;
-  } else if (tp_rank_ == 0) {
-    partial.copy_from(x);
-    beta = 1.0f;
-  }
-  linear(in, w, partial, beta);
-  if (sp_) {
-    opt_.parallel.tp->reduce_scatter(partial, out);
-  } else {
-    opt_.parallel.tp->all_reduce(partial);
-    out.copy_from(partial);
-  }
-}
-
 // The token count the z-loss mean divides by: every row of the batch over the ranks splitting it.
 int64_t Decoder::z_tokens() const {
   const int64_t dp = opt_.parallel.dp ? opt_.parallel.dp->size() : 1;
@@ -297,7 +254,7 @@ void Decoder::embed_tokens(Microbatch& b) {
   } else {
     Tensor& partial = s_->partial;
     ops::embedding_forward(emb, b.ids, partial, vocab_offset_, spec_.vocab);
-    tp_reduce_rows(partial, b.xs[0]);
+    tp_reduce_rows(*opt_.parallel.tp, sp_, partial, b.xs[0]);
     if (!sp_) b.xs[0].copy_from(partial);
   }
 }
@@ -315,7 +272,7 @@ void Decoder::final_norm(Microbatch& b) {
   const Tensor& wf = compute_.get(layout_.names().final_norm);
   if (sp_) {
     ops::rmsnorm_forward(b.xs.back(), wf, float(spec_.rms_eps), s_->hn_local, b.rstd_f);
-    tp_gather_rows(s_->hn_local, b.hf);
+    tp_gather_rows(*opt_.parallel.tp, s_->hn_local, b.hf);
   } else {
     ops::rmsnorm_forward(b.xs.back(), wf, float(spec_.rms_eps), b.hf, b.rstd_f);
   }
@@ -462,7 +419,7 @@ void Decoder::chunk_backward(int slot, const Tensor& dx_in) {
     // dhf [T,H] = dlogits @ Wlm (partial over the vocabulary shards);  dWlm += dlogits^T @ hf
     linear_dx(s.dlogits, compute_.get(lm), s.dh_full);
     linear_dw(s.dlogits, b.hf, grads_.get(lm));
-    if (tp_ > 1) tp_reduce_rows(s.dh_full, s.dh);
+    if (tp_ > 1) tp_reduce_rows(*opt_.parallel.tp, sp_, s.dh_full, s.dh);
     // dx_L through the final norm; dres (f32) carries the residual gradient downwards.
     Tensor dw_final = grads_.get(names.final_norm);
     ops::rmsnorm_backward(b.xs.back(), compute_.get(names.final_norm), b.rstd_f, s.dh, s.dx,
@@ -488,7 +445,7 @@ void Decoder::chunk_backward(int slot, const Tensor& dx_in) {
     // dembed [V,H] += rows of dres by id (this rank's vocabulary rows; all T rows needed)
     Tensor dembed = grads_.get(names.embed);
     if (sp_) {
-      tp_gather_rows(s.dres, s.dres_full);
+      tp_gather_rows(*opt_.parallel.tp, s.dres, s.dres_full);
       ops::embedding_backward(b.ids, s.dres_full, dembed, vocab_offset_, spec_.vocab);
     } else {
       ops::embedding_backward(b.ids, s.dres, dembed, vocab_offset_, spec_.vocab);
@@ -537,7 +494,7 @@ void Decoder::attention_forward(int64_t l, LayerActivations& a) {
   // hn1 [T,H] = rmsnorm(x) (norm of this rank's rows, then gathered with SP)
   if (sp_) {
     ops::rmsnorm_forward(x, w.ln1, float(spec_.rms_eps), s.hn_local, a.rstd1);
-    tp_gather_rows(s.hn_local, a.hn1);
+    tp_gather_rows(*opt_.parallel.tp, s.hn_local, a.hn1);
   } else {
     ops::rmsnorm_forward(x, w.ln1, float(spec_.rms_eps), a.hn1, a.rstd1);
   }
@@ -557,7 +514,7 @@ void Decoder::attention_forward(int64_t l, LayerActivations& a) {
   // attn [B,S,Hq,D] = softmax(q k^T * scale, causal / window) v;  lse [B,Hq,S]
   if (inf_) {  // inference: keys and values to the paged cache, queries against it
     attention_paged(l, a);
-    row_parallel_residual(a.attn, w.wo, x, a.x_mid);
+    row_parallel_residual(opt_.parallel.tp, sp_, a.attn, w.wo, x, s_->partial, a.x_mid);
     return;
   }
   ops::AttentionParams p;
@@ -570,7 +527,7 @@ void Decoder::attention_forward(int64_t l, LayerActivations& a) {
     ops::attention_forward(a.q.view({B, S, Hq, D}), a.k.view({B, S, Hkv, D}),
                            a.v.view({B, S, Hkv, D}), p, attn4, a.lse);
   // x_mid [Tl,H] = x + attn Wo^T (summed over TP)
-  row_parallel_residual(a.attn, w.wo, x, a.x_mid);
+  row_parallel_residual(opt_.parallel.tp, sp_, a.attn, w.wo, x, s_->partial, a.x_mid);
 }
 
 // In: dres_c = d loss / d x_mid (compute dtype). Out: dh = d loss / d hn1 (this rank's rows).
@@ -580,7 +537,8 @@ void Decoder::attention_backward(int64_t l, LayerActivations& a) {
   LayerWeights& g = g_[size_t(l - Lb_)];
   const int64_t B = opt_.batch, S = opt_.seq, T = T_, D = spec_.head_dim;
   const int64_t Hq = hq_, Hkv = hkv_;
-  if (sp_) tp_gather_rows(s.dres_c, s.dfull);  // dfull [T,H] (else dfull is dres_c)
+  if (sp_)
+    tp_gather_rows(*opt_.parallel.tp, s.dres_c, s.dfull);  // dfull [T,H] (else dfull is dres_c)
   // dattn [T,Hq*D] = dx_mid @ Wo;  dWo [H,Hq*D] += dx_mid^T @ attn
   linear_dx(s.dfull, w.wo, s.dattn);
   linear_dw(s.dfull, a.attn, g.wo);
@@ -613,7 +571,7 @@ void Decoder::attention_backward(int64_t l, LayerActivations& a) {
   linear_dx(s.dq, w.wq, s.dh_full);
   linear_dx(s.dk, w.wk, s.dh_full, 1.0f);
   linear_dx(s.dv, w.wv, s.dh_full, 1.0f);
-  if (tp_ > 1) tp_reduce_rows(s.dh_full, s.dh);  // sum of the heads' parts
+  if (tp_ > 1) tp_reduce_rows(*opt_.parallel.tp, sp_, s.dh_full, s.dh);  // sum of the heads' parts
 }
 
 // ---- dense SwiGLU MLP ------------------------------------------------------------------------
@@ -625,7 +583,7 @@ void Decoder::mlp_forward(int64_t l, LayerActivations& a) {
   // hn2 [T,H] = rmsnorm(x_mid) (gathered with SP)
   if (sp_) {
     ops::rmsnorm_forward(a.x_mid, w.ln2, float(spec_.rms_eps), s.hn_local, a.rstd2);
-    tp_gather_rows(s.hn_local, a.hn2);
+    tp_gather_rows(*opt_.parallel.tp, s.hn_local, a.hn2);
   } else {
     ops::rmsnorm_forward(a.x_mid, w.ln2, float(spec_.rms_eps), a.hn2, a.rstd2);
   }
@@ -634,7 +592,7 @@ void Decoder::mlp_forward(int64_t l, LayerActivations& a) {
   linear(a.hn2, w.up, a.up);
   ops::swiglu_forward(a.gate, a.up, a.act);
   // x_{l+1} [Tl,H] = x_mid + act Wdown^T (summed over TP)
-  row_parallel_residual(a.act, w.down, a.x_mid, out);
+  row_parallel_residual(opt_.parallel.tp, sp_, a.act, w.down, a.x_mid, s_->partial, out);
 }
 
 // In: dres_c = d loss / d x_{l+1}. Out: dh = d loss / d hn2.
@@ -644,7 +602,8 @@ void Decoder::mlp_backward(int64_t l, LayerActivations& a) {
   LayerWeights& g = g_[size_t(l - Lb_)];
   const int64_t T = T_, F = ffn_;
   Tensor dact = front(s.dact, T, F), dgate = front(s.dgate, T, F), dup = front(s.dup, T, F);
-  if (sp_) tp_gather_rows(s.dres_c, s.dfull);  // dfull [T,H] (else dfull is dres_c)
+  if (sp_)
+    tp_gather_rows(*opt_.parallel.tp, s.dres_c, s.dfull);  // dfull [T,H] (else dfull is dres_c)
   // dact [T,F] = dout @ Wdown;  dWdown [H,F] += dout^T @ act
   linear_dx(s.dfull, w.down, dact);
   linear_dw(s.dfull, a.act, g.down);
@@ -655,416 +614,7 @@ void Decoder::mlp_backward(int64_t l, LayerActivations& a) {
   linear_dw(dup, a.hn2, g.up);
   linear_dx(dgate, w.gate, s.dh_full);
   linear_dx(dup, w.up, s.dh_full, 1.0f);
-  if (tp_ > 1) tp_reduce_rows(s.dh_full, s.dh);
-}
-
-// ---- MoE block
-// -----------------------------------------------------------------------------------
-
-void Decoder::moe_forward(int64_t l, LayerActivations& a) {
-  Scratch& s = *s_;
-  const LayerWeights& w = w_[size_t(l - Lb_)];
-  const int64_t T = Tl_, E = spec_.moe.num_experts;  // the MoE block runs on this rank's rows
-  const int64_t m = moe_index_[size_t(l)];
-  Tensor& out = mb().xs[size_t(l - Lb_ + 1)];
-  // hn2 [Tl,H] = rmsnorm(x_mid)
-  Tensor hn2 = rows_of(a.hn2, T);
-  ops::rmsnorm_forward(a.x_mid, w.ln2, float(spec_.rms_eps), hn2, a.rstd2);
-
-  // Route. router_logits [T,E] f32 = hn2 Wr^T; the routing itself runs on the host.
-  linear(hn2, w.router, a.router_logits);
-  RouterBuffers& r = a.router;
-  r.logits.copy_from(a.router_logits);
-  const float* bias = spec_.moe.expert_bias ? expert_bias_[size_t(m)].data() : nullptr;
-  const double z = route_forward(spec_.moe, T, bias, r, z_tokens());
-  if (!recomputing_) {
-    z_total_ += z;
-    const int64_t* counts = r.counts.data_as<int64_t>();
-    for (int64_t e = 0; e < E; ++e) expert_counts_[size_t(m)][size_t(e)] = counts[e];
-    const float* q = r.aux_probs.data_as<float>();
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t e = 0; e < E; ++e) aux_prob_sums_[size_t(e)] += q[t * E + e];
-  }
-  const int64_t N = r.rows;
-  const std::span<const int64_t> rows(r.group_rows.data_as<int64_t>(), size_t(E));
-
-  out.copy_from(a.x_mid);
-  if (dispatch_) {
-    // Experts on other ranks: every rank takes part in the exchange, with or without tokens.
-    Tensor tok = rows_of(a.perm_token, N), pw = rows_of(a.perm_weight, N);
-    Tensor xg = rows_of(a.xg, N), y = rows_of(s.y, N);
-    if (N > 0) {
-      tok.copy_from(rows_of(r.perm_token, N));
-      pw.copy_from(rows_of(r.perm_weight, N));
-      ops::gather_rows(hn2, tok, xg);
-    }
-    experts_forward_dispatched(a, w, N, y);
-    if (N > 0) ops::scatter_add_rows(y, tok, out);
-  } else if (N > 0) {
-    // Permute: token copies sorted by expert. tok, pw [N]; xg [N,H] = hn2[tok]
-    Tensor tok = rows_of(a.perm_token, N), pw = rows_of(a.perm_weight, N);
-    tok.copy_from(rows_of(r.perm_token, N));
-    pw.copy_from(rows_of(r.perm_weight, N));
-    Tensor xg = rows_of(a.xg, N), eg = rows_of(a.eg, N), eu = rows_of(a.eu, N),
-           ea = rows_of(a.ea, N), y = rows_of(s.y, N);
-    ops::gather_rows(hn2, tok, xg);
-    // Experts: eg, eu [N,Fe] = xg W[e]^T;  ea = silu(eg) * eu * prob;  y [N,H] = ea Wdown[e]^T
-    ops::grouped_gemm(xg, w.e_gate, rows, eg, true);
-    ops::grouped_gemm(xg, w.e_up, rows, eu, true);
-    ops::swiglu_forward(eg, eu, ea, pw);
-    ops::grouped_gemm(ea, w.e_down, rows, y, true);
-    // Unpermute: x_{l+1}[tok] += y (the k copies of a token add up)
-    ops::scatter_add_rows(y, tok, out);
-  }
-
-  if (w.s_gate.defined()) {
-    // Shared expert: x_{l+1} += sigmoid(hn2 . wg) * (silu(hn2 Wg^T) * hn2 Wu^T) Wd^T
-    linear(hn2, w.s_gate, a.s_gate);
-    linear(hn2, w.s_up, a.s_up);
-    Tensor scale;
-    if (w.s_expert_gate.defined()) {
-      linear(hn2, w.s_expert_gate, a.sg_logit);  // [T,1] f32
-      s.sg_host.copy_from(a.sg_logit.view({T}));
-      float* sg = s.sg_host.data_as<float>();
-      for (int64_t t = 0; t < T; ++t) sg[t] = float(1.0 / (1.0 + std::exp(-double(sg[t]))));
-      a.s_scale.copy_from(s.sg_host);
-      scale = a.s_scale;
-    }
-    ops::swiglu_forward(a.s_gate, a.s_up, a.s_act, scale);
-    linear(a.s_act, w.s_down, out, 1.0f);
-  }
-}
-
-// In: dres_c = d loss / d x_{l+1}. Out: dh = d loss / d hn2 (experts, router, shared expert).
-void Decoder::moe_backward(int64_t l, LayerActivations& a) {
-  Scratch& s = *s_;
-  const LayerWeights& w = w_[size_t(l - Lb_)];
-  LayerWeights& g = g_[size_t(l - Lb_)];
-  const int64_t T = Tl_, E = spec_.moe.num_experts;  // this rank's rows
-  const Tensor hn2 = rows_of(a.hn2, T);
-  const RouterBuffers& r = a.router;
-  const int64_t N = r.rows;
-  const std::span<const int64_t> rows(r.group_rows.data_as<int64_t>(), size_t(E));
-
-  s.dh.zero_();
-  if (dispatch_) {
-    Tensor tok = rows_of(a.perm_token, N);
-    Tensor dy = rows_of(s.dy, N), dxg = rows_of(s.dxg, N), drow = rows_of(s.drow, N);
-    if (N > 0) ops::gather_rows(s.dres_c, tok, dy);
-    experts_backward_dispatched(a, w, g, N, dy, dxg, drow);
-    if (N > 0) {
-      ops::scatter_add_rows(dxg, tok, s.dh);
-      Tensor drow_host = rows_of(s.drow_host, N);
-      drow_host.copy_from(drow);
-    }
-  } else if (N > 0) {
-    Tensor tok = rows_of(a.perm_token, N), pw = rows_of(a.perm_weight, N);
-    Tensor xg = rows_of(a.xg, N), eg = rows_of(a.eg, N), eu = rows_of(a.eu, N),
-           ea = rows_of(a.ea, N);
-    Tensor dy = rows_of(s.dy, N), dea = rows_of(s.dea, N), deg = rows_of(s.deg, N),
-           deu = rows_of(s.deu, N), dxg = rows_of(s.dxg, N), drow = rows_of(s.drow, N);
-    // dy [N,H] = dout[tok]
-    ops::gather_rows(s.dres_c, tok, dy);
-    // dea [N,Fe] = dy Wdown[e];  dWdown[e] += dy_e^T ea_e
-    ops::grouped_gemm_backward(ea, w.e_down, dy, rows, dea, g.e_down, true);
-    // deg, deu [N,Fe]; drow [N] = d loss / d prob of each copy
-    ops::swiglu_backward(eg, eu, dea, deg, deu, pw, drow);
-    // dxg [N,H] = deg Wg[e] + deu Wu[e];  dWg[e], dWu[e] += d_e^T xg_e
-    ops::grouped_gemm_backward(xg, w.e_gate, deg, rows, dxg, g.e_gate, true);
-    ops::grouped_gemm_backward(xg, w.e_up, deu, rows, dxg, g.e_up, true, true);
-    // dh [T,H] = sum over each token's copies
-    ops::scatter_add_rows(dxg, tok, s.dh);
-    Tensor drow_host = rows_of(s.drow_host, N);
-    drow_host.copy_from(drow);
-  }
-
-  // Router: dlogits [T,E] from the routing weights, the balancing loss and the z-loss.
-  route_backward(spec_.moe, T, r, s.drow_host.data_as<float>(),
-                 spec_.moe.aux_loss_coeff > 0 ? mb().aux_grad.data() : nullptr,
-                 s.drouter_host.data_as<float>(), z_tokens());
-  s.drouter.copy_from(s.drouter_host);
-  Tensor dl = s.drouter;
-  if (opt_.compute != DType::f32) {
-    s.drouter_c.copy_from(s.drouter);
-    dl = s.drouter_c;
-  }
-  // dWr [E,H] += dl^T hn2;  dh += dl Wr
-  linear_dw(dl, hn2, g.router);
-  linear_dx(dl, w.router, s.dh, 1.0f);
-
-  if (w.s_gate.defined()) {
-    const int64_t Fs = spec_.moe.shared_expert_ffn;
-    Tensor dact = front(s.dact, T, Fs), dgate = front(s.dgate, T, Fs), dup = front(s.dup, T, Fs);
-    // dact [T,Fs] = dout Wd;  dWd [H,Fs] += dout^T act
-    linear_dx(s.dres_c, w.s_down, dact);
-    linear_dw(s.dres_c, a.s_act, g.s_down);
-    if (w.s_expert_gate.defined())
-      ops::swiglu_backward(a.s_gate, a.s_up, dact, dgate, dup, a.s_scale, s.ds);
-    else
-      ops::swiglu_backward(a.s_gate, a.s_up, dact, dgate, dup);
-    linear_dw(dgate, hn2, g.s_gate);
-    linear_dw(dup, hn2, g.s_up);
-    linear_dx(dgate, w.s_gate, s.dh, 1.0f);
-    linear_dx(dup, w.s_up, s.dh, 1.0f);
-    if (w.s_expert_gate.defined()) {
-      // d gate logit [T] = d scale * s (1 - s)
-      s.ds_host.copy_from(s.ds);
-      s.sg_host.copy_from(a.s_scale);
-      float* ds = s.ds_host.data_as<float>();
-      const float* sg = s.sg_host.data_as<float>();
-      for (int64_t t = 0; t < T; ++t) ds[t] = ds[t] * sg[t] * (1.0f - sg[t]);
-      s.ds.copy_from(s.ds_host);
-      s.dsl_c.view({T}).copy_from(s.ds);
-      // dwg [1,H] += dlogit^T hn2;  dh += dlogit wg
-      linear_dw(s.dsl_c, hn2, g.s_expert_gate);
-      linear_dx(s.dsl_c, w.s_expert_gate, s.dh, 1.0f);
-    }
-  }
-}
-
-// ---- experts across ranks (REFERENCE.md section 2) ------------------------------------------
-//
-// Source order: the rows this rank receives, in blocks by source rank (members of tp-ep, ETP
-// fastest) and, inside a block, by global expert (each source sorted its copies by expert).
-//   all-to-all dispatcher: a2a-v over ep (the rows for this rank's experts), then all-gather-v
-//     over etp (the ETP peers hold the other slices of the same experts and need the same rows);
-//     the sources are the ep peers of each etp peer, blocks [etp peer][ep peer][local expert].
-//   all-gather dispatcher: all-gather-v over tp-ep of every rank's rows, blocks [member][expert]
-//     (rows of other ranks' experts are skipped by idx and get zero outputs).
-// The expert order (rows grouped by local expert, sources in order inside) feeds grouped GEMM.
-
-namespace {
-// Element counts of rows of width w.
-std::vector<int64_t> times(const std::vector<int64_t>& rows, int64_t w) {
-  std::vector<int64_t> out(rows.size());
-  for (size_t i = 0; i < rows.size(); ++i) out[i] = rows[i] * w;
-  return out;
-}
-}  // namespace
-
-void Decoder::experts_forward_dispatched(LayerActivations& a, const LayerWeights& w, int64_t N,
-                                         Tensor& y) {
-  Scratch& s = *s_;
-  const DecoderParallel& par = opt_.parallel;
-  const int64_t E = spec_.moe.num_experts, H = spec_.hidden, El = E / ep_;
-  const int G = ep_ * etp_;
-  // 1. Rows per expert of every member of tp-ep (member m = etp + ETP * ep).
-  Tensor mine = a.router.group_rows;  // [E] i64 host
-  Tensor table = a.table;
-  par.tp_ep->all_gather(mine, table);
-  const int64_t* tab = table.data_as<int64_t>();
-  auto rows_of_member = [&](int m, int64_t e) { return tab[int64_t(m) * E + e]; };
-  const int64_t e0 = int64_t(ep_rank_) * El;  // first local expert
-
-  // 2. Source-order rows (and their routing weights) on this rank.
-  std::vector<std::pair<int, int64_t>> blocks;  // (member, global expert) in source order
-  int64_t src_rows = 0;
-  if (!par.allgather_dispatcher) {
-    // a2a over ep: to ep peer q the rows of q's experts.
-    std::vector<int64_t> send(size_t(ep_), 0), recv(size_t(ep_), 0);
-    const int me = etp_rank_ + etp_ * ep_rank_;
-    for (int q = 0; q < ep_; ++q)
-      for (int64_t e = q * El; e < (q + 1) * El; ++e) send[size_t(q)] += rows_of_member(me, e);
-    for (int q = 0; q < ep_; ++q)
-      for (int64_t e = e0; e < e0 + El; ++e)
-        recv[size_t(q)] += rows_of_member(etp_rank_ + etp_ * q, e);
-    int64_t r_ep = 0;
-    for (int64_t v : recv) r_ep += v;
-    Tensor xg = rows_of(a.xg, N), pw = rows_of(a.perm_weight, N);
-    Tensor rx = rows_of(s.d_recv, r_ep), rp = rows_of(s.d_recv_p, r_ep);
-    if (ep_ > 1) {
-      par.ep->all_to_all_v(xg.view({N * H}), times(send, H), rx, times(recv, H));
-      par.ep->all_to_all_v(pw, send, rp, recv);
-    } else {
-      rx.copy_from(xg);
-      rp.copy_from(pw);
-    }
-    // all-gather over etp of every peer's received rows.
-    std::vector<int64_t> per_etp(size_t(etp_), 0);
-    for (int t = 0; t < etp_; ++t)
-      for (int q = 0; q < ep_; ++q)
-        for (int64_t e = e0; e < e0 + El; ++e)
-          per_etp[size_t(t)] += rows_of_member(t + etp_ * q, e);
-    for (int64_t v : per_etp) src_rows += v;
-    Tensor sx = rows_of(s.d_src_x, src_rows), sp = rows_of(s.d_src_p, src_rows);
-    if (etp_ > 1) {
-      par.etp->all_gather_v(rx.view({r_ep * H}), sx, times(per_etp, H));
-      par.etp->all_gather_v(rp, sp, per_etp);
-    } else {
-      sx.copy_from(rx);
-      sp.copy_from(rp);
-    }
-    for (int t = 0; t < etp_; ++t)
-      for (int q = 0; q < ep_; ++q)
-        for (int64_t e = e0; e < e0 + El; ++e) blocks.push_back({t + etp_ * q, e});
-  } else {
-    std::vector<int64_t> per_member(size_t(G), 0);
-    for (int m = 0; m < G; ++m)
-      for (int64_t e = 0; e < E; ++e) per_member[size_t(m)] += rows_of_member(m, e);
-    for (int64_t v : per_member) src_rows += v;
-    Tensor xg = rows_of(a.xg, N), pw = rows_of(a.perm_weight, N);
-    Tensor sx = rows_of(s.d_src_x, src_rows), sp = rows_of(s.d_src_p, src_rows);
-    par.tp_ep->all_gather_v(xg.view({N * H}), sx, times(per_member, H));
-    par.tp_ep->all_gather_v(pw, sp, per_member);
-    for (int m = 0; m < G; ++m)
-      for (int64_t e = 0; e < E; ++e) blocks.push_back({m, e});
-  }
-
-  // 3. idx: the expert order of this rank's experts' rows.
-  std::vector<int64_t> start(blocks.size(), 0);
-  for (size_t b = 1; b < blocks.size(); ++b)
-    start[b] = start[b - 1] + rows_of_member(blocks[b - 1].first, blocks[b - 1].second);
-  a.rows_e.assign(size_t(El), 0);
-  int64_t* idx = s.d_idx_host.data_as<int64_t>();
-  int64_t n = 0;
-  for (int64_t e = e0; e < e0 + El; ++e)
-    for (size_t b = 0; b < blocks.size(); ++b) {
-      if (blocks[b].second != e) continue;
-      const int64_t c = rows_of_member(blocks[b].first, e);
-      for (int64_t i = 0; i < c; ++i) idx[n++] = start[b] + i;
-      a.rows_e[size_t(e - e0)] += c;
-    }
-  a.src_rows = src_rows;
-  a.exp_rows = n;
-
-  // 4. Experts on the expert-order rows; outputs back in source order (zero for other rows).
-  Tensor ys = rows_of(s.d_src_y, src_rows);
-  ys.zero_();
-  if (n > 0) {
-    Tensor id = rows_of(a.idx, n);
-    id.copy_from(rows_of(s.d_idx_host, n));
-    Tensor xe = rows_of(a.xe, n), pe = rows_of(a.pe, n), eg = rows_of(a.eg, n),
-           eu = rows_of(a.eu, n), ea = rows_of(a.ea, n), ye = rows_of(s.d_ye, n);
-    ops::gather_rows(rows_of(s.d_src_x, src_rows), id, xe);
-    Tensor pe2 = pe.view({n, 1});
-    ops::gather_rows(rows_of(s.d_src_p, src_rows).view({src_rows, 1}), id, pe2);
-    const std::span<const int64_t> rows(a.rows_e.data(), a.rows_e.size());
-    ops::grouped_gemm(xe, w.e_gate, rows, eg, true);
-    ops::grouped_gemm(xe, w.e_up, rows, eu, true);
-    ops::swiglu_forward(eg, eu, ea, pe);
-    ops::grouped_gemm(ea, w.e_down, rows, ye, true);
-    ops::scatter_add_rows(ye, id, ys);
-  }
-
-  // 5. Back to the sources: the mirror of step 2 (sums of the ETP slices' partial outputs).
-  if (!par.allgather_dispatcher) {
-    std::vector<int64_t> per_etp(size_t(etp_), 0), send(size_t(ep_), 0), recv(size_t(ep_), 0);
-    const int me = etp_rank_ + etp_ * ep_rank_;
-    for (int t = 0; t < etp_; ++t)
-      for (int q = 0; q < ep_; ++q)
-        for (int64_t e = e0; e < e0 + El; ++e)
-          per_etp[size_t(t)] += rows_of_member(t + etp_ * q, e);
-    for (int q = 0; q < ep_; ++q)
-      for (int64_t e = q * El; e < (q + 1) * El; ++e) send[size_t(q)] += rows_of_member(me, e);
-    for (int q = 0; q < ep_; ++q)
-      for (int64_t e = e0; e < e0 + El; ++e)
-        recv[size_t(q)] += rows_of_member(etp_rank_ + etp_ * q, e);
-    const int64_t r_ep = per_etp[size_t(etp_rank_)];
-    Tensor rx = rows_of(s.d_recv, r_ep);
-    if (etp_ > 1) {
-      par.etp->reduce_scatter_v(ys.view({src_rows * H}), rx, times(per_etp, H));
-    } else {
-      rx.copy_from(ys);
-    }
-    if (ep_ > 1) {
-      par.ep->all_to_all_v(rx.view({r_ep * H}), times(recv, H), y, times(send, H));
-    } else if (N > 0) {
-      y.copy_from(rx);
-    }
-  } else {
-    std::vector<int64_t> per_member(size_t(G), 0);
-    for (int m = 0; m < G; ++m)
-      for (int64_t e = 0; e < E; ++e) per_member[size_t(m)] += rows_of_member(m, e);
-    par.tp_ep->reduce_scatter_v(ys.view({src_rows * H}), y, times(per_member, H));
-  }
-}
-
-void Decoder::experts_backward_dispatched(LayerActivations& a, const LayerWeights& w,
-                                          LayerWeights& g, int64_t N, const Tensor& dy, Tensor& dxg,
-                                          Tensor& drow) {
-  Scratch& s = *s_;
-  const DecoderParallel& par = opt_.parallel;
-  const int64_t E = spec_.moe.num_experts, H = spec_.hidden, El = E / ep_;
-  const int G = ep_ * etp_;
-  const int64_t* tab = a.table.data_as<int64_t>();
-  auto rows_of_member = [&](int m, int64_t e) { return tab[int64_t(m) * E + e]; };
-  const int64_t e0 = int64_t(ep_rank_) * El;
-  const int64_t src_rows = a.src_rows, n = a.exp_rows;
-
-  // Output gradients to the experts' ranks: the same movement as the forward's step 2.
-  std::vector<int64_t> per_etp(size_t(etp_), 0), send(size_t(ep_), 0), recv(size_t(ep_), 0),
-      per_member(size_t(G), 0);
-  const int me = etp_rank_ + etp_ * ep_rank_;
-  for (int t = 0; t < etp_; ++t)
-    for (int q = 0; q < ep_; ++q)
-      for (int64_t e = e0; e < e0 + El; ++e) per_etp[size_t(t)] += rows_of_member(t + etp_ * q, e);
-  for (int q = 0; q < ep_; ++q)
-    for (int64_t e = q * El; e < (q + 1) * El; ++e) send[size_t(q)] += rows_of_member(me, e);
-  for (int q = 0; q < ep_; ++q)
-    for (int64_t e = e0; e < e0 + El; ++e)
-      recv[size_t(q)] += rows_of_member(etp_rank_ + etp_ * q, e);
-  for (int m = 0; m < G; ++m)
-    for (int64_t e = 0; e < E; ++e) per_member[size_t(m)] += rows_of_member(m, e);
-
-  Tensor dsrc = rows_of(s.d_src_y, src_rows);  // source-order output gradients
-  if (!par.allgather_dispatcher) {
-    const int64_t r_ep = per_etp[size_t(etp_rank_)];
-    Tensor rx = rows_of(s.d_recv, r_ep);
-    if (ep_ > 1)
-      par.ep->all_to_all_v(dy.view({N * H}), times(send, H), rx, times(recv, H));
-    else if (N > 0)
-      rx.copy_from(dy);
-    if (etp_ > 1)
-      par.etp->all_gather_v(rx.view({r_ep * H}), dsrc, times(per_etp, H));
-    else
-      dsrc.copy_from(rx);
-  } else {
-    par.tp_ep->all_gather_v(dy.view({N * H}), dsrc, times(per_member, H));
-  }
-
-  // Experts backward on the expert-order rows; input and weight gradients back in source order.
-  Tensor dxs = rows_of(s.d_src_x, src_rows), dps = rows_of(s.d_src_p, src_rows);
-  dxs.zero_();
-  dps.zero_();
-  if (n > 0) {
-    Tensor id = rows_of(a.idx, n);
-    Tensor xe = rows_of(a.xe, n), pe = rows_of(a.pe, n), eg = rows_of(a.eg, n),
-           eu = rows_of(a.eu, n), ea = rows_of(a.ea, n);
-    Tensor dye = rows_of(s.d_ye, n), dea = rows_of(s.dea, n), deg = rows_of(s.deg, n),
-           deu = rows_of(s.deu, n), dxe = rows_of(s.d_dxe, n), dpe = rows_of(s.d_drow_e, n);
-    ops::gather_rows(dsrc, id, dye);
-    const std::span<const int64_t> rows(a.rows_e.data(), a.rows_e.size());
-    ops::grouped_gemm_backward(ea, w.e_down, dye, rows, dea, g.e_down, true);
-    ops::swiglu_backward(eg, eu, dea, deg, deu, pe, dpe);
-    ops::grouped_gemm_backward(xe, w.e_gate, deg, rows, dxe, g.e_gate, true);
-    ops::grouped_gemm_backward(xe, w.e_up, deu, rows, dxe, g.e_up, true, true);
-    ops::scatter_add_rows(dxe, id, dxs);
-    Tensor dps2 = dps.view({src_rows, 1});
-    ops::scatter_add_rows(dpe.view({n, 1}), id, dps2);
-  }
-
-  // Back to the sources, summing the ETP slices' partial gradients: the forward's step 5.
-  if (!par.allgather_dispatcher) {
-    const int64_t r_ep = per_etp[size_t(etp_rank_)];
-    Tensor rx = rows_of(s.d_recv, r_ep), rp = rows_of(s.d_recv_p, r_ep);
-    if (etp_ > 1) {
-      par.etp->reduce_scatter_v(dxs.view({src_rows * H}), rx, times(per_etp, H));
-      par.etp->reduce_scatter_v(dps, rp, per_etp);
-    } else {
-      rx.copy_from(dxs);
-      rp.copy_from(dps);
-    }
-    if (ep_ > 1) {
-      par.ep->all_to_all_v(rx.view({r_ep * H}), times(recv, H), dxg, times(send, H));
-      par.ep->all_to_all_v(rp, recv, drow, send);
-    } else if (N > 0) {
-      dxg.copy_from(rx);
-      drow.copy_from(rp);
-    }
-  } else {
-    par.tp_ep->reduce_scatter_v(dxs.view({src_rows * H}), dxg, times(per_member, H));
-    par.tp_ep->reduce_scatter_v(dps, drow, per_member);
-  }
+  if (tp_ > 1) tp_reduce_rows(*opt_.parallel.tp, sp_, s.dh_full, s.dh);
 }
 
 }  // namespace origami::models

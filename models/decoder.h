@@ -46,6 +46,7 @@
 namespace origami {
 class Communicator;
 class CpAttention;
+class ExpertDispatcher;
 }  // namespace origami
 
 namespace origami::models {
@@ -58,16 +59,17 @@ struct DecoderParallel {
   // and MoE statistics are summed over it (null: this rank holds the whole batch).
   Communicator* dp = nullptr;
   bool sequence_parallel = false;
-  // Expert layout (MoE parallel folding, REFERENCE.md sections 1-2): experts split over ep, each
-  // expert's width over etp; tokens dispatched over ep (all-to-all) and gathered over etp, or
-  // with the all-gather dispatcher gathered over tp_ep (the ETP x EP group). Null: size 1.
+  // Expert layout (docs/design-facts.md, 'MoE parallel folding' and 'MoE dispatch'): experts
+  // split over ep, each expert's width over etp; tokens dispatched over ep (all-to-all) and
+  // gathered over etp, or with the all-gather dispatcher gathered over tp_ep (the ETP x EP group).
+  // Null: size 1.
   Communicator* ep = nullptr;
   Communicator* etp = nullptr;
   Communicator* tp_ep = nullptr;
   bool allgather_dispatcher = false;
-  // Context parallelism (REFERENCE.md section 3): the batch's sequences are split over cp in the
-  // zigzag order (DecoderOptions::seq is then this rank's S/cp tokens); attention runs across
-  // the group, by ring or by all-gather of K/V. `dp` must then span dp x cp.
+  // Context parallelism (docs/design-facts.md, 'Context parallelism'): the batch's sequences are
+  // split over cp in the zigzag order (DecoderOptions::seq is then this rank's S/cp tokens);
+  // attention runs across the group, by ring or by all-gather of K/V. `dp` must then span dp x cp.
   Communicator* cp = nullptr;
   bool cp_ring = true;
   int64_t layer_begin = 0, layer_end = -1;  // this chunk's layers (-1: to the last)
@@ -202,10 +204,6 @@ class Decoder {
 
  private:
   LossInfo finish_loss(Microbatch& b);
-  // TP region boundaries on the residual rows (see the header comment).
-  void tp_gather_rows(const Tensor& local, Tensor& full);
-  void tp_reduce_rows(Tensor& partial, Tensor& local);
-  void row_parallel_residual(const Tensor& in, const Tensor& w, const Tensor& x, Tensor& out);
   int64_t z_tokens() const;
   Microbatch& mb() { return *mbs_[size_t(cur_)]; }
   void layer_forward(int64_t l, LayerActivations& a);
@@ -216,11 +214,6 @@ class Decoder {
   void mlp_backward(int64_t l, LayerActivations& a);
   void moe_forward(int64_t l, LayerActivations& a);
   void moe_backward(int64_t l, LayerActivations& a);
-  // The experts of a layer across ranks (ep > 1 or etp > 1): xg/pw hold this rank's N permuted
-  // token copies; y receives their expert outputs (forward); dy -> dxg, drow (backward).
-  void experts_forward_dispatched(LayerActivations& a, const LayerWeights& w, int64_t N, Tensor& y);
-  void experts_backward_dispatched(LayerActivations& a, const LayerWeights& w, LayerWeights& g,
-                                   int64_t N, const Tensor& dy, Tensor& dxg, Tensor& drow);
   LayerActivations& acts_for(int64_t l);
   void set_step_rows(int64_t T);  // inference: narrows the working views to a step's rows
   Tensor infer_head(const StepBatch& batch);  // inference: logits of the requested rows
@@ -242,6 +235,8 @@ class Decoder {
   std::vector<LayerActivations> shared_acts_;     // the one set reused with recompute
   std::unique_ptr<Scratch> s_;
   std::unique_ptr<CpAttention> cp_attn_;  // context parallel attention (cp > 1)
+  // The experts of MoE layers across ranks (ep or etp > 1), else null.
+  std::unique_ptr<ExpertDispatcher> dispatcher_;
   // Inference: the full-size buffers the per-step views narrow, the KV caches and step metadata.
   std::unique_ptr<InferenceBuffers> inf_;
   int64_t current_sequences_ = 0, current_max_blocks_ = 0;  // of the step being run
@@ -252,9 +247,7 @@ class Decoder {
   int64_t Lb_ = 0, Le_ = 0;               // this chunk's layers [Lb_, Le_)
   int64_t hq_ = 0, hkv_ = 0, ffn_ = 0;    // this rank's query heads, KV heads, MLP width
   int64_t vocab_ = 0, vocab_offset_ = 0;  // this rank's vocabulary rows
-  bool dispatch_ = false;                 // experts across ranks (ep or etp > 1)
-  int ep_ = 1, ep_rank_ = 0, etp_ = 1, etp_rank_ = 0;
-  std::vector<int64_t> moe_index_;  // layer -> MoE layer index (-1 for dense)
+  std::vector<int64_t> moe_index_;        // layer -> MoE layer index (-1 for dense)
   std::vector<std::vector<int64_t>> expert_counts_;
   std::vector<std::vector<float>> expert_bias_;
   std::vector<double> aux_prob_sums_;  // [E] sum over MoE layers and tokens of aux_probs

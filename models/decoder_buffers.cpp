@@ -105,8 +105,8 @@ void layer_buffers(const ModelSpec& sp, const DecoderOptions& o, const Dims& d, 
     x.eu = mk(kActs, p + "experts.up", {d.Smax, d.Fe}, c);
     x.ea = mk(kActs, p + "experts.act", {d.Smax, d.Fe}, c);
     if (d.dispatch) {
-      x.table = mk(kHost, p + "dispatch.table", {d.G * E}, i64);
-      x.idx = mk(kActs, p + "dispatch.idx", {d.Smax}, i64);
+      x.dispatch.table = mk(kHost, p + "dispatch.table", {d.G * E}, i64);
+      x.dispatch.idx = mk(kActs, p + "dispatch.idx", {d.Smax}, i64);
       x.xe = mk(kActs, p + "dispatch.x", {d.Smax, H}, c);
       x.pe = mk(kActs, p + "dispatch.prob", {d.Smax}, f32);
     }
@@ -182,11 +182,8 @@ void backward_buffers(const ModelSpec& sp, const DecoderOptions& o, const Dims& 
   s.deu = mk(kActs, "experts.dup", {d.Smax, d.Fe}, c);
   if (d.dispatch) {
     const int64_t S = d.Smax;
-    s.d_pe_scratch = mk(kActs, "dispatch.prob scratch", {S}, f32);
     s.d_dxe = mk(kActs, "dispatch.expert dx", {S, H}, c);
     s.d_drow_e = mk(kActs, "dispatch.expert dprob", {S}, f32);
-    s.d_back = mk(kActs, "dispatch.returned", {Nmax, H}, c);
-    s.d_back_p = mk(kActs, "dispatch.returned dprob", {Nmax}, f32);
   }
   s.drow = mk(kActs, "experts.dprob", {Nmax}, f32);
   s.drow_host = mk(kHost, "experts.dprob (host)", {Nmax}, f32);
@@ -312,14 +309,14 @@ void enumerate_buffers(const ModelSpec& sp, const DecoderOptions& o, const Param
     s.y = mk(kActs, "experts.y", {Nmax, H}, c);
     if (d.dispatch) {
       const int64_t S = d.Smax;
-      s.d_src_x = mk(kActs, "dispatch.source x", {S, H}, c);
-      s.d_src_y = mk(kActs, "dispatch.source y", {S, H}, c);
-      s.d_recv = mk(kActs, "dispatch.received", {S, H}, c);
-      s.d_src_p = mk(kActs, "dispatch.source prob", {S}, f32);
-      s.d_recv_p = mk(kActs, "dispatch.received prob", {S}, f32);
+      DispatchBuffers& db = s.dispatch;
+      db.src_x = mk(kActs, "dispatch.source x", {S, H}, c);
+      db.src_y = mk(kActs, "dispatch.source y", {S, H}, c);
+      db.recv = mk(kActs, "dispatch.received", {S, H}, c);
+      db.src_p = mk(kActs, "dispatch.source prob", {S}, f32);
+      db.recv_p = mk(kActs, "dispatch.received prob", {S}, f32);
       s.d_ye = mk(kActs, "dispatch.expert y", {S, H}, c);
-      s.d_idx_host = mk(kHost, "dispatch.idx (host)", {S}, i64);
-      s.d_rows_host = mk(kHost, "dispatch.rows (host)", {d.G}, i64);
+      db.idx_host = mk(kHost, "dispatch.idx (host)", {S}, i64);
     }
     if (sp.moe.shared_expert_gate) s.sg_host = mk(kHost, "shared gate (host)", {Tl}, f32);
     s.moe_counts = mk(kHost, "moe counts", {d.Lm * d.E}, i64);

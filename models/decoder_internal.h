@@ -12,6 +12,7 @@
 #include "models/decoder.h"
 #include "models/moe_router.h"
 #include "ops/gemm.h"
+#include "parallel/expert_dispatcher.h"
 #include "runtime/arena.h"
 #include "runtime/tensor.h"
 
@@ -50,15 +51,11 @@ struct LayerActivations {
   Tensor s_scale;              // [Tl] f32   sigmoid(sg_logit)
   Tensor s_gate, s_up, s_act;  // [Tl,Fs]    shared expert
   RouterBuffers router;        // host
-  // Experts across ranks (dispatch): rows gathered from the source ranks ("source order", blocks
-  // per source rank and expert), of which this rank computes the rows of its local experts in
-  // expert order: xe = src[idx].
-  Tensor table;                 // [G*E] i64 host: rows per (source rank of tp-ep, global expert)
-  Tensor idx;                   // [Smax] i64: source row of each expert-order row
-  Tensor xe;                    // [Smax,H] expert-order input rows
-  Tensor pe;                    // [Smax] f32 their routing weights
-  std::vector<int64_t> rows_e;  // [E/ep] rows per local expert
-  int64_t src_rows = 0, exp_rows = 0;
+  // Experts across ranks: the layer's exchange (parallel/expert_dispatcher.h) and the rows this
+  // rank's experts compute, in expert order.
+  DispatchState dispatch;
+  Tensor xe;  // [Smax,H] expert-order input rows
+  Tensor pe;  // [Smax] f32 their routing weights
 };
 
 // One microbatch in flight through this chunk (a pipeline holds several).
@@ -99,13 +96,9 @@ struct Scratch {
   Tensor drow, drow_host;            // [Nmax] f32
   Tensor drouter_host, drouter, drouter_c;  // [Tl,E] f32 host, f32 device, compute
   Tensor sg_host, ds, ds_host, dsl_c;       // [Tl] f32 host, [Tl] f32, [Tl] host, [Tl,1] compute
-  Tensor d_src_x, d_src_y, d_recv;          // [Smax,H] compute: source-order rows, a2a receive
-  Tensor d_src_p, d_recv_p, d_pe_scratch;   // [Smax] f32
+  DispatchBuffers dispatch;                 // the expert dispatcher's scratch
   Tensor d_ye, d_dxe;                       // [Smax,H] expert-order outputs / input gradients
   Tensor d_drow_e;                          // [Smax] f32
-  Tensor d_back, d_back_p;                  // [Nmax,H], [Nmax] f32: returned rows
-  Tensor d_idx_host;                        // [Smax] i64 host
-  Tensor d_rows_host;                       // [G] i64 host (scratch for counts)
   Tensor moe_counts;                        // [Lm*E] i64 host: token counts to reduce over ranks
   Tensor moe_stats;                         // [E+1] f32 host: aux prob sums, z-loss
   Tensor valid;                             // [1] i64 host: valid targets to reduce over dp

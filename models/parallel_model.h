@@ -2,9 +2,9 @@
 // the training step over it.
 //
 // The rank holds `vpp` pipeline chunks (models::Decoder objects, each its TP slice of a run of
-// layers; virtual stage v = chunk * pp + pp_rank, REFERENCE.md section 4). A step runs M
-// microbatches through the pipeline schedule (1F1B, or interleaved 1F1B with vpp > 1; a plain
-// loop when pp = 1), sending activations forward and gradients backward with non-blocking
+// layers; virtual stage v = chunk * pp + pp_rank, docs/design-facts.md, 'Pipeline schedules'). A
+// step runs M microbatches through the pipeline schedule (1F1B, or interleaved 1F1B with vpp > 1; a
+// plain loop when pp = 1), sending activations forward and gradients backward with non-blocking
 // point-to-point transfers, then reduces the gradients:
 //   1. parameters replicated over TP whose gradients are partial (norms, routers, experts under
 //      sequence parallelism): all-reduce over TP; KV-head slices shared by several TP ranks:

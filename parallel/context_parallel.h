@@ -1,5 +1,5 @@
-// Context parallelism (REFERENCE.md section 3): causal attention over a sequence whose tokens are
-// split across the ranks of a CP group.
+// Context parallelism (docs/design-facts.md, 'Context parallelism'): causal attention over a
+// sequence whose tokens are split across the ranks of a CP group.
 //
 // Zigzag split. The S tokens are cut into 2*CP chunks of C = S / (2*CP) tokens; CP rank r keeps
 // chunks r and 2*CP-1-r, in that order, as its S_local = 2*C tokens. Under a causal mask chunk g

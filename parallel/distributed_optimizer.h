@@ -1,5 +1,6 @@
 // DistributedOptimizer: AdamW over the data-parallel group on one flat parameter buffer per rank
-// (REFERENCE.md section 5), with the optimizer state sharded over dp (ZeRO-1) or replicated.
+// (docs/design-facts.md, 'Distributed optimizer (ZeRO-1)'), with the optimizer state sharded over
+// dp (ZeRO-1) or replicated.
 //
 // The model keeps its parameters in one flat buffer (llm.c style, models/parameters.h):
 //   master  [P] f32   the weights AdamW updates; every dp rank holds all of them after step()
@@ -17,7 +18,7 @@
 //                             reduced). Without ZeRO: all_reduce of each bucket (all of grads).
 //   local_grad_sum_squares()  this rank's share of the squared global norm (owned pieces only, in
 //                             both modes), to be all-reduced by the caller over the group that
-//                             spans the whole model (REFERENCE.md: the world)
+//                             spans the whole model (docs/design-facts.md: the world)
 //   scale_gradients(s)        clipping / averaging factor on the reduced gradients
 //   step(adamw)               ZeRO: AdamW on the owned pieces (m, v only exist for those), then
 //                             all_gather_v of each bucket's updated master pieces; without ZeRO:

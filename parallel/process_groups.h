@@ -1,5 +1,6 @@
 // ProcessGroups: this rank's communicators, one per group of RankGroups, handed to layers
-// explicitly (no global state). Which group reduces what (REFERENCE.md section 1):
+// explicitly (no global state). Which group reduces what (docs/design-facts.md, 'Which group
+// reduces what'):
 //   dense gradients over dp_cp; expert gradients over edp; router aux-loss statistics over tp_cp;
 //   expert-bias token counts over tp_dp_cp; gradient norm over world; token all-to-all over ep;
 //   expert tensor-parallel all-gather / reduce-scatter over etp; per-expert token counts

@@ -1,9 +1,9 @@
-// The equivalence matrix of tensor, pipeline and data parallelism (REFERENCE.md section 6): a
-// small dense model trained 3 optimizer steps under each layout must give the single-rank run's
-// loss at every step (relative error <= 1e-5), and the same gradients (last step) and parameters
-// (after the last step), gathered to full tensors from every shard (<= 1e-5 of the tensor's
-// largest magnitude). The single-rank reference runs in every process, on the whole batch,
-// with gradient accumulation over the same microbatches.
+// The equivalence matrix of tensor, pipeline and data parallelism (docs/design-facts.md, 'How
+// correctness is judged'): a small dense model trained 3 optimizer steps under each layout must
+// give the single-rank run's loss at every step (relative error <= 1e-5), and the same gradients
+// (last step) and parameters (after the last step), gathered to full tensors from every shard (<=
+// 1e-5 of the tensor's largest magnitude). The single-rank reference runs in every process, on the
+// whole batch, with gradient accumulation over the same microbatches.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -30,7 +30,7 @@ namespace {
 
 using test::mpi_world;
 
-constexpr double kTol = 1e-5;  // REFERENCE.md section 6, fp32
+constexpr double kTol = 1e-5;  // docs/design-facts.md, 'How correctness is judged', fp32
 constexpr int kSteps = 3;
 constexpr int kGradStep = kSteps;  // gradients compared at the last step
 
@@ -304,7 +304,8 @@ std::vector<Case> cases() {
       {.name = "cp4_allgather", .world = 4, .cp = 4, .cp_ring = false},
       {.name = "tp2_cp2_sp", .world = 4, .tp = 2, .sp = true, .cp = 2},
       {.name = "cp2_dp2_zero", .world = 4, .dp = 2, .cp = 2},
-      // REFERENCE.md's worked example: attention TP2 x CP2 x DP2, experts ETP1 x EP4 x EDP2.
+      // The worked example of docs/design-facts.md, 'Rank groups': attention TP2 x CP2 x DP2,
+      // experts ETP1 x EP4 x EDP2.
       {.name = "moe_tp2_cp2_dp2_sp_ep4",
        .world = 8,
        .tp = 2,
@@ -332,8 +333,9 @@ std::vector<Case> cases() {
   return v;
 }
 
-// Both dispatchers on the same layout and data agree within 1e-6 (REFERENCE.md section 6): the
-// losses of 3 steps, the first step's gradients and the parameters after the 3 steps.
+// Both dispatchers on the same layout and data agree within 1e-6 (docs/design-facts.md, 'How
+// correctness is judged'): the losses of 3 steps, the first step's gradients and the parameters
+// after the 3 steps.
 TEST(Dispatchers, AllToAllAndAllGatherAgree) {
   Communicator& world = mpi_world();
   if (world.size() != 4) GTEST_SKIP() << "needs 4 ranks";

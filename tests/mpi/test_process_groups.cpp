@@ -1,5 +1,6 @@
-// ProcessGroups on 8 ranks for the worked examples of REFERENCE.md section 1: every communicator's
-// members are the groups listed there, and an all_reduce over a group sums exactly its members.
+// ProcessGroups on 8 ranks for the worked examples of docs/design-facts.md, 'Rank groups': every
+// communicator's members are the groups listed there, and an all_reduce over a group sums exactly
+// its members.
 #include <numeric>
 
 #include "parallel/process_groups.h"

@@ -49,14 +49,16 @@ namespace fs = std::filesystem;
 // ---- model-level tolerances ---------------------------------------------------------------------
 // Against transformers in float64. Errors are max|ours - reference| / max|reference| per tensor.
 // f32: the model is a few hundred f32 operations deep; logits within 1e-4 and the loss within 1e-5
-// (REFERENCE.md section 6). Gradients and the parameters after 5 AdamW steps within 1e-3: Adam
-// divides by sqrt(v), which amplifies the f32 rounding of near-zero gradient elements.
+// (docs/design-facts.md, 'How correctness is judged'). Gradients and the parameters after 5 AdamW
+// steps within 1e-3: Adam divides by sqrt(v), which amplifies the f32 rounding of near-zero
+// gradient elements.
 constexpr double kLogitsF32 = 1e-4;
 constexpr double kLossF32 = 1e-5;
 constexpr double kGradF32 = 1e-3;
 constexpr double kParamF32 = 1e-3;
 // bf16 (bf16 weights and activations, f32 gradients and master weights): 8 mantissa bits
-// through every layer. Loss within 1e-2 (REFERENCE.md section 6); logits and gradients 5e-2.
+// through every layer. Loss within 1e-2 (docs/design-facts.md, 'How correctness is judged');
+// logits and gradients 5e-2.
 // Parameters after 5 steps: 2e-2 relative plus 2 * lr * steps = 1e-2 absolute. An Adam step is
 // about lr in size whatever the gradient's size, so an element whose near-zero gradient bf16
 // rounding flips in sign (k_proj biases, whose gradient nearly cancels) moves by up to 2 lr per

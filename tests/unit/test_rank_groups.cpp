@@ -1,6 +1,6 @@
-// Rank groups: the worked examples of REFERENCE.md section 1 verbatim, then many layouts against a
-// brute-force enumeration written here independently (decode every rank into coordinates, bucket
-// ranks by the coordinates outside the group), then the validation errors.
+// Rank groups: the worked examples of docs/design-facts.md, 'Rank groups', verbatim, then many
+// layouts against a brute-force enumeration written here independently (decode every rank into
+// coordinates, bucket ranks by the coordinates outside the group), then the validation errors.
 #include <algorithm>
 #include <map>
 #include <set>

@@ -1,5 +1,6 @@
-// World discovery from the launch environment, one test per row family of REFERENCE.md section 7,
-// fed as maps (the process environment is never touched). The MPI path is tested in tests/mpi.
+// World discovery from the launch environment, one test per launcher family of the table in
+// docs/launch.md, 'Which rank am I', fed as maps (the process environment is never touched). The
+// MPI path is tested in tests/mpi.
 #include <string>
 #include <vector>
 
