@@ -156,10 +156,10 @@ Tensor run_paged(const PagedCase& c, const PagedInputs& in, DType dtype) {
   return out;
 }
 
-// Block sizes 1, 16 and 32; GQA ratios 1, 4 and 8; head dims 16, 64, 80 and 128; batches that mix
-// decode tokens (q_len 1), whole prompts (q_len = ctx) and chunks (q_len < ctx); windows smaller
-// than a block, spanning blocks, of 1, and larger than every context; empty sequences, an empty
-// batch and rows no sequence owns.
+// Block sizes 1, 16 and 32; GQA ratios 1, 2, 4 and 8; head dims 16, 20, 64, 80 and 128; batches
+// that mix decode tokens (q_len 1), whole prompts (q_len = ctx) and chunks (q_len < ctx); windows
+// smaller than a block, spanning blocks, of 1, and larger than every context; empty sequences, an
+// empty batch and rows no sequence owns.
 std::vector<PagedCase> reference_cases() {
   return {
       {"mixed_bs16_gqa4", 8, 2, 64, 16, {{1, 1}, {1, 37}, {17, 17}, {5, 100}, {1, 300}}, -1, 3},
@@ -172,6 +172,7 @@ std::vector<PagedCase> reference_cases() {
       {"window_beyond_context_bs1", 4, 1, 64, 1, {{1, 30}, {6, 6}}, 1000, 1},
       {"window100_long_chunk_bs32", 4, 1, 64, 32, {{300, 420}, {1, 260}}, 100},
       {"scale_bs16_gqa4", 4, 1, 64, 16, {{3, 20}, {1, 17}}, -1, 0, 3, 0.3f},
+      {"odd_d20_bs16_gqa2", 4, 2, 20, 16, {{1, 40}, {12, 30}}, -1, 1},
       {"empty_batch", 4, 2, 16, 16, {}, -1, 3},
   };
 }
@@ -211,7 +212,8 @@ TEST(PagedAttention, EveryCpuInstructionSetMatchesReference) {
   if (!test::test_device().is_cpu()) GTEST_SKIP() << "CPU kernel variants";
   const std::vector<PagedCase> cases = {
       {"mixed_bs16_gqa4_d64", 8, 2, 64, 16, {{1, 300}, {70, 90}, {1, 1}}, -1, 1},
-      {"window_bs1_mha_d80", 2, 2, 80, 1, {{1, 50}, {9, 30}}, 7, 1},
+      {"window_bs1_mha_d72", 2, 2, 72, 1, {{1, 50}, {9, 30}}, 7, 1},
+      {"odd_d20_bs16_gqa4", 8, 2, 20, 16, {{1, 40}, {12, 30}}, -1, 1},
       {"decode_bs32_gqa8_d128", 8, 1, 128, 32, {{1, 2000}}, -1, 1},
   };
   uint64_t seed = 3000;
