@@ -174,7 +174,9 @@ void paged_kv_copy_blocks(Tensor& k_cache, Tensor& v_cache, const Tensor& pairs)
   if (dev.is_cpu()) {
     const int64_t num_blocks = k_cache.size(0);
     const int32_t* pr = pairs.data_as<const int32_t>();
-    std::vector<int32_t> dsts(static_cast<size_t>(n)), srcs(static_cast<size_t>(n));
+    thread_local std::vector<int32_t> dsts, srcs;  // reused: a serving step allocates nothing
+    dsts.resize(size_t(n));
+    srcs.resize(size_t(n));
     for (int64_t i = 0; i < n; ++i) {
       for (int c = 0; c < 2; ++c)
         ORIGAMI_CHECK(pr[2 * i + c] >= 0 && pr[2 * i + c] < num_blocks, op, ": pairs[", i, "][", c,

@@ -36,7 +36,6 @@
 #include <cstring>
 #include <iterator>
 #include <limits>
-#include <string>
 #include <utility>
 #include <vector>
 
@@ -136,9 +135,9 @@ const Kernels& kernels() {
 #endif
     {"generic", &generic::run_job, &generic::merge_rows},
   };
-  const std::string isa = attention_isa();
+  const char* isa = attention_isa();
   for (const Kernels& k : table)
-    if (isa == k.name) return k;
+    if (std::strcmp(isa, k.name) == 0) return k;
   return table[std::size(table) - 1];
 }
 
