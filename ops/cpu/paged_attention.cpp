@@ -532,14 +532,14 @@ void tile_rows(const Problem& P, const int32_t* table, int64_t a, int64_t b, con
   }
 }
 
-// Asks for elements [begin, begin + n) of nk rows to be brought into L2: one request per 128-byte
-// pair of cache lines (the L2 fetches the pair), which halves the instructions at no loss.
+// Asks for elements [begin, begin + n) of nk rows to be brought into L2, line by line (one request
+// per pair of lines measured slower on bf16 rows of 128 elements).
 template <typename T>
 void prefetch_rows(const T* const* rows, int64_t nk, int64_t begin, int64_t n) {
   for (int64_t j = 0; j < nk; ++j) {
     const uintptr_t p = reinterpret_cast<uintptr_t>(rows[j] + begin);
     const uintptr_t end = p + uintptr_t(n) * sizeof(T);
-    for (uintptr_t line = p & ~uintptr_t(127); line < end; line += 128)
+    for (uintptr_t line = p & ~uintptr_t(63); line < end; line += 64)
       __builtin_prefetch(reinterpret_cast<const void*>(line), 0, 2);
   }
 }
