@@ -8,6 +8,9 @@
 
 #include "ops/check.h"
 #include "ops/cpu/paged_attention.h"
+#if ORIGAMI_CUDA
+#include "ops/cuda/paged_attention.h"
+#endif
 
 namespace origami::ops {
 namespace {
@@ -115,7 +118,8 @@ void paged_attention_forward(const Tensor& q, const Tensor& k_cache, const Tenso
                                         rp, out);
   }
 #if ORIGAMI_CUDA
-  ORIGAMI_FAIL(op, ": no CUDA implementation yet; run it on CPU tensors");
+  cuda::paged_attention_forward(q, k_cache, v_cache, query_start, context_len, block_table, rp,
+                                out);
 #else
   fail_no_cuda(op);
 #endif
@@ -152,7 +156,7 @@ void paged_kv_write(const Tensor& k, const Tensor& v, const Tensor& slot_mapping
     return cpu::paged_kv_write(k, v, slot_mapping, k_cache, v_cache);
   }
 #if ORIGAMI_CUDA
-  ORIGAMI_FAIL(op, ": no CUDA implementation yet; run it on CPU tensors");
+  cuda::paged_kv_write(k, v, slot_mapping, k_cache, v_cache);
 #else
   fail_no_cuda(op);
 #endif
@@ -170,7 +174,9 @@ void paged_kv_copy_blocks(Tensor& k_cache, Tensor& v_cache, const Tensor& pairs)
   if (dev.is_cpu()) {
     const int64_t num_blocks = k_cache.size(0);
     const int32_t* pr = pairs.data_as<const int32_t>();
-    std::vector<int32_t> dsts(static_cast<size_t>(n)), srcs(static_cast<size_t>(n));
+    thread_local std::vector<int32_t> dsts, srcs;  // reused: a serving step allocates nothing
+    dsts.resize(size_t(n));
+    srcs.resize(size_t(n));
     for (int64_t i = 0; i < n; ++i) {
       for (int c = 0; c < 2; ++c)
         ORIGAMI_CHECK(pr[2 * i + c] >= 0 && pr[2 * i + c] < num_blocks, op, ": pairs[", i, "][", c,
@@ -191,7 +197,7 @@ void paged_kv_copy_blocks(Tensor& k_cache, Tensor& v_cache, const Tensor& pairs)
     return cpu::paged_kv_copy_blocks(k_cache, v_cache, pairs);
   }
 #if ORIGAMI_CUDA
-  ORIGAMI_FAIL(op, ": no CUDA implementation yet; run it on CPU tensors");
+  cuda::paged_kv_copy_blocks(k_cache, v_cache, pairs);
 #else
   fail_no_cuda(op);
 #endif

@@ -18,6 +18,7 @@
 #include <cstdint>
 
 #include "ops/cuda/attention.h"
+#include "ops/cuda/attention_tile.cuh"
 #include "ops/cuda/common.cuh"
 
 namespace origami::ops::cuda {
@@ -105,38 +106,7 @@ __global__ void attention_forward_kernel(const T* __restrict__ q, const T* __res
     }
     __syncthreads();
 
-    float s[kKeysPerTile];
-#pragma unroll
-    for (int jj = 0; jj < kKeysPerTile; ++jj) s[jj] = 0.0f;
-    for (int64_t d = 0; d < D; ++d) {
-      const float qd = qr[d];
-#pragma unroll
-      for (int jj = 0; jj < kKeysPerTile; ++jj) s[jj] += qd * sK[jj * D + d];
-    }
-    float mx = -INFINITY;
-#pragma unroll
-    for (int jj = 0; jj < kKeysPerTile; ++jj) {
-      const int64_t j = j0 + jj;
-      if (j < lo || j >= hi) s[jj] = -INFINITY;
-      mx = fmaxf(mx, s[jj]);
-    }
-    const float mnew = fmaxf(m, mx);
-    if (mnew == -INFINITY) continue;  // nothing visible to this row yet
-    const float alpha = exp2f(m - mnew);
-    float psum = 0.0f;
-#pragma unroll
-    for (int jj = 0; jj < kKeysPerTile; ++jj) {
-      s[jj] = exp2f(s[jj] - mnew);
-      psum += s[jj];
-    }
-    l = l * alpha + psum;
-    m = mnew;
-    for (int64_t d = 0; d < D; ++d) {
-      float acc = o[d] * alpha;
-#pragma unroll
-      for (int jj = 0; jj < kKeysPerTile; ++jj) acc += s[jj] * sV[jj * D + d];
-      o[d] = acc;
-    }
+    online_softmax_tile<kKeysPerTile>(qr, sK, sV, D, j0, lo, hi, m, l, o);
   }
 
   __syncthreads();  // (also covers blocks that saw no key tile)
@@ -325,26 +295,12 @@ Dims make_dims(const Tensor& q, const Tensor& k, const AttentionParams& p) {
               q.size(3), p.causal,  p.window,  p.q_offset, p.k_offset};
 }
 
-// Grants `kernel` `bytes` of dynamic shared memory, or fails naming what needs it.
-template <typename Kernel>
-void allow_shared_memory(Kernel kernel, size_t bytes, const char* op, const Tensor& q) {
-  int device = 0, optin = 0;
-  ORIGAMI_CUDA_CHECK(cudaGetDevice(&device));
-  ORIGAMI_CUDA_CHECK(
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  ORIGAMI_CHECK(bytes <= size_t(optin), op, ": head dim ", q.size(3), " needs ", bytes,
-                " bytes of shared memory per block, the device allows ", optin, " (q ", q.str(),
-                ")");
-  if (bytes > 48 * 1024)
-    ORIGAMI_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-}
-
 template <typename T, int ROWS>
 void launch_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Dims& dims,
                     float scale, Tensor& out, Tensor& lse, cudaStream_t stream) {
   const size_t bytes = size_t(2 * ROWS * (dims.D + 1) + 2 * kKeysPerTile * dims.D) * sizeof(float);
-  allow_shared_memory(attention_forward_kernel<T, ROWS>, bytes, "attention_forward", q);
+  allow_shared_memory(attention_forward_kernel<T, ROWS>, bytes, "attention_forward", q.size(3), "q",
+                      q);
   const dim3 grid(unsigned((dims.Sq + ROWS - 1) / ROWS), unsigned(dims.Hq), unsigned(dims.B));
   attention_forward_kernel<T, ROWS><<<grid, ROWS, bytes, stream>>>(
       q.data_as<const T>(), k.data_as<const T>(), v.data_as<const T>(), out.data_as<T>(),
@@ -395,7 +351,8 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
       const size_t bytes = size_t(4 * kBwdKeys * (D + 1) + 2 * kBwdRows * D +
                                   kBwdRows * (kBwdKeys + 1) + 2 * kBwdRows) *
                            sizeof(float);
-      allow_shared_memory(attention_backward_kernel<T>, bytes, "attention_backward", q);
+      allow_shared_memory(attention_backward_kernel<T>, bytes, "attention_backward", q.size(3), "q",
+                          q);
       const dim3 grid(unsigned((dims.Sk + kBwdKeys - 1) / kBwdKeys), unsigned(dims.Hkv),
                       unsigned(dims.B));
       attention_backward_kernel<T><<<grid, kBwdKeys, bytes, stream>>>(

@@ -63,6 +63,23 @@ inline cudaStream_t stream_for(const Tensor& t) {
   return detail::current_cuda_stream(t.device());
 }
 
+// Grants `kernel` `bytes` of dynamic shared memory, or fails naming what needs it (the head dim
+// of tensor `name`).
+template <typename Kernel>
+void allow_shared_memory(Kernel kernel, size_t bytes, const char* op, int64_t head_dim,
+                         const char* name, const Tensor& t) {
+  int device = 0, optin = 0;
+  ORIGAMI_CUDA_CHECK(cudaGetDevice(&device));
+  ORIGAMI_CUDA_CHECK(
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  ORIGAMI_CHECK(bytes <= size_t(optin), op, ": head dim ", head_dim, " needs ", bytes,
+                " bytes of shared memory per block, the device allows ", optin, " (", name, " ",
+                t.str(), ")");
+  if (bytes > 48 * 1024)
+    ORIGAMI_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+}
+
 // Dispatches a lambda over the float dtype of a tensor: fn(float{}) or fn(__nv_bfloat16{}).
 template <typename Fn>
 void dispatch_float(DType dt, const char* op, Fn&& fn) {

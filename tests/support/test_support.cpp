@@ -231,6 +231,19 @@ static std::string json_escape(const std::string& s) {
   return o;
 }
 
+void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
+  try {
+    fn();
+    ADD_FAILURE() << "no origami::Error thrown; expected one naming: "
+                  << (parts.empty() ? std::string("(anything)") : parts.front());
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    for (const std::string& part : parts)
+      EXPECT_NE(msg.find(part), std::string::npos)
+          << "message \"" << msg << "\" does not contain \"" << part << "\"";
+  }
+}
+
 std::map<std::string, HostArray> run_torch(const std::vector<TorchCase>& cases) {
   namespace fs = std::filesystem;
   std::map<std::string, HostArray> out;

@@ -70,6 +70,11 @@ Tensor empty_on_test_device(const Shape& shape, DType dtype);
   EXPECT_TRUE(::origami::test::all_close((actual), (expected), (__VA_ARGS__))) \
       << "  what: " #actual
 
+// ---- errors ------------------------------------------------------------------------------------
+// Runs `fn` and expects an origami::Error whose message contains every piece of `parts` (the op,
+// the argument, the shapes); a missing error or piece fails the calling test.
+void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts);
+
 // ---- finite differences ----------------------------------------------------------------------
 // Checks analytic gradient `grad` of the scalar `loss()` with respect to CPU f32 tensor `x`, by
 // central differences with step h at `samples` coordinates chosen from `seed`. Returns the worst
