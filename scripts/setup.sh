@@ -32,7 +32,7 @@ packages=(
   # libFuzzer for the ORIGAMI_FUZZ=ON build
   clang libclang-rt-14-dev
   # test-time references (never linked into origami)
-  python3 python3-venv python3-torch python3-numpy
+  python3 python3-venv python3-torch python3-numpy python3-jinja2
   # demo corpus for the main job
   fortunes
 )
