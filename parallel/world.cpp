@@ -27,7 +27,7 @@ struct Family {
   const char* num_nodes;
 };
 
-// The order of REFERENCE.md section 7. Slurm's local size is special (compressed lists).
+// The order of docs/launch.md, "Which rank am I". Slurm's local size is special (compressed lists).
 constexpr Family kFamilies[] = {
     {"torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", ""},
     {"openmpi", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",

@@ -190,8 +190,8 @@ std::vector<std::string> decode_stop(const json& body) {
   return stops;
 }
 
-SamplingParams decode_sampling(const json& body, Endpoint endpoint) {
-  SamplingParams s;
+RequestSampling decode_sampling(const json& body, Endpoint endpoint) {
+  RequestSampling s;
   const char* max_key = endpoint == Endpoint::chat && field(body, "max_completion_tokens")
                             ? "max_completion_tokens"
                             : "max_tokens";
@@ -361,13 +361,13 @@ ChatMessage decode_message(const json& m, const std::string& at) {
 
 // ---- encoding helpers -------------------------------------------------------------------------
 
-ordered_json finish_reason(FinishReason f) {
+ordered_json finish_reason(ChoiceFinish f) {
   switch (f) {
-    case FinishReason::stop:
+    case ChoiceFinish::stop:
       return "stop";
-    case FinishReason::length:
+    case ChoiceFinish::length:
       return "length";
-    case FinishReason::none:
+    case ChoiceFinish::none:
       break;
   }
   return nullptr;
@@ -529,7 +529,7 @@ ChatCompletionRequest decode_chat_request(std::string_view body, const ModelLimi
   return r;
 }
 
-int64_t check_prompt_fits(size_t prompt_tokens, const SamplingParams& sampling,
+int64_t check_prompt_fits(size_t prompt_tokens, const RequestSampling& sampling,
                           const ModelLimits& model, std::string_view param) {
   const std::string field_name(param);
   if (prompt_tokens == 0)

@@ -3,7 +3,7 @@
 // encoded as JSON text; server-sent-event framing. No HTTP here (http_server.h) and no engine:
 // the engine tokenizes, schedules, samples and fills the response structs.
 //
-// Decoding rules (REFERENCE §8), each refusal a ProtocolError naming the field in `param`:
+// Decoding rules (docs/serving.md, "Requests"), each refusal a ProtocolError naming the field in `param`:
 //   - the body is a JSON object; unknown fields are ignored, except those whose meaning we cannot
 //     honour (tools, response_format other than text, logit_bias, suffix, best_of != n, guided
 //     decoding, non-text content parts, ...): 400 "not supported".
@@ -78,7 +78,7 @@ std::string encode_error(std::string_view message, std::string_view type,
 // ---- requests ---------------------------------------------------------------------------------
 
 // Sampling and stopping, shared by both endpoints.
-struct SamplingParams {
+struct RequestSampling {
   std::optional<int64_t> max_tokens;  // new tokens at most; nullopt: up to the context
   double temperature = 1.0;           // 0: greedy
   double top_p = 1.0;
@@ -99,7 +99,7 @@ using Prompt = std::variant<std::string, std::vector<int32_t>>;
 struct CompletionRequest {
   std::string model;
   std::vector<Prompt> prompts;  // one or more
-  SamplingParams sampling;      // max_tokens defaults to 16
+  RequestSampling sampling;      // max_tokens defaults to 16
   std::optional<int> logprobs;  // alternatives per token (0 to kMaxLogprobs); nullopt: none
   bool echo = false;            // the prompt is repeated before the completion
   bool stream = false;
@@ -116,7 +116,7 @@ struct ChatMessage {
 struct ChatCompletionRequest {
   std::string model;
   std::vector<ChatMessage> messages;
-  SamplingParams sampling;  // max_tokens unset: the rest of the context
+  RequestSampling sampling;  // max_tokens unset: the rest of the context
   bool logprobs = false;    // logprobs of the sampled tokens
   int top_logprobs = 0;     // alternatives per token (0 to kMaxLogprobs; needs logprobs)
   bool stream = false;
@@ -131,13 +131,13 @@ ChatCompletionRequest decode_chat_request(std::string_view body, const ModelLimi
 // tokens may be generated: max_tokens, or the rest of the context when it is unset. Refuses an
 // empty prompt, a prompt that fills the context, and prompt + max_tokens past it (400
 // context_length_exceeded; `param` names the prompt's field: "prompt" or "messages").
-int64_t check_prompt_fits(size_t prompt_tokens, const SamplingParams& sampling,
+int64_t check_prompt_fits(size_t prompt_tokens, const RequestSampling& sampling,
                           const ModelLimits& model, std::string_view param = "prompt");
 
 // ---- responses --------------------------------------------------------------------------------
 
 enum class Endpoint { completions, chat };
-enum class FinishReason { none, stop, length };  // none: the choice is still running (chunks)
+enum class ChoiceFinish { none, stop, length };  // none: the choice is still running (chunks)
 
 // One token with its log-probability. `token` holds the token's bytes, which may be part of a
 // UTF-8 sequence: encoders replace invalid UTF-8 in text with U+FFFD and give chat the exact
@@ -156,7 +156,7 @@ struct Usage {
 struct Choice {
   int64_t index = 0;
   std::string text;  // completion text or chat content; in a chunk, the new piece only
-  FinishReason finish = FinishReason::none;
+  ChoiceFinish finish = ChoiceFinish::none;
   std::optional<std::vector<TokenLogprob>> logprobs;  // set when the request asked for them
   int64_t text_offset = 0;   // completions: offset of the first token of `logprobs` in the text
   bool first_delta = false;  // chat chunks: this delta opens the message (carries the role)

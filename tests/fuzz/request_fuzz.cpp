@@ -22,7 +22,7 @@ void check(bool ok) {
   if (!ok) __builtin_trap();
 }
 
-void check_sampling(const SamplingParams& s) {
+void check_sampling(const RequestSampling& s) {
   check(!s.max_tokens || *s.max_tokens >= 1);
   check(s.temperature >= 0 && s.temperature <= 2);
   check(s.top_p > 0 && s.top_p <= 1);

@@ -134,7 +134,7 @@ TEST(ServeProtocol, SamplingValuesAreKept) {
                      {"min_tokens", 2},
                      {"ignore_eos", true}};
   const CompletionRequest r = decode_completion_request(body.dump(), kModel);
-  const SamplingParams& s = r.sampling;
+  const RequestSampling& s = r.sampling;
   EXPECT_EQ(s.max_tokens, 7);
   EXPECT_EQ(s.temperature, 0.0);
   EXPECT_DOUBLE_EQ(s.top_p, 0.9);
@@ -374,7 +374,7 @@ TEST(ServeProtocol, TokenPromptsMustFitTheContext) {
 }
 
 TEST(ServeProtocol, CheckPromptFits) {
-  SamplingParams s;
+  RequestSampling s;
   EXPECT_EQ(check_prompt_fits(100, s, kModel), 3996);  // max_tokens unset: the rest
   s.max_tokens = 96;
   EXPECT_EQ(check_prompt_fits(4000, s, kModel), 96);
@@ -387,7 +387,7 @@ TEST(ServeProtocol, CheckPromptFits) {
   const Refusal full = refusal([&] { check_prompt_fits(4096, s, kModel, "messages"); });
   EXPECT_EQ(full.param, "messages");
   EXPECT_EQ(full.code, "context_length_exceeded");
-  SamplingParams m;
+  RequestSampling m;
   m.min_tokens = 100;
   EXPECT_EQ(refusal([&] { check_prompt_fits(4000, m, kModel); }).param, "min_tokens");
   s.max_tokens = std::numeric_limits<int64_t>::max();  // no overflow in the sum
@@ -556,11 +556,11 @@ TEST(ServeProtocol, CompletionResponse) {
   Choice a;
   a.index = 0;
   a.text = " world";
-  a.finish = FinishReason::length;
+  a.finish = ChoiceFinish::length;
   Choice b;
   b.index = 1;
   b.text = "!";
-  b.finish = FinishReason::stop;
+  b.finish = ChoiceFinish::stop;
   r.choices = {a, b};
   r.usage = Usage{5, 7};
   const json j = json::parse(encode_response(r));
@@ -583,7 +583,7 @@ TEST(ServeProtocol, CompletionLogprobs) {
   Response r = sample_response(Endpoint::completions);
   Choice c;
   c.text = "Hi there";
-  c.finish = FinishReason::stop;
+  c.finish = ChoiceFinish::stop;
   c.text_offset = 10;
   c.logprobs = std::vector<TokenLogprob>{
       {"Hi", std::nullopt, {}},  // the first prompt token under echo
@@ -608,7 +608,7 @@ TEST(ServeProtocol, ChatResponseAndLogprobs) {
   Response r = sample_response(Endpoint::chat);
   Choice c;
   c.text = "Bonjour \xf0\x9f\x98";  // cut inside an emoji
-  c.finish = FinishReason::stop;
+  c.finish = ChoiceFinish::stop;
   c.logprobs = std::vector<TokenLogprob>{{"Bon", -0.1, {{"Bon", -0.1}, {"Sal", -2.5}}},
                                          {"\xf0\x9f\x98", -0.5, {}}};
   r.choices = {c};
@@ -654,7 +654,7 @@ TEST(ServeProtocol, ChatStreamChunks) {
   EXPECT_EQ(j["choices"][0]["delta"], (json{{"content", "Hel"}}));
 
   Choice last;
-  last.finish = FinishReason::length;
+  last.finish = ChoiceFinish::length;
   r.choices = {last};
   j = json::parse(encode_chunk(r));
   EXPECT_EQ(j["choices"][0]["delta"], json::object());
