@@ -46,12 +46,20 @@ void ParallelRunner::follow() {
   for (;;) {
     world_.broadcast(header_, 0);
     const int64_t total = header_.data_as<int64_t>()[5];
-    if (total == 0) return;  // stop()
+    if (total == 0) return;   // stop()
+    if (total < 0) continue;  // idle()
     Tensor body = Tensor::zeros({total}, DType::i64);
     world_.broadcast(body, 0);
     serve::unpack_step(std::span<const int64_t>(body.data_as<int64_t>(), size_t(total)), batch_);
     gen_.run(batch_);
   }
+}
+
+void ParallelRunner::idle() {
+  if (world_.size() == 1) return;
+  header_.zero_();
+  header_.data_as<int64_t>()[5] = -1;
+  world_.broadcast(header_, 0);
 }
 
 void ParallelRunner::stop() {

@@ -30,8 +30,9 @@ class ParallelRunner : public serve::Runner {
   ParallelRunner(Generator& gen, Communicator& world);
   serve::RunnerLimits limits() const override { return limits_; }
   Tensor step(const serve::StepBatch& batch) override;  // rank 0
-  void follow();                                        // the other ranks
-  void stop();                                          // rank 0: the followers return
+  void idle() override;  // rank 0: an empty message, so the followers' wait does not time out
+  void follow();         // the other ranks
+  void stop();           // rank 0: the followers return
 
  private:
   Generator& gen_;

@@ -1,6 +1,8 @@
 #include "runtime/serve/engine.h"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <span>
 
 #include "runtime/error.h"
@@ -36,6 +38,11 @@ int64_t Engine::add_request(RequestParams params, TokenCallback callback) {
   ORIGAMI_CHECK(P >= 1, "request: the prompt is empty");
   ORIGAMI_CHECK(params.max_tokens >= 1, "request: max_tokens must be >= 1, got ",
                 params.max_tokens);
+  ORIGAMI_CHECK(params.n >= 1 && params.n <= 64, "request: n must be in [1, 64], got ", params.n);
+  ORIGAMI_CHECK(params.n <= limits_.max_sequences, "request: n = ", params.n,
+                " samples exceed the ", limits_.max_sequences, " sequences a step may run");
+  ORIGAMI_CHECK(params.logprobs >= -1 && params.logprobs <= 20,
+                "request: logprobs must be in [0, 20] (or -1 for none), got ", params.logprobs);
   for (int64_t id : params.prompt)
     ORIGAMI_CHECK(id >= 0 && id < limits_.vocab, "request: token id ", id,
                   " is outside the vocabulary of ", limits_.vocab);
@@ -47,32 +54,77 @@ int64_t Engine::add_request(RequestParams params, TokenCallback callback) {
                 blocks_.blocks_for(P + params.max_tokens), " KV blocks, the cache has ",
                 limits_.kv_blocks);
   params.sampling.validate();
+  auto req = std::make_shared<Request>();
+  req->id = next_request_++;
+  req->live = params.n;
+  req->ended.assign(size_t(params.n), false);
+  req->params = std::move(params);
+  req->callback = std::move(callback);
   auto s = std::make_unique<Sequence>();
   s->id = next_id_++;
-  s->tokens = params.prompt;
+  s->request = req;
+  s->forked = req->params.n == 1;
+  s->tokens = req->params.prompt;
   s->prompt_len = P;
-  s->sampler = std::make_unique<Sampler>(params.sampling, limits_.vocab);
-  s->params = std::move(params);
-  s->callback = std::move(callback);
+  s->sampler = std::make_unique<Sampler>(req->params.sampling, limits_.vocab);
   waiting_.push_back(s.get());
-  const int64_t id = s->id;
-  seqs_[id] = std::move(s);
-  return id;
+  seqs_[s->id] = std::move(s);
+  return req->id;
 }
 
 void Engine::abort(int64_t id) {
-  auto it = seqs_.find(id);
-  if (it == seqs_.end()) return;
-  finish(*it->second, FinishReason::abort, -1);
+  std::vector<Sequence*> found;
+  for (auto& [sid, s] : seqs_)
+    if (s->request->id == id) found.push_back(s.get());
+  for (Sequence* s : found) finish(*s, FinishReason::abort, -1);
+}
+
+void Engine::abort(int64_t id, int sample) {
+  for (auto& [sid, s] : seqs_) {
+    if (s->request->id != id) continue;
+    if (s->forked) {
+      if (s->sample != sample) continue;
+      finish(*s, FinishReason::abort, -1);
+      return;
+    }
+    // The request still runs its prompt as one sequence: the fork will leave this sample out.
+    Request& req = *s->request;
+    if (sample < 0 || sample >= req.params.n || req.ended[size_t(sample)]) return;
+    if (req.live == 1) {  // its last sample: the request ends
+      finish(*s, FinishReason::abort, -1);
+      return;
+    }
+    req.ended[size_t(sample)] = true;
+    --req.live;
+    TokenEvent e;
+    e.sample = sample;
+    e.reason = FinishReason::abort;
+    if (req.callback) req.callback(e);
+    return;
+  }
 }
 
 void Engine::finish(Sequence& s, FinishReason r, int64_t token) {
   if (blocks_.contains(s.id)) blocks_.free(s.id);
   running_.erase(std::remove(running_.begin(), running_.end(), &s), running_.end());
   waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), &s), waiting_.end());
-  TokenCallback cb = std::move(s.callback);
+  std::shared_ptr<Request> req = s.request;
+  std::vector<int> ending = {s.sample};
+  if (!s.forked) {  // an unforked request ends every sample still live with it
+    ending.clear();
+    for (int i = 0; i < req->params.n; ++i)
+      if (!req->ended[size_t(i)]) ending.push_back(i);
+  }
   seqs_.erase(s.id);  // s is gone from here on
-  if (cb) cb(token, r);
+  for (size_t i = 0; i < ending.size(); ++i) {
+    req->ended[size_t(ending[i])] = true;
+    --req->live;
+    TokenEvent e;
+    e.sample = ending[i];
+    e.token = i == 0 ? token : -1;
+    e.reason = r;
+    if (req->callback) req->callback(e);
+  }
 }
 
 void Engine::preempt(Sequence& s) {
@@ -132,8 +184,9 @@ void Engine::schedule(std::vector<Chunk>& chunks) {
     if (&victim == &s) break;
   }
   // 2. Waiting requests join while budget, sequence cap and free blocks allow.
-  while (!waiting_.empty() && budget > 0 && int64_t(running_.size()) < limits_.max_sequences) {
+  while (!waiting_.empty() && budget > 0) {
     Sequence& s = *waiting_.front();
+    if (int64_t(running_.size()) + slots(s) > limits_.max_sequences) break;
     if (!blocks_.contains(s.id) && blocks_.free_blocks() - reserved > 0) {
       // Its cached prefix (allocated now, returned below if the rest does not fit).
       s.computed = reuse_prefix(s);
@@ -150,6 +203,10 @@ void Engine::schedule(std::vector<Chunk>& chunks) {
     reserved += need;
     waiting_.pop_front();
     running_.push_back(&s);
+    if (!s.started) {
+      s.started = true;
+      if (s.request->params.on_scheduled) s.request->params.on_scheduled();
+    }
     chunks.push_back({&s, n});
     budget -= n;
   }
@@ -192,20 +249,105 @@ bool Engine::step() {
       blocks_.publish(s.id, s.published, s.hashes[size_t(s.published)]);
     if (s.computed < int64_t(s.tokens.size())) continue;  // a prompt chunk: nothing to sample
     const std::span<const float> row(logits.data_as<float>() + int64_t(j) * V, size_t(V));
-    const int64_t tok = s.sampler->sample(row, s.tokens);
-    s.tokens.push_back(tok);
-    ++s.generated;
-    ++stats_.generated_tokens;
-    const bool stop = std::find(s.params.stop_ids.begin(), s.params.stop_ids.end(), tok) !=
-                      s.params.stop_ids.end();
-    if (stop)
-      finish(s, FinishReason::stop, tok);
-    else if (s.generated >= s.params.max_tokens || int64_t(s.tokens.size()) >= limits_.max_context)
-      finish(s, FinishReason::length, tok);
-    else if (s.callback)
-      s.callback(tok, FinishReason::none);
+    std::vector<Sequence*> samples = {&s};
+    if (!s.forked) fork_samples(s, samples);  // the samples draw from the same row
+    for (Sequence* x : samples) sample_next(*x, row);
   }
   return true;
+}
+
+void Engine::fork_samples(Sequence& s, std::vector<Sequence*>& samples) {
+  Request& req = *s.request;
+  s.forked = true;
+  samples.clear();
+  for (int i = 0; i < req.params.n; ++i) {
+    if (req.ended[size_t(i)]) continue;  // aborted before the fork
+    if (samples.empty()) {               // the first live sample keeps the sequence
+      s.sample = i;
+      samples.push_back(&s);
+      continue;
+    }
+    auto c = std::make_unique<Sequence>();
+    c->id = next_id_++;
+    c->request = s.request;
+    c->sample = i;
+    c->forked = true;
+    c->tokens = s.tokens;
+    c->prompt_len = s.prompt_len;
+    c->computed = s.computed;
+    c->hashes = s.hashes;
+    c->published = s.published;
+    SamplingParams sp = req.params.sampling;
+    sp.seed += uint64_t(i);
+    c->sampler = std::make_unique<Sampler>(sp, limits_.vocab);
+    blocks_.fork(s.id, c->id);
+    running_.push_back(c.get());
+    samples.push_back(c.get());
+    seqs_[c->id] = std::move(c);
+  }
+  // Sample 0 keeps the request's seed; the sequence's sampler was made with it.
+  if (s.sample != 0) {
+    SamplingParams sp = req.params.sampling;
+    sp.seed += uint64_t(s.sample);
+    s.sampler = std::make_unique<Sampler>(sp, limits_.vocab);
+  }
+}
+
+void Engine::sample_next(Sequence& s, std::span<const float> row) {
+  const RequestParams& p = s.request->params;
+  // Before min_tokens, the stop ids are masked (their logits set to -inf in a copy).
+  std::span<const float> use = row;
+  if (s.generated < p.min_tokens && !p.stop_ids.empty()) {
+    masked_.assign(row.begin(), row.end());
+    for (int64_t id : p.stop_ids)
+      if (id >= 0 && id < int64_t(masked_.size()))
+        masked_[size_t(id)] = -std::numeric_limits<float>::infinity();
+    use = masked_;
+  }
+  const int64_t tok = s.sampler->sample(use, s.tokens, size_t(s.generated));
+  TokenEvent e;
+  e.sample = s.sample;
+  e.token = tok;
+  if (p.logprobs >= 0) {
+    // log-softmax of the model's row: x - max - log(sum exp(x - max)), in double.
+    const float mx = *std::max_element(row.begin(), row.end());
+    double sum = 0.0;
+    for (float x : row) sum += std::exp(double(x) - double(mx));
+    const double lse = double(mx) + std::log(sum);
+    e.logprob = double(row[size_t(tok)]) - lse;
+    top_.clear();
+    if (p.logprobs > 0) {
+      const size_t k = std::min<size_t>(size_t(p.logprobs), row.size());
+      order_.resize(row.size());
+      for (size_t i = 0; i < row.size(); ++i) order_[i] = int32_t(i);
+      std::partial_sort(order_.begin(), order_.begin() + std::ptrdiff_t(k), order_.end(),
+                        [&row](int32_t a, int32_t b) {
+                          return row[size_t(a)] > row[size_t(b)] ||
+                                 (row[size_t(a)] == row[size_t(b)] && a < b);
+                        });
+      for (size_t i = 0; i < k; ++i)
+        top_.emplace_back(order_[i], double(row[size_t(order_[i])]) - lse);
+    }
+    e.top = top_;
+  }
+  s.tokens.push_back(tok);
+  ++s.generated;
+  ++stats_.generated_tokens;
+  const bool stop =
+      std::find(p.stop_ids.begin(), p.stop_ids.end(), tok) != p.stop_ids.end();
+  if (stop || s.generated >= p.max_tokens || int64_t(s.tokens.size()) >= limits_.max_context) {
+    // The token's event carries the end (finish() reports it after freeing the blocks).
+    e.reason = stop ? FinishReason::stop : FinishReason::length;
+    if (blocks_.contains(s.id)) blocks_.free(s.id);
+    running_.erase(std::remove(running_.begin(), running_.end(), &s), running_.end());
+    std::shared_ptr<Request> req = s.request;
+    req->ended[size_t(s.sample)] = true;
+    --req->live;
+    seqs_.erase(s.id);
+    if (req->callback) req->callback(e);
+    return;
+  }
+  if (s.request->callback) s.request->callback(e);
 }
 
 EngineStats Engine::stats() const {

@@ -32,7 +32,9 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "runtime/serve/kv_blocks.h"
@@ -49,11 +51,28 @@ struct RequestParams {
   SamplingParams sampling;        // temperature 0: greedy; else seeded sampling
   int64_t max_tokens = 16;        // generated tokens at most (>= 1)
   std::vector<int64_t> stop_ids;  // tokens that end the sequence (end-of-sequence ids)
+  int64_t min_tokens = 0;         // the stop ids cannot be sampled before this many tokens
+  // Samples of the prompt (1 to 64). The prompt runs once; then the samples fork its blocks
+  // (copy-on-write) and sample i draws with seed + i.
+  int n = 1;
+  // Log-probabilities: -1 none; k >= 0 the sampled token's and the k most likely (at most 20),
+  // all from the log-softmax of the model's logits (before penalties, temperature, top-k/p).
+  int logprobs = -1;
+  // Called (on the stepping thread) when the request first leaves the queue to run.
+  std::function<void()> on_scheduled;
 };
 
-// Called for every generated token (reason none), and once at the end with the reason (token
-// -1 when the request ends without a new token, e.g. aborted).
-using TokenCallback = std::function<void(int64_t token, FinishReason reason)>;
+// One token of one sample (reason none), or the end of a sample (its reason; token -1 when it
+// ends without a new token, e.g. aborted). `top` and `logprob` are set when the request asked
+// for log-probabilities (`top` is valid during the call only).
+struct TokenEvent {
+  int sample = 0;
+  int64_t token = -1;
+  FinishReason reason = FinishReason::none;
+  double logprob = 0.0;
+  std::span<const std::pair<int64_t, double>> top;
+};
+using TokenCallback = std::function<void(const TokenEvent&)>;
 
 struct EngineStats {
   int64_t running = 0, waiting = 0;
@@ -73,21 +92,36 @@ class Engine {
 
   // Queues a request; returns its id. Throws origami::Error naming the problem when it can never
   // run (empty prompt, a token outside the vocabulary, prompt + max_tokens beyond the context,
-  // a prompt the whole KV cache cannot hold).
+  // a prompt the whole KV cache cannot hold). The callback sees every sample's tokens; it may
+  // not call the engine (collect aborts and make them after step()).
   int64_t add_request(RequestParams params, TokenCallback callback);
-  // Ends a request now (running or waiting): its blocks are freed, its callback gets abort.
-  // Unknown or finished ids are ignored.
+  // Ends a request's samples now (running or waiting): their blocks are freed, the callback gets
+  // abort for each. abort(id, i) ends sample i only. Unknown or finished ids are ignored.
   void abort(int64_t id);
+  void abort(int64_t id, int sample);
   bool has_work() const { return !running_.empty() || !waiting_.empty(); }
   // One scheduling step and its forward pass; returns false when there was nothing to run.
   bool step();
+  // Nothing to run for a while: the runner's idle() (keeps ranks waiting for steps alive).
+  void idle() { runner_.idle(); }
   EngineStats stats() const;
 
  private:
-  struct Sequence {
+  // A request's samples share its params and callback; the request ends when its last sample
+  // does.
+  struct Request {
     int64_t id = 0;
     RequestParams params;
     TokenCallback callback;
+    int live = 0;             // samples not yet finished
+    std::vector<bool> ended;  // per sample
+  };
+  struct Sequence {
+    int64_t id = 0;  // block-manager id (unique per sample)
+    std::shared_ptr<Request> request;
+    int sample = 0;
+    bool forked = false;   // the request's other samples exist (n == 1: always)
+    bool started = false;  // has run at least once
     std::vector<int64_t> tokens;  // prompt, then generated
     int64_t prompt_len = 0;
     int64_t computed = 0;  // tokens whose keys and values are in the cache
@@ -104,6 +138,13 @@ class Engine {
   void schedule(std::vector<Chunk>& chunks);
   void preempt(Sequence& s);
   void finish(Sequence& s, FinishReason r, int64_t token);
+  // Samples the next token of `s` from its logits row and reports it.
+  void sample_next(Sequence& s, std::span<const float> row);
+  // The n - 1 other samples of a request whose prompt has just run, sharing its blocks.
+  // Fills `samples` with the live samples (s first).
+  void fork_samples(Sequence& s, std::vector<Sequence*>& samples);
+  // Sequence slots a waiting sequence takes when it starts (n for an unforked request).
+  int64_t slots(const Sequence& s) const { return s.forked ? 1 : s.request->params.n; }
   void build_batch(const std::vector<Chunk>& chunks);
   // Hashes of the sequence's full blocks up to `tokens` (extends s.hashes).
   void hash_blocks(Sequence& s, int64_t tokens);
@@ -116,9 +157,13 @@ class Engine {
   std::map<int64_t, std::unique_ptr<Sequence>> seqs_;  // every live request
   std::vector<Sequence*> running_;                     // oldest first
   std::deque<Sequence*> waiting_;
+  std::vector<std::pair<int64_t, double>> top_;  // log-probability scratch
   StepBatch batch_;
   std::vector<BlockCopy> copies_;
-  int64_t next_id_ = 1;
+  int64_t next_id_ = 1;       // sequences
+  int64_t next_request_ = 1;  // requests
+  std::vector<float> masked_;    // a logits row with the stop ids masked (min_tokens)
+  std::vector<int32_t> order_;   // top log-probabilities scratch
   EngineStats stats_;
 };
 

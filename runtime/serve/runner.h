@@ -26,6 +26,9 @@ class Runner {
   // Copies the batch's copy-on-write blocks, runs the step, and returns the logits of
   // batch.logit_rows: [R, vocab] f32 on the host, valid until the next step.
   virtual Tensor step(const StepBatch& batch) = 0;
+  // Called now and then while there is nothing to run (a runner on many ranks tells the others
+  // the server is alive, so that their wait for the next step does not time out).
+  virtual void idle() {}
 };
 
 }  // namespace origami::serve

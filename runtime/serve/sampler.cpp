@@ -15,6 +15,10 @@ void SamplingParams::validate() const {
                 "sampling: top_p must be in (0, 1] (1 = off), got ", top_p);
   ORIGAMI_CHECK(std::isfinite(repetition_penalty) && repetition_penalty > 0.0,
                 "sampling: repetition_penalty must be > 0 (1 = off), got ", repetition_penalty);
+  ORIGAMI_CHECK(std::isfinite(presence_penalty) && std::abs(presence_penalty) <= 2.0,
+                "sampling: presence_penalty must be in [-2, 2], got ", presence_penalty);
+  ORIGAMI_CHECK(std::isfinite(frequency_penalty) && std::abs(frequency_penalty) <= 2.0,
+                "sampling: frequency_penalty must be in [-2, 2], got ", frequency_penalty);
 }
 
 Sampler::Sampler(const SamplingParams& params, int64_t vocab)
@@ -23,13 +27,14 @@ Sampler::Sampler(const SamplingParams& params, int64_t vocab)
       rng_(params.seed),
       work_(size_t(vocab)),
       order_(size_t(vocab)),
-      weight_(size_t(vocab)) {
+      weight_(size_t(vocab)),
+      count_(size_t(vocab), 0) {
   params_.validate();
   ORIGAMI_CHECK(vocab >= 1, "sampler: vocabulary must have at least one token, got ", vocab);
 }
 
 int64_t Sampler::prepare(std::span<const float> logits, std::span<const int64_t> history,
-                         double& total) {
+                         size_t generated, double& total) {
   ORIGAMI_CHECK(int64_t(logits.size()) == vocab_, "sampler: logits have ", logits.size(),
                 " entries, the vocabulary has ", vocab_);
   const int64_t V = vocab_;
@@ -43,6 +48,20 @@ int64_t Sampler::prepare(std::span<const float> logits, std::span<const int64_t>
     for (int64_t id : history) {
       if (id < 0 || id >= V || w[id] != logits[size_t(id)]) continue;
       w[id] = float(w[id] < 0 ? double(w[id]) * rp : double(w[id]) / rp);
+    }
+  }
+
+  // Presence and frequency penalties over the generated tokens (counted, applied once per id,
+  // then the counts are cleared for the next call).
+  const double pp = params_.presence_penalty, fp = params_.frequency_penalty;
+  if ((pp != 0.0 || fp != 0.0) && generated > 0) {
+    const std::span<const int64_t> out = history.last(std::min(generated, history.size()));
+    for (int64_t id : out)
+      if (id >= 0 && id < V) ++count_[size_t(id)];
+    for (int64_t id : out) {
+      if (id < 0 || id >= V || count_[size_t(id)] == 0) continue;
+      w[id] = float(double(w[id]) - pp - fp * double(count_[size_t(id)]));
+      count_[size_t(id)] = 0;
     }
   }
 
@@ -95,9 +114,10 @@ int64_t Sampler::prepare(std::span<const float> logits, std::span<const int64_t>
   return n;
 }
 
-int64_t Sampler::sample(std::span<const float> logits, std::span<const int64_t> history) {
+int64_t Sampler::sample(std::span<const float> logits, std::span<const int64_t> history,
+                        size_t generated) {
   double total = 0.0;
-  const int64_t n = prepare(logits, history, total);
+  const int64_t n = prepare(logits, history, generated, total);
   if (params_.greedy()) return order_[0];
   // Inverse CDF over the kept candidates, in their sorted order.
   const double u = rng_.uniform() * total;
@@ -110,9 +130,9 @@ int64_t Sampler::sample(std::span<const float> logits, std::span<const int64_t> 
 }
 
 void Sampler::distribution(std::span<const float> logits, std::span<const int64_t> history,
-                           std::vector<double>& probs) {
+                           std::vector<double>& probs, size_t generated) {
   double total = 0.0;
-  const int64_t n = prepare(logits, history, total);
+  const int64_t n = prepare(logits, history, generated, total);
   probs.assign(size_t(vocab_), 0.0);
   for (int64_t i = 0; i < n; ++i) probs[size_t(order_[size_t(i)])] = weight_[size_t(i)] / total;
 }

@@ -71,8 +71,8 @@ std::map<int, std::vector<int64_t>> serve_all(serve::Runner& runner, double temp
     p.max_tokens = 10;
     p.sampling.temperature = temperature;
     p.sampling.seed = 100 + uint64_t(i);
-    e.add_request(p, [&out, i](int64_t tok, serve::FinishReason) {
-      if (tok >= 0) out[i].push_back(tok);
+    e.add_request(p, [&out, i](const serve::TokenEvent& ev) {
+      if (ev.token >= 0) out[i].push_back(ev.token);
     });
   };
   for (int i = 0; i < 3; ++i) add(i);

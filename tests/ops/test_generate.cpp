@@ -263,13 +263,17 @@ TEST(Generate, LastRowLogitsPerSequence) {
 // top-k and top-p, from the definitions (ranks counted pairwise, no sorting).
 std::vector<double> reference_distribution(const std::vector<float>& logits,
                                            const SamplingParams& p,
-                                           const std::vector<int64_t>& history) {
+                                           const std::vector<int64_t>& history,
+                                           size_t generated = 0) {
   const size_t V = logits.size();
   std::vector<double> z(V);
   for (size_t i = 0; i < V; ++i) {
     double l = logits[i];
     const bool seen = std::find(history.begin(), history.end(), int64_t(i)) != history.end();
     if (seen) l = float(l < 0 ? l * p.repetition_penalty : l / p.repetition_penalty);
+    // OpenAI's penalties over the last `generated` entries of the history.
+    const auto n = std::count(history.end() - std::ptrdiff_t(generated), history.end(), int64_t(i));
+    if (n > 0) l = float(l - p.presence_penalty - p.frequency_penalty * double(n));
     z[i] = l;
   }
   // rank[i]: tokens ahead of i (higher logit, or equal logit and lower id)
@@ -335,13 +339,17 @@ TEST(Generate, SamplingDistributionsMatchReference) {
     const char* what;
     SamplingParams p;
     std::vector<int64_t> history;
+    size_t generated = 0;  // of the history, the generated tokens (presence/frequency penalties)
   };
-  auto params = [](double t, int64_t k, double p, double rp = 1.0) {
+  auto params = [](double t, int64_t k, double p, double rp = 1.0, double pres = 0.0,
+                   double freq = 0.0) {
     SamplingParams s;
     s.temperature = t;
     s.top_k = k;
     s.top_p = p;
     s.repetition_penalty = rp;
+    s.presence_penalty = pres;
+    s.frequency_penalty = freq;
     return s;
   };
   const std::vector<Case> cases = {
@@ -352,20 +360,28 @@ TEST(Generate, SamplingDistributionsMatchReference) {
       {"top-p 0.3 keeps one token", params(1.0, 0, 0.3), {}},
       {"top-k larger than the vocabulary", params(2.0, 50, 1.0), {}},
       {"repetition penalty 1.8, top-p 0.9", params(0.9, 0, 0.9, 1.8), {8, 3, 8, 5, 2, 0, 0}},
+      {"presence 0.6, frequency 0.4 on the generated tokens",
+       params(1.0, 0, 1.0, 1.0, 0.6, 0.4),
+       {8, 3, 8, 8, 2, 2, 11},
+       5},
+      {"negative presence, repetition 1.2, top-k 6", params(0.8, 6, 1.0, 1.2, -1.5, 0.3),
+       {0, 4, 4, 9},
+       3},
   };
   const int64_t draws = 60000;
   for (size_t ci = 0; ci < cases.size(); ++ci) {
     const Case& c = cases[ci];
     SamplingParams p = c.p;
     p.seed = 1000 + ci;
-    const std::vector<double> ref = reference_distribution(kLogits, p, c.history);
+    const std::vector<double> ref = reference_distribution(kLogits, p, c.history, c.generated);
     Sampler s(p, int64_t(kLogits.size()));
     std::vector<double> dist;
-    s.distribution(kLogits, c.history, dist);
+    s.distribution(kLogits, c.history, dist, c.generated);
     for (size_t i = 0; i < ref.size(); ++i)
       EXPECT_NEAR(dist[i], ref[i], 1e-12) << c.what << ": probability of token " << i;
     std::vector<int64_t> count(kLogits.size(), 0);
-    for (int64_t d = 0; d < draws; ++d) ++count[size_t(s.sample(kLogits, c.history))];
+    for (int64_t d = 0; d < draws; ++d)
+      ++count[size_t(s.sample(kLogits, c.history, c.generated))];
     for (size_t i = 0; i < ref.size(); ++i) {
       const double f = double(count[i]) / double(draws);
       if (ref[i] == 0.0) {

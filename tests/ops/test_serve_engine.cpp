@@ -93,9 +93,9 @@ class EngineTest : public ::testing::Test {
     p.prompt = prompt(i);
     p.max_tokens = max_tokens;
     p.sampling = sp;
-    return e.add_request(p, [this, i](int64_t tok, FinishReason r) {
-      if (tok >= 0) out_[i].tokens.push_back(tok);
-      out_[i].reason = r;
+    return e.add_request(p, [this, i](const serve::TokenEvent& ev) {
+      if (ev.token >= 0) out_[i].tokens.push_back(ev.token);
+      out_[i].reason = ev.reason;
     });
   }
   models::ParameterBuffer whole_;
@@ -165,8 +165,8 @@ TEST_F(EngineTest, PrefixCacheReusesSharedPromptBlocks) {
     RequestParams p;
     p.prompt = i == 0 ? a : b;
     p.max_tokens = 8;
-    e.add_request(p, [&got, i](int64_t tok, FinishReason) {
-      if (tok >= 0) got[i].push_back(tok);
+    e.add_request(p, [&got, i](const serve::TokenEvent& ev) {
+      if (ev.token >= 0) got[i].push_back(ev.token);
     });
     while (e.has_work()) e.step();
   }
