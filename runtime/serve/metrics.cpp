@@ -174,7 +174,7 @@ void Metrics::observe_request_tokens(int64_t prompt, int64_t generated) noexcept
   generation_tokens_hist_.observe(static_cast<double>(generated));
 }
 
-void Metrics::count_finished(FinishReason reason) noexcept {
+void Metrics::count_finished(RequestOutcome reason) noexcept {
   finished_[static_cast<size_t>(reason)].fetch_add(1, kRelaxed);
 }
 

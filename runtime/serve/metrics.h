@@ -83,7 +83,7 @@ class Histogram {
   std::atomic<double> sum_{0.0};
 };
 
-enum class FinishReason { kStop, kLength, kAbort };
+enum class RequestOutcome { kStop, kLength, kAbort };
 
 // Gauge values, set together by the engine after each step.
 struct EngineGauges {
@@ -114,7 +114,7 @@ class Metrics {
   // Prompt length and generated-token count of one finished request.
   void observe_request_tokens(int64_t prompt, int64_t generated) noexcept;
 
-  void count_finished(FinishReason reason) noexcept;
+  void count_finished(RequestOutcome reason) noexcept;
   // reason is any label value; "queue_full" and "bad_request" are shown (as 0) from the start.
   void count_rejected(std::string_view reason);
 
@@ -130,7 +130,7 @@ class Metrics {
       queue_time_{kLatencyBuckets}, prompt_tokens_hist_{kTokenBuckets},
       generation_tokens_hist_{kTokenBuckets};
 
-  std::array<std::atomic<uint64_t>, 3> finished_{};  // indexed by FinishReason
+  std::array<std::atomic<uint64_t>, 3> finished_{};  // indexed by RequestOutcome
   std::atomic<uint64_t> preemptions_{0}, prompt_tokens_{0}, generation_tokens_{0},
       prefix_queries_{0}, prefix_hits_{0};
   std::atomic<int64_t> running_{0}, waiting_{0};

@@ -338,9 +338,9 @@ TEST(ServeMetrics, NonFiniteObservationsAreIgnored) {
 
 TEST(ServeMetrics, CountersAndGauges) {
   Metrics m;
-  m.count_finished(FinishReason::kStop);
-  m.count_finished(FinishReason::kStop);
-  m.count_finished(FinishReason::kLength);
+  m.count_finished(RequestOutcome::kStop);
+  m.count_finished(RequestOutcome::kStop);
+  m.count_finished(RequestOutcome::kLength);
   m.count_rejected("queue_full");
   m.count_rejected("too_long");
   m.count_rejected("too_long");
@@ -446,7 +446,7 @@ TEST(ServeMetrics, ConcurrentWritersGiveExactTotals) {
       for (int i = 0; i < kIters; ++i) {
         m.observe_itl(kValues[size_t(i + t) % kValues.size()]);
         m.observe_request_tokens(i % 300, 7);
-        m.count_finished(static_cast<FinishReason>(i % 3));
+        m.count_finished(static_cast<RequestOutcome>(i % 3));
         m.add_counters({.prompt_tokens = 3,
                         .generation_tokens = 1,
                         .prefix_cache_queries = 2,
@@ -496,7 +496,7 @@ TEST(ServeMetrics, PrometheusClientParserAcceptsTheText) {
   Metrics m;
   m.observe_ttft(0.3);
   m.observe_request_tokens(100, 20);
-  m.count_finished(FinishReason::kAbort);
+  m.count_finished(RequestOutcome::kAbort);
   m.count_rejected("quote\"d");
   m.set_gauges({.running = 1, .waiting = 2, .kv_cache_usage = 0.25});
   auto path =
