@@ -6,6 +6,7 @@ namespace origami::cli {
 int doctor(int argc, char** argv);
 int train(int argc, char** argv);
 int generate(int argc, char** argv);
+int serve(int argc, char** argv);
 int launch(int argc, char** argv);
 
 }  // namespace origami::cli

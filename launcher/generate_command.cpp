@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -14,34 +13,20 @@
 
 #include "launcher/commands.h"
 #include "launcher/flags.h"
+#include "launcher/model_source.h"
 #include "models/generator.h"
-#include "models/hf_import.h"
 #include "parallel/communicator.h"
 #include "parallel/process_groups.h"
 #include "parallel/rank_groups.h"
 #include "parallel/startup_agreement.h"
 #include "parallel/world.h"
-#include "runtime/checkpoint.h"
-#include "runtime/config.h"
 #include "runtime/error.h"
 #include "runtime/tokenizer.h"
 
 namespace origami::cli {
 namespace {
 
-namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
-
-// The step folder to read: DIR itself when it is one, else the one DIR/latest names.
-std::string checkpoint_step_dir(const std::string& dir) {
-  ORIGAMI_CHECK(fs::is_directory(dir), "checkpoint folder '", dir, "' does not exist");
-  if (fs::exists(fs::path(dir) / "meta.json")) return dir;
-  std::optional<std::string> latest = CheckpointReader::latest(dir);
-  ORIGAMI_CHECK(latest.has_value(), "no checkpoint in '", dir,
-                "': it has neither meta.json nor a 'latest' file (train with "
-                "train.checkpoint_dir set, or give a step folder)");
-  return *latest;
-}
 
 // Text of ids the tokenizer knows (a model vocabulary may be padded beyond the tokenizer's).
 std::string decode_known(const Tokenizer& tok, const std::vector<int64_t>& ids) {
@@ -68,11 +53,7 @@ int generate(int argc, char** argv) {
       "Under mpirun, srun or 'origami launch' the model is split over the ranks with --tp, --pp,\n"
       "--ep and --etp as in training; rank 0 prints the text.");
   flags.add("model", "", "Hugging Face model folder (config.json and *.safetensors)");
-  flags.add("config", "", "training config (configs/*.pbtxt) describing the checkpoint's model");
-  flags.add("checkpoint", "",
-            "training checkpoint folder (its 'latest' step) or a step folder; default: the "
-            "config's train.checkpoint_dir");
-  flags.add_list("set", "override a config field, e.g. --set model.max_seq_len=512");
+  add_model_source_flags(flags);
   flags.add_list("prompt", "prompt text; give it several times to generate for a batch");
   flags.add("max-new-tokens", "64", "stop after this many generated tokens");
   flags.add("temperature", "0.8", "softmax temperature; 0 = greedy (argmax)");
@@ -80,9 +61,6 @@ int generate(int argc, char** argv) {
   flags.add("top-p", "0.95", "nucleus sampling: the smallest set with this probability; 1 = off");
   flags.add("repetition-penalty", "1.0", "> 1 discourages tokens already in the text; 1 = off");
   flags.add("seed", "0", "random seed of the sampler (prompt i uses seed + i)");
-  flags.add("tokenizer", "",
-            "'byte', a tokenizer.json, a SentencePiece .model or a folder; default: the model "
-            "folder, or the config's data.tokenizer");
   flags.add("eos", "",
             "token id that ends generation; default: the tokenizer's end-of-sequence; 'none' "
             "to ignore it");
@@ -95,13 +73,7 @@ int generate(int argc, char** argv) {
   flags.add("kv-block-size", "16", "tokens per block of the paged KV cache");
   flags.add("kv-blocks", "0",
             "blocks in the KV cache; 0 = enough for every prompt at the full context");
-  flags.add("tp", "1", "tensor-parallel size (heads, KV cache and vocabulary split over tp ranks)");
-  flags.add("pp", "1", "pipeline stages (layers split over pp ranks, microbatches in flight)");
-  flags.add("ep", "1", "expert-parallel size (MoE experts split over ep ranks)");
-  flags.add("etp", "0", "expert tensor-parallel size; 0 = as tp");
-  flags.add("microbatches", "0",
-            "groups of prompts in flight through the pipeline; 0 = pp (at least 2 with pp > 1)");
-  flags.add("collective-timeout", "300", "seconds a collective may wait before the job ends");
+  add_inference_parallel_flags(flags);
   flags.add_bool("stream", true, "print tokens as they are generated (a single prompt only)");
   flags.add_bool("stats", true, "print prefill and decode speed on stderr at the end");
   if (!flags.parse(argc, argv)) return 0;
@@ -130,7 +102,7 @@ int run_generate(const Flags& flags, bool multi_rank) {
       multi_rank ? mpi_world_communicator(timeout) : self_communicator("world", timeout);
   const bool root = world->rank() == 0;
   const std::vector<std::string>& prompts = flags.get_list("prompt");
-  std::string model_dir, checkpoint_dir;
+  ModelSource source;
   models::ModelSpec spec;
   std::unique_ptr<Tokenizer> tok;
   std::vector<std::vector<int64_t>> ids;
@@ -149,42 +121,10 @@ int run_generate(const Flags& flags, bool multi_rank) {
                     "origami generate takes no positional arguments, got '",
                     flags.positional().empty() ? "" : flags.positional()[0],
                     "'; give the text with --prompt");
-      model_dir = flags.get("model");
-      const std::string config_path = flags.get("config");
-      ORIGAMI_CHECK(
-          model_dir.empty() != config_path.empty(),
-          "give the model: either --model HF_DIR (a Hugging Face folder) or --config CONFIG "
-          "with a training checkpoint (--checkpoint DIR or the config's "
-          "train.checkpoint_dir)");
       ORIGAMI_CHECK(!prompts.empty(), "no prompt: give the text with --prompt TEXT");
-
-      // The model spec and where the weights and the tokenizer come from.
-      std::string tokenizer_path = flags.get("tokenizer");
-      if (!model_dir.empty()) {
-        ORIGAMI_CHECK(fs::is_directory(model_dir), "model folder '", model_dir, "' does not exist");
-        ORIGAMI_CHECK(fs::exists(fs::path(model_dir) / "config.json"), "model folder '", model_dir,
-                      "' has no config.json: it is not a Hugging Face model folder");
-        spec = models::spec_from_hf_config(model_dir);
-        if (tokenizer_path.empty()) {
-          ORIGAMI_CHECK(fs::exists(fs::path(model_dir) / "tokenizer.json") ||
-                            fs::exists(fs::path(model_dir) / "tokenizer.model"),
-                        "model folder '", model_dir,
-                        "' has no tokenizer.json or tokenizer.model: give --tokenizer (a tokenizer "
-                        "file, a folder holding one, or 'byte')");
-          tokenizer_path = model_dir;
-        }
-      } else {
-        const Config config = load_config(config_path, flags.get_list("set"));
-        spec = models::spec_from_config(config.model());
-        checkpoint_dir =
-            flags.given("checkpoint") ? flags.get("checkpoint") : config.train().checkpoint_dir();
-        ORIGAMI_CHECK(!checkpoint_dir.empty(), "no checkpoint: give --checkpoint DIR (the config '",
-                      config_path, "' sets no train.checkpoint_dir)");
-        if (tokenizer_path.empty()) tokenizer_path = config.data().tokenizer();
-        ORIGAMI_CHECK(!tokenizer_path.empty(), "no tokenizer: give --tokenizer (the config '",
-                      config_path, "' sets no data.tokenizer)");
-      }
-      spec.validate();
+      source = resolve_model_source(flags.get("model"), flags, "generate");
+      spec = source.spec;
+      const std::string& tokenizer_path = source.tokenizer_path;
       tok = load_tokenizer(tokenizer_path);
       ORIGAMI_CHECK(tok->vocab_size() <= spec.vocab, "vocabulary mismatch: the tokenizer '",
                     tokenizer_path, "' has ", tok->vocab_size(), " ids but the model (", spec.str(),
@@ -224,10 +164,7 @@ int run_generate(const Flags& flags, bool multi_rank) {
                       spec.vocab);
         gc.stop_ids.push_back(id);
       }
-      pl.tp = int(flags.get_int("tp"));
-      pl.pp = int(flags.get_int("pp"));
-      pl.ep = int(flags.get_int("ep"));
-      pl.etp = int(flags.get_int("etp"));
+      pl = inference_layout(flags);
       layout.emplace(world->size(), pl);
       models::check_inference_layout(spec, *layout);
     });
@@ -251,10 +188,7 @@ int run_generate(const Flags& flags, bool multi_rank) {
       }
       gen = std::make_unique<models::Generator>(spec, go, par);
       const auto t_load = Clock::now();
-      if (!model_dir.empty())
-        models::load_hf_weights(model_dir, gen->weights());
-      else
-        models::load_training_checkpoint(checkpoint_step_dir(checkpoint_dir), *gen);
+      load_model_weights(source, *gen);
       load_s = std::chrono::duration<double>(Clock::now() - t_load).count();
     });
   } catch (const StartupFailure& e) {

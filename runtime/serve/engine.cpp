@@ -333,8 +333,7 @@ void Engine::sample_next(Sequence& s, std::span<const float> row) {
   s.tokens.push_back(tok);
   ++s.generated;
   ++stats_.generated_tokens;
-  const bool stop =
-      std::find(p.stop_ids.begin(), p.stop_ids.end(), tok) != p.stop_ids.end();
+  const bool stop = std::find(p.stop_ids.begin(), p.stop_ids.end(), tok) != p.stop_ids.end();
   if (stop || s.generated >= p.max_tokens || int64_t(s.tokens.size()) >= limits_.max_context) {
     // The token's event carries the end (finish() reports it after freeing the blocks).
     e.reason = stop ? FinishReason::stop : FinishReason::length;

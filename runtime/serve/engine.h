@@ -120,8 +120,8 @@ class Engine {
     int64_t id = 0;  // block-manager id (unique per sample)
     std::shared_ptr<Request> request;
     int sample = 0;
-    bool forked = false;   // the request's other samples exist (n == 1: always)
-    bool started = false;  // has run at least once
+    bool forked = false;          // the request's other samples exist (n == 1: always)
+    bool started = false;         // has run at least once
     std::vector<int64_t> tokens;  // prompt, then generated
     int64_t prompt_len = 0;
     int64_t computed = 0;  // tokens whose keys and values are in the cache
@@ -160,10 +160,10 @@ class Engine {
   std::vector<std::pair<int64_t, double>> top_;  // log-probability scratch
   StepBatch batch_;
   std::vector<BlockCopy> copies_;
-  int64_t next_id_ = 1;       // sequences
-  int64_t next_request_ = 1;  // requests
-  std::vector<float> masked_;    // a logits row with the stop ids masked (min_tokens)
-  std::vector<int32_t> order_;   // top log-probabilities scratch
+  int64_t next_id_ = 1;         // sequences
+  int64_t next_request_ = 1;    // requests
+  std::vector<float> masked_;   // a logits row with the stop ids masked (min_tokens)
+  std::vector<int32_t> order_;  // top log-probabilities scratch
   EngineStats stats_;
 };
 

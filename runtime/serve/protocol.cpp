@@ -398,8 +398,12 @@ ordered_json completion_logprobs(const std::vector<TokenLogprob>& entries, int64
       continue;
     }
     logprobs.push_back(logprob_value(*e.logprob));
+    // Keys as they will be written (invalid UTF-8 replaced), so that two alternatives whose
+    // texts both become U+FFFD keep one entry, the more likely.
     ordered_json top = ordered_json::object();
-    for (const auto& [token, lp] : e.top) top.emplace(token, logprob_value(lp));  // first wins
+    for (const auto& [token, lp] : e.top)
+      top.emplace(ordered_json::parse(dump(ordered_json(token))).get<std::string>(),
+                  logprob_value(lp));  // first wins
     tops.push_back(std::move(top));
   }
   return {{"tokens", std::move(tokens)},

@@ -22,8 +22,8 @@
 #include "models/decoder.h"
 #include "models/generator.h"
 #include "models/hf_import.h"
-#include "runtime/serve/sampler.h"
 #include "runtime/config.h"
+#include "runtime/serve/sampler.h"
 #include "tests/support/test_support.h"
 
 namespace origami {
@@ -36,9 +36,9 @@ using models::GenerationResult;
 using models::Generator;
 using models::GeneratorOptions;
 using models::ModelSpec;
+using models::SequenceChunk;
 using serve::Sampler;
 using serve::SamplingParams;
-using models::SequenceChunk;
 namespace fs = std::filesystem;
 
 // bf16 generation against the bf16 training forward: the same rounding points, but GEMMs of
@@ -364,7 +364,8 @@ TEST(Generate, SamplingDistributionsMatchReference) {
        params(1.0, 0, 1.0, 1.0, 0.6, 0.4),
        {8, 3, 8, 8, 2, 2, 11},
        5},
-      {"negative presence, repetition 1.2, top-k 6", params(0.8, 6, 1.0, 1.2, -1.5, 0.3),
+      {"negative presence, repetition 1.2, top-k 6",
+       params(0.8, 6, 1.0, 1.2, -1.5, 0.3),
        {0, 4, 4, 9},
        3},
   };
@@ -380,8 +381,7 @@ TEST(Generate, SamplingDistributionsMatchReference) {
     for (size_t i = 0; i < ref.size(); ++i)
       EXPECT_NEAR(dist[i], ref[i], 1e-12) << c.what << ": probability of token " << i;
     std::vector<int64_t> count(kLogits.size(), 0);
-    for (int64_t d = 0; d < draws; ++d)
-      ++count[size_t(s.sample(kLogits, c.history, c.generated))];
+    for (int64_t d = 0; d < draws; ++d) ++count[size_t(s.sample(kLogits, c.history, c.generated))];
     for (size_t i = 0; i < ref.size(); ++i) {
       const double f = double(count[i]) / double(draws);
       if (ref[i] == 0.0) {

@@ -1,0 +1,105 @@
+#include "launcher/model_source.h"
+
+#include <filesystem>
+#include <optional>
+
+#include "models/hf_import.h"
+#include "parallel/rank_groups.h"
+#include "runtime/checkpoint.h"
+#include "runtime/config.h"
+#include "runtime/error.h"
+
+namespace origami::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+// The step folder to read: DIR itself when it is one, else the one DIR/latest names.
+std::string checkpoint_step_dir(const std::string& dir) {
+  ORIGAMI_CHECK(fs::is_directory(dir), "checkpoint folder '", dir, "' does not exist");
+  if (fs::exists(fs::path(dir) / "meta.json")) return dir;
+  std::optional<std::string> latest = CheckpointReader::latest(dir);
+  ORIGAMI_CHECK(latest.has_value(), "no checkpoint in '", dir,
+                "': it has neither meta.json nor a 'latest' file (train with "
+                "train.checkpoint_dir set, or give a step folder)");
+  return *latest;
+}
+
+}  // namespace
+
+void add_model_source_flags(Flags& flags) {
+  flags.add("config", "", "training config (configs/*.pbtxt) describing the checkpoint's model");
+  flags.add("checkpoint", "",
+            "training checkpoint folder (its 'latest' step) or a step folder; default: the "
+            "config's train.checkpoint_dir");
+  flags.add_list("set", "override a config field, e.g. --set model.max_seq_len=512");
+  flags.add("tokenizer", "",
+            "'byte', a tokenizer.json, a SentencePiece .model or a folder; default: the model "
+            "folder, or the config's data.tokenizer");
+}
+
+ModelSource resolve_model_source(const std::string& model_dir, const Flags& flags,
+                                 const std::string& command) {
+  ModelSource src;
+  src.model_dir = model_dir;
+  src.config_path = flags.get("config");
+  ORIGAMI_CHECK(src.model_dir.empty() != src.config_path.empty(), "origami ", command,
+                ": give the model: either a Hugging Face folder or --config CONFIG with a "
+                "training checkpoint (--checkpoint DIR or the config's train.checkpoint_dir)");
+  src.tokenizer_path = flags.get("tokenizer");
+  if (!src.model_dir.empty()) {
+    ORIGAMI_CHECK(fs::is_directory(src.model_dir), "model folder '", src.model_dir,
+                  "' does not exist");
+    ORIGAMI_CHECK(fs::exists(fs::path(src.model_dir) / "config.json"), "model folder '",
+                  src.model_dir, "' has no config.json: it is not a Hugging Face model folder");
+    src.spec = models::spec_from_hf_config(src.model_dir);
+    if (src.tokenizer_path.empty()) {
+      ORIGAMI_CHECK(fs::exists(fs::path(src.model_dir) / "tokenizer.json") ||
+                        fs::exists(fs::path(src.model_dir) / "tokenizer.model"),
+                    "model folder '", src.model_dir,
+                    "' has no tokenizer.json or tokenizer.model: give --tokenizer (a tokenizer "
+                    "file, a folder holding one, or 'byte')");
+      src.tokenizer_path = src.model_dir;
+    }
+  } else {
+    const Config config = load_config(src.config_path, flags.get_list("set"));
+    src.spec = models::spec_from_config(config.model());
+    src.checkpoint_dir =
+        flags.given("checkpoint") ? flags.get("checkpoint") : config.train().checkpoint_dir();
+    ORIGAMI_CHECK(!src.checkpoint_dir.empty(), "no checkpoint: give --checkpoint DIR (the config '",
+                  src.config_path, "' sets no train.checkpoint_dir)");
+    if (src.tokenizer_path.empty()) src.tokenizer_path = config.data().tokenizer();
+    ORIGAMI_CHECK(!src.tokenizer_path.empty(), "no tokenizer: give --tokenizer (the config '",
+                  src.config_path, "' sets no data.tokenizer)");
+  }
+  src.spec.validate();
+  return src;
+}
+
+void load_model_weights(const ModelSource& source, models::Generator& gen) {
+  if (!source.model_dir.empty())
+    models::load_hf_weights(source.model_dir, gen.weights());
+  else
+    models::load_training_checkpoint(checkpoint_step_dir(source.checkpoint_dir), gen);
+}
+
+void add_inference_parallel_flags(Flags& flags) {
+  flags.add("tp", "1", "tensor-parallel size (heads, KV cache and vocabulary split over tp ranks)");
+  flags.add("pp", "1", "pipeline stages (layers split over pp ranks, microbatches in flight)");
+  flags.add("ep", "1", "expert-parallel size (MoE experts split over ep ranks)");
+  flags.add("etp", "0", "expert tensor-parallel size; 0 = as tp");
+  flags.add("microbatches", "0",
+            "groups of sequences in flight through the pipeline; 0 = pp (at least 2 with pp > 1)");
+  flags.add("collective-timeout", "300", "seconds a collective may wait before the job ends");
+}
+
+ParallelLayout inference_layout(const Flags& flags) {
+  ParallelLayout pl;
+  pl.tp = int(flags.get_int("tp"));
+  pl.pp = int(flags.get_int("pp"));
+  pl.ep = int(flags.get_int("ep"));
+  pl.etp = int(flags.get_int("etp"));
+  return pl;
+}
+
+}  // namespace origami::cli

@@ -1,0 +1,37 @@
+// Where a command's model comes from, shared by `origami generate` and `origami serve`: a Hugging
+// Face folder (config.json, *.safetensors, a tokenizer), or a training config with a checkpoint
+// saved under any layout. Each rank reads only its own slices of the weights.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "launcher/flags.h"
+#include "models/generator.h"
+#include "models/model_spec.h"
+
+namespace origami::cli {
+
+struct ModelSource {
+  std::string model_dir;       // a Hugging Face folder, or empty
+  std::string config_path;     // a training config, or empty
+  std::string checkpoint_dir;  // with config_path: the checkpoint folder
+  std::string tokenizer_path;  // "byte", a file or a folder
+  models::ModelSpec spec;      // validated
+};
+
+// The flags every model-loading command shares: --config, --checkpoint, --set, --tokenizer.
+void add_model_source_flags(Flags& flags);
+// Resolves the model from `model_dir` (a Hugging Face folder, or empty) or the flags of
+// add_model_source_flags; throws origami::Error saying what to give when something is missing.
+ModelSource resolve_model_source(const std::string& model_dir, const Flags& flags,
+                                 const std::string& command);
+// Fills this rank's part of `gen` from the source (safetensors or the checkpoint's latest step).
+void load_model_weights(const ModelSource& source, models::Generator& gen);
+
+// The parallel flags of inference (--tp --pp --ep --etp --microbatches --collective-timeout) and
+// the layout they give.
+void add_inference_parallel_flags(Flags& flags);
+ParallelLayout inference_layout(const Flags& flags);
+
+}  // namespace origami::cli
