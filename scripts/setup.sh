@@ -59,7 +59,9 @@ fi
 
 # Test-time Python environment: Debian's interpreter and torch, plus pinned PyPI tools.
 venv="$here/.venv"
-pins=(transformers==4.40.2 tokenizers==0.19.1 huggingface-hub==0.24.7 safetensors==0.4.2)
+# openai: the official client of the serving tests (httpx pinned to a version it supports).
+pins=(transformers==4.40.2 tokenizers==0.19.1 huggingface-hub==0.24.7 safetensors==0.4.2
+  openai==1.51.2 httpx==0.27.2)
 if [ ! -x "$venv/bin/python" ]; then
   echo "setup.sh: creating $venv"
   /usr/bin/python3 -m venv --system-site-packages "$venv"
@@ -69,7 +71,7 @@ check='import importlib.metadata as m, sys
 for pin in sys.argv[1:]:
     name, version = pin.split("==")
     assert m.version(name) == version, pin
-import torch, transformers'
+import torch, transformers, openai'
 if ! "$venv/bin/python" -c "$check" "${pins[@]}" >/dev/null 2>&1; then
   "$venv/bin/python" -m pip install -q --disable-pip-version-check "${pins[@]}"
 fi

@@ -1,0 +1,84 @@
+"""origami serve on several ranks (mpirun) answers as on one rank: greedy completions and chat
+for TP2, EP2 folded with attention TP2 (a MoE model) and PP2, each compared with the same
+requests on one rank and with transformers' greedy tokens (float64, up to the first near-tie).
+A rank that dies ends the job, naming it.
+"""
+
+import os
+import signal
+import subprocess
+import tempfile
+import time
+import unittest
+
+import serve_lib
+
+CACHE = None
+PROMPTS = ["the quick brown fox", "servers answer requests, tokens stream", "x"]
+
+
+def setUpModule():
+    global CACHE
+    CACHE = os.environ.get("ORIGAMI_SERVE_MODELS") or tempfile.mkdtemp(prefix="origami_serve_")
+
+
+def answers(server, name):
+    out = []
+    c = server.client()
+    for p in PROMPTS:
+        r = c.completions.create(model=name, prompt=p, max_tokens=12, temperature=0)
+        out.append(r.choices[0].text)
+    r = c.chat.completions.create(model=name, max_tokens=8, temperature=0,
+                                  messages=[{"role": "user", "content": "the lazy dog"}])
+    out.append(r.choices[0].message.content)
+    return out
+
+
+class Ranks(unittest.TestCase):
+    def check(self, family, ranks, args):
+        model = serve_lib.make_model(CACHE, family)
+        name = os.path.basename(model)
+        ref = serve_lib.Reference(model)
+        with serve_lib.Server(model) as one:
+            want = answers(one, name)
+        with serve_lib.Server(model, args, ranks=ranks) as many:
+            got = answers(many, name)
+            self.assertEqual(many.stop(), 0, many.stderr())
+        self.assertEqual(got, want, "%s on %d ranks %s" % (family, ranks, args))
+        for p, text in zip(PROMPTS, got):
+            ids = ref.tok(p)["input_ids"]
+            toks, margins = ref.greedy(ids, 12)
+            self.assertTrue(text.startswith(ref.text(serve_lib.trusted_prefix(toks, margins))))
+
+    def test_tp2(self):
+        self.check("llama", 2, ["--tp", "2"])
+
+    def test_ep2_folded_with_tp2(self):
+        self.check("mixtral", 2, ["--tp", "2", "--ep", "2", "--etp", "1"])
+
+    def test_pp2(self):
+        self.check("llama", 2, ["--pp", "2"])
+
+    def test_a_rank_that_dies_ends_the_job(self):
+        model = serve_lib.make_model(CACHE, "llama")
+        s = serve_lib.Server(model, ["--tp", "2", "--collective-timeout", "10"], ranks=2)
+        with s:
+            # The rank processes are mpirun's children; kill the one that is not rank 0.
+            children = subprocess.run(["pgrep", "-P", str(s.proc.pid)], capture_output=True,
+                                      text=True).stdout.split()
+            self.assertEqual(len(children), 2, children)
+            ranks = {}
+            for pid in children:
+                with open("/proc/%s/environ" % pid, "rb") as f:
+                    env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+                ranks[int(env[b"OMPI_COMM_WORLD_RANK"])] = int(pid)
+            os.kill(ranks[1], signal.SIGKILL)
+            t0 = time.time()
+            rc = s.proc.wait(60)
+            self.assertNotEqual(rc, 0)
+            self.assertLess(time.time() - t0, 60)
+            self.assertRegex(s.stderr(), r"rank 1|process rank 1|rank \[1\]|exited on signal 9")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
