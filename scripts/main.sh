@@ -5,8 +5,10 @@
 #      tokenizer) from scratch on the fortunes corpus on 4 ranks under mpirun, with MoE parallel
 #      folding: attention layers TP2 x DP2 (sequence parallel), expert layers EP4 -- the same 4
 #      ranks laid out twice -- printing both layouts and the falling loss;
-#   3. generates samples from the checkpoint it saved, on the same 4 ranks with the model split
-#      the same way (attention TP2, experts EP4), over a paged KV cache.
+#   3. serves the checkpoint it saved with `origami serve` on the same 4 ranks with the model
+#      split the same way (attention TP2, experts EP4), sends a few chat requests (one streamed)
+#      with the official `openai` client (scripts/chat_demo.py), prints them, and stops the
+#      server with SIGTERM (it drains and exits 0).
 # Extra arguments go to `origami train` (e.g. --set train.steps=50). ORIGAMI_RANKS=1 trains on
 # one process instead.
 set -euo pipefail
@@ -32,14 +34,33 @@ else
   "${train[@]}" "$@"
 fi
 echo
-# Generation on the same ranks and layout (attention TP2 folded with experts EP4), the three
-# prompts as one batch; with ORIGAMI_RANKS=1 on one process.
-generate=("$bin/origami" generate --config "$config" --checkpoint "$run_dir" --prompt "The"
-  --prompt "A computer" --prompt "Q: What" --max-new-tokens 100 --temperature 0.8 --top-k 40
-  --seed 1)
+# Serving on the same ranks and layout (attention TP2 folded with experts EP4); with
+# ORIGAMI_RANKS=1 on one process.
+serve=("$bin/origami" serve --config "$config" --checkpoint "$run_dir" --port 0
+  --chat-template configs/demo/chat_template.jinja --served-model-name tiny_moe)
+log="$(mktemp -d)/serve.log"
 if [ "$ranks" -gt 1 ]; then
-  mpirun --oversubscribe --allow-run-as-root --bind-to none -np "$ranks" "${generate[@]}" \
-    --tp 2 --ep 4 --etp 1
+  mpirun --oversubscribe --allow-run-as-root --bind-to none -np "$ranks" "${serve[@]}" \
+    --tp 2 --ep 4 --etp 1 >"$log" 2>&1 &
 else
-  "${generate[@]}"
+  "${serve[@]}" >"$log" 2>&1 &
 fi
+server=$!
+trap 'kill -TERM $server 2>/dev/null || true' EXIT
+url=""
+for _ in $(seq 1 600); do
+  url="$(grep -o 'ready on http://[0-9.]*:[0-9]*' "$log" | head -1 | sed 's/ready on //')" || true
+  [ -n "$url" ] && break
+  kill -0 $server 2>/dev/null || { cat "$log"; echo "main.sh: origami serve ended" >&2; exit 1; }
+  sleep 0.5
+done
+[ -n "$url" ] || { cat "$log"; echo "main.sh: origami serve did not start" >&2; exit 1; }
+grep -v '^\[' "$log" | sed 's/^/[serve] /'
+"$here/.venv/bin/python" scripts/chat_demo.py "$url" tiny_moe
+# SIGUSR1: mpirun forwards it to the ranks (SIGTERM would make mpirun end the job itself).
+kill -USR1 $server
+wait $server && status=0 || status=$?
+trap - EXIT
+tail -n 3 "$log" | sed 's/^/[serve] /'
+echo "main.sh: origami serve stopped (exit $status)"
+exit "$status"
