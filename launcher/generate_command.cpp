@@ -1,5 +1,4 @@
 // origami generate (--model HF_DIR | --config CONFIG [--checkpoint DIR]) --prompt TEXT [options]
-#include <mpi.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -78,20 +77,8 @@ int generate(int argc, char** argv) {
   flags.add_bool("stats", true, "print prefill and decode speed on stderr at the end");
   if (!flags.parse(argc, argv)) return 0;
   // Several ranks when a launcher says so; then MPI runs for the whole command.
-  const LaunchEnvironment env = read_launch_environment(current_environment());
-  const bool multi_rank = env.world_size.value_or(1) > 1;
-  if (!multi_rank) return run_generate(flags, false);
-  MpiSession mpi(&argc, &argv);
-  try {
-    return run_generate(flags, true);
-  } catch (const std::exception& e) {
-    // One rank's error ends the job at once: the others would wait in their next collective.
-    std::fprintf(stderr, "origami generate: rank %d: error: %s\n", env.rank.value_or(-1), e.what());
-    std::fflush(stdout);
-    std::fflush(stderr);
-    MPI_Abort(MPI_COMM_WORLD, 1);
-  }
-  return 1;
+  return run_on_ranks("generate", argc, argv,
+                      [&](bool multi_rank) { return run_generate(flags, multi_rank); });
 }
 
 int run_generate(const Flags& flags, bool multi_rank) {

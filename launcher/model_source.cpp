@@ -1,10 +1,14 @@
 #include "launcher/model_source.h"
 
+#include <mpi.h>
+
+#include <cstdio>
 #include <filesystem>
 #include <optional>
 
 #include "models/hf_import.h"
 #include "parallel/rank_groups.h"
+#include "parallel/world.h"
 #include "runtime/checkpoint.h"
 #include "runtime/config.h"
 #include "runtime/error.h"
@@ -100,6 +104,23 @@ ParallelLayout inference_layout(const Flags& flags) {
   pl.ep = int(flags.get_int("ep"));
   pl.etp = int(flags.get_int("etp"));
   return pl;
+}
+
+int run_on_ranks(const char* command, int argc, char** argv,
+                 const std::function<int(bool multi_rank)>& body) {
+  const LaunchEnvironment env = read_launch_environment(current_environment());
+  if (env.world_size.value_or(1) <= 1) return body(false);
+  MpiSession mpi(&argc, &argv);
+  try {
+    return body(true);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "origami %s: rank %d: error: %s\n", command, env.rank.value_or(-1),
+                 e.what());
+    std::fflush(stdout);
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  }
+  return 1;
 }
 
 }  // namespace origami::cli

@@ -3,6 +3,7 @@
 // saved under any layout. Each rank reads only its own slices of the weights.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -33,5 +34,11 @@ void load_model_weights(const ModelSource& source, models::Generator& gen);
 // the layout they give.
 void add_inference_parallel_flags(Flags& flags);
 ParallelLayout inference_layout(const Flags& flags);
+
+// Runs `body(multi_rank)`: on one process when no launcher started several ranks, else inside an
+// MPI session, where an error on one rank is printed as "origami COMMAND: rank R: error: ..."
+// and ends every rank at once (MPI_Abort), since the others would wait in their next collective.
+int run_on_ranks(const char* command, int argc, char** argv,
+                 const std::function<int(bool multi_rank)>& body);
 
 }  // namespace origami::cli

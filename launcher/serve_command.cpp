@@ -2,7 +2,6 @@
 //
 // Rank 0 runs the HTTP front end and the engine (runtime/serve/api_server.h); every step's batch
 // goes to the other ranks, which run their part of the model (models::ParallelRunner).
-#include <mpi.h>
 
 #include <atomic>
 #include <chrono>
@@ -148,19 +147,8 @@ int serve(int argc, char** argv) {
   flags.add("device", "cpu", "cpu or cuda[:N]");
   add_inference_parallel_flags(flags);
   if (!flags.parse(argc, argv)) return 0;
-  const LaunchEnvironment env = read_launch_environment(current_environment());
-  const bool multi_rank = env.world_size.value_or(1) > 1;
-  if (!multi_rank) return run_serve(flags, false);
-  MpiSession mpi(&argc, &argv);
-  try {
-    return run_serve(flags, true);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "origami serve: rank %d: error: %s\n", env.rank.value_or(-1), e.what());
-    std::fflush(stdout);
-    std::fflush(stderr);
-    MPI_Abort(MPI_COMM_WORLD, 1);
-  }
-  return 1;
+  return run_on_ranks("serve", argc, argv,
+                      [&](bool multi_rank) { return run_serve(flags, multi_rank); });
 }
 
 namespace {

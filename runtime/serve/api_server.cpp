@@ -150,20 +150,29 @@ RequestParams engine_params(const std::vector<int64_t>& prompt, const RequestSam
 
 }  // namespace
 
+std::shared_ptr<ApiServer::Call> ApiServer::new_call(Endpoint endpoint,
+                                                     std::shared_ptr<ResponseStream> out,
+                                                     bool stream, bool include_usage, int64_t n,
+                                                     int logprobs) {
+  auto call = std::make_shared<Call>();
+  call->endpoint = endpoint;
+  call->out = std::move(out);
+  call->id = new_response_id(endpoint);
+  call->created = int64_t(std::time(nullptr));
+  call->stream = stream;
+  call->include_usage = include_usage;
+  call->n = int(n);
+  call->logprobs = logprobs;
+  return call;
+}
+
 void ApiServer::completions(const HttpRequest& req, std::shared_ptr<ResponseStream> out) {
   const CompletionRequest r = decode_completion_request(req.body, opt_.model);
   if (r.echo && r.logprobs)
     throw ProtocolError(400, "'echo' together with 'logprobs' is not supported", "echo");
-  auto call = std::make_shared<Call>();
-  call->endpoint = Endpoint::completions;
-  call->out = out;
-  call->id = new_response_id(Endpoint::completions);
-  call->created = int64_t(std::time(nullptr));
-  call->stream = r.stream;
-  call->include_usage = r.include_usage;
+  auto call = new_call(Endpoint::completions, out, r.stream, r.include_usage, r.sampling.n,
+                       r.logprobs ? *r.logprobs : -1);
   call->echo = r.echo;
-  call->n = int(r.sampling.n);
-  call->logprobs = r.logprobs ? *r.logprobs : -1;
   std::vector<Submission> subs;
   for (size_t i = 0; i < r.prompts.size(); ++i) {
     std::vector<int64_t> ids;
@@ -221,15 +230,8 @@ void ApiServer::chat(const HttpRequest& req, std::shared_ptr<ResponseStream> out
   std::vector<int64_t> ids;
   for (TokenId id : tok_.encode(text, /*add_special=*/false)) ids.push_back(id);
   const int64_t max_tokens = check_prompt_fits(ids.size(), r.sampling, opt_.model, "messages");
-  auto call = std::make_shared<Call>();
-  call->endpoint = Endpoint::chat;
-  call->out = out;
-  call->id = new_response_id(Endpoint::chat);
-  call->created = int64_t(std::time(nullptr));
-  call->stream = r.stream;
-  call->include_usage = r.include_usage;
-  call->n = int(r.sampling.n);
-  call->logprobs = r.logprobs ? r.top_logprobs : -1;
+  auto call = new_call(Endpoint::chat, out, r.stream, r.include_usage, r.sampling.n,
+                       r.logprobs ? r.top_logprobs : -1);
   Submission s;
   s.params = engine_params(ids, r.sampling, max_tokens, call->n, call->logprobs, opt_.stop_ids);
   call->prompts.push_back(ids);

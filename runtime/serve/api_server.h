@@ -83,6 +83,8 @@ class ApiServer {
     RequestParams params;
   };
 
+  std::shared_ptr<Call> new_call(Endpoint endpoint, std::shared_ptr<ResponseStream> out,
+                                 bool stream, bool include_usage, int64_t n, int logprobs);
   void completions(const HttpRequest& req, std::shared_ptr<ResponseStream> out);
   void chat(const HttpRequest& req, std::shared_ptr<ResponseStream> out);
   void health(const HttpRequest& req, std::shared_ptr<ResponseStream> out);

@@ -65,6 +65,16 @@ def build(family):
     raise ValueError("unknown family " + family)
 
 
+def perturb(model):
+    """Moves norms and biases away from their init values (ones and zeros), so that they matter."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            elif name.endswith(".bias"):
+                p.copy_(0.05 * torch.randn_like(p))
+
+
 def window_keys(cfg):
     """How many keys the last query of a long sequence sees with this config's sliding window."""
     w = getattr(cfg, "sliding_window", None)
@@ -89,12 +99,7 @@ def run(out_dir, family):
     cfg._attn_implementation = "eager"
     torch.manual_seed(1234)
     model = cls(cfg).float()
-    with torch.no_grad():  # norms and biases away from their init values, so they matter
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
-            elif name.endswith(".bias"):
-                p.copy_(0.05 * torch.randn_like(p))
+    perturb(model)
     model.save_pretrained(os.path.join(root, "model"), safe_serialization=True)
     model = model.double()
     model.train()

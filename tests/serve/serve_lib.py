@@ -73,12 +73,7 @@ def _build_model(folder, family, context):
         cfg.output_router_logits = False
     torch.manual_seed(1234)
     model = cls(cfg).float()
-    with torch.no_grad():  # as hf_models.py: norms and biases away from their init values
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
-            elif name.endswith(".bias"):
-                p.copy_(0.05 * torch.randn_like(p))
+    hf_models.perturb(model)  # as hf_models.py
     model.save_pretrained(folder, safe_serialization=True)
     with open(os.path.join(folder, "done"), "w") as f:
         f.write("ok\n")
