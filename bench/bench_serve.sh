@@ -108,7 +108,7 @@ origami_cmd=(env OMP_NUM_THREADS="$threads" "$origami" serve "$model" --host 127
   --max-num-seqs "$parallel" --max-model-len "$per_seq" ${ORIGAMI_EXTRA:-})
 
 # --- server processes -----------------------------------------------------------------------
-server_pid=""
+server_pid="" load_pid="" tail_pid=""
 stop_server() {
   [ -n "$server_pid" ] || return 0
   if kill -0 "$server_pid" 2>/dev/null; then
@@ -119,7 +119,15 @@ stop_server() {
   wait "$server_pid" 2>/dev/null || true
   server_pid=""
 }
-trap 'stop_server' EXIT
+cleanup() {
+  set +e  # a failing kill or wait must not end the cleanup
+  local p
+  for p in "$load_pid" "$tail_pid"; do
+    if [ -n "$p" ]; then kill -TERM "$p" 2>/dev/null; wait "$p" 2>/dev/null; fi
+  done
+  stop_server
+}
+trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 healthy() {
@@ -136,6 +144,11 @@ EOF
 # start_server NAME PORT CMD...: starts it in the background and waits for /health (300 s).
 start_server() {
   local name="$1" port="$2"; shift 2
+  local load; read -r load _ </proc/loadavg
+  if awk -v l="$load" 'BEGIN { exit !(l > 0.5) }'; then
+    log "note: load average $load before $name starts: other work shares the cores," \
+        "so its figures may be low"
+  fi
   log "starting $name: $*"
   "$@" >"$outdir/$name.log" 2>&1 &
   server_pid=$!
@@ -166,10 +179,19 @@ vocab=$("$py" -c 'import json, sys; print(json.load(open(sys.argv[1]))["vocab_si
   "$model/config.json")
 load_args+=(--token-range "$((vocab / 4 < 1000 ? vocab / 4 : 1000)):$((vocab < 32000 ? vocab : 32000))")
 
+# The load runs in the background and is waited for, so that a signal stops it at once (bash
+# runs traps only between foreground commands).
 run_one() {  # NAME PORT
   local name="$1" port="$2" rc=0
   "$py" "$here/bench/serve_load.py" --url "http://127.0.0.1:$port" --label "$name" \
-    "${load_args[@]}" --json "$outdir/$name.json" 2>&1 | tee "$outdir/$name.txt" || rc=$?
+    "${load_args[@]}" --json "$outdir/$name.json" >"$outdir/$name.txt" 2>&1 &
+  load_pid=$!
+  tail -n +1 -f --pid="$load_pid" "$outdir/$name.txt" &
+  tail_pid=$!
+  wait "$load_pid" || rc=$?
+  load_pid=""
+  wait "$tail_pid" 2>/dev/null || true
+  tail_pid=""
   stop_server
   return "$rc"
 }

@@ -43,8 +43,8 @@ def main():
     w = max(len(bl), len(cl), 8)
     print("\n%s vs %s   (same requests; rate in requests/s, latencies in ms)" % (cl, bl))
     head = ["rate", "ok", "req/s", "out tok/s", "ratio", "TTFT p50", "TTFT p99", "TPOT p50",
-            "ITL p99", "E2E p99"]
-    widths = [6, 7, 7, 10, 7, 9, 9, 9, 8, 9]
+            "ITL p99", "E2E p99", "prefix hit"]
+    widths = [6, 7, 7, 10, 7, 9, 9, 9, 8, 9, 10]
     print("%-*s " % (w, "server") + " ".join(h.rjust(x) for h, x in zip(head, widths)))
     for row in rows:
         for name, r, ratio in ((bl, row["baseline"], None), (cl, row["candidate"], row["ratio"])):
@@ -52,7 +52,8 @@ def main():
                     fmt(r["request_throughput"], 2), fmt(r["output_throughput"]),
                     "" if ratio is None else fmt(ratio, 2),
                     fmt(r["ttft_ms"]["p50"]), fmt(r["ttft_ms"]["p99"]),
-                    fmt(r["tpot_ms"]["p50"]), fmt(r["itl_ms"]["p99"]), fmt(r["e2e_ms"]["p99"])]
+                    fmt(r["tpot_ms"]["p50"]), fmt(r["itl_ms"]["p99"]), fmt(r["e2e_ms"]["p99"]),
+                    fmt(next(iter(r.get("prefix_cache_hit_rate", {}).values()), None), 3)]
             print("%-*s " % (w, name) + " ".join(v.rjust(x) for v, x in zip(vals, widths)))
     print()
     for row in rows:

@@ -39,6 +39,7 @@ import argparse
 import http.client
 import json
 import math
+import os
 import random
 import sys
 import threading
@@ -152,7 +153,9 @@ def stream_request(server, path, body):
             except ValueError:
                 out["error"] = "bad SSE data: " + data[:200]
                 return out
-            if isinstance(obj, dict) and obj.get("error"):
+            if not isinstance(obj, dict):
+                continue
+            if obj.get("error"):
                 out["error"] = "server error: " + json.dumps(obj["error"])[:300]
                 return out
             text = ""
@@ -313,6 +316,7 @@ def run_rate(server, workload, rate, rate_index, args):
                 limiter.release()
 
     metrics_before = read_metrics(server)
+    load_before = os.getloadavg()[0]
     threads = []
     t_start = time.perf_counter()
     next_at = t_start
@@ -374,6 +378,7 @@ def run_rate(server, workload, rate, rate_index, args):
         "content_chunks": sum(r["content_chunks"] for r in ok),
         "ttft_ms": ms(ttft), "tpot_ms": ms(tpot), "itl_ms": ms(itl), "e2e_ms": ms(e2e),
         "prefix_cache_hit_rate": prefix_cache_report(metrics_before, metrics_after, ok),
+        "loadavg_1min": [load_before, os.getloadavg()[0]],  # other work on the machine?
         "errors": sorted({r["error"] for r in failed if r})[:5]
                   + (["%d requests never ran" % sum(1 for r in results if not r)]
                      if any(not r for r in results) else []),
@@ -395,7 +400,7 @@ def fmt(v, digits=1):
     return "%.*f" % (digits, v)
 
 
-def print_table(label, results, file=sys.stdout):
+def print_table(label, results, shared_prefix=0, file=sys.stdout):
     cols = [("rate", 6), ("ok/n", 8), ("req/s", 7), ("out tok/s", 10), ("in tok", 7),
             ("out tok", 7), ("TTFT mean", 10), ("p50", 8), ("p99", 8), ("TPOT mean", 10),
             ("p50", 7), ("p99", 7), ("ITL mean", 9), ("p50", 7), ("p99", 7), ("E2E mean", 9),
@@ -411,8 +416,11 @@ def print_table(label, results, file=sys.stdout):
             row += [fmt(s["mean"]), fmt(s["p50"]), fmt(s["p99"])]
         print(" ".join(v.rjust(w) for v, (_, w) in zip(row, cols)), file=file)
     for r in results:
-        for name, v in r["prefix_cache_hit_rate"].items():
-            print("  rate %s: prefix-cache hit rate %.3f  [%s]" % (r["rate"], v, name), file=file)
+        rates = r["prefix_cache_hit_rate"]  # the server's own figure first (insertion order)
+        if rates and (shared_prefix or any(rates.values())):
+            name = next(iter(rates))
+            print("  rate %s: prefix-cache hit rate %.3f  [%s]" % (r["rate"], rates[name], name),
+                  file=file)
         for e in r["errors"]:
             print("  rate %s: error: %s" % (r["rate"], e), file=file)
         if r["completed"] and r["output_tokens_from_usage"] < r["completed"]:
@@ -554,7 +562,7 @@ def main(argv=None):
               "p99 %s ms" % (res["rate"], res["completed"], res["num_requests"], res["duration_s"],
                              res["request_throughput"], res["output_throughput"],
                              fmt(res["ttft_ms"]["p50"]), fmt(res["ttft_ms"]["p99"])), flush=True)
-    print_table(label, results)
+    print_table(label, results, args.shared_prefix)
 
     if args.json:
         config = {k: v for k, v in vars(args).items() if k not in ("api_key", "rates")}
