@@ -14,7 +14,11 @@
 // not counted, so the cpu columns are an optimistic estimate there. On an idle machine the two
 // agree.
 //
+// --batch-invariant times the kernels with PagedAttentionParams::batch_invariant (fixed split
+// points, as origami serve uses by default), for its cost against the adaptive split.
+//
 // Usage: bench_paged_attention [--quick] [--threads N] [--repeats R] [--batch B] [--context C]
+//                              [--batch-invariant]
 #include <omp.h>
 
 #include <algorithm>
@@ -38,6 +42,8 @@
 using namespace origami;
 
 namespace {
+
+bool g_batch_invariant = false;  // --batch-invariant
 
 using Clock = std::chrono::steady_clock;
 
@@ -156,7 +162,8 @@ Row time_decode(CachePool& pool, DType dt, int64_t D, int64_t batch, int64_t con
     pool.next += n;
     tables.push_back(Tensor::from_vector(ids, {batch, per_seq}, DType::i32));
   }
-  const ops::PagedAttentionParams p;
+  ops::PagedAttentionParams p;
+  p.batch_invariant = g_batch_invariant;
   auto call = [&](const Tensor& table) {
     ops::paged_attention_forward(q, pool.k_cache, pool.v_cache, query_start, context_len, table, p,
                                  out);
@@ -203,9 +210,12 @@ int main(int argc, char** argv) {
       only_batch = std::atoll(argv[++i]);
     else if (a == "--context" && i + 1 < argc)
       only_context = std::atoll(argv[++i]);
+    else if (a == "--batch-invariant")
+      g_batch_invariant = true;
     else {
       std::fprintf(stderr,
-                   "usage: %s [--quick] [--threads N] [--repeats R] [--batch B] [--context C]\n",
+                   "usage: %s [--quick] [--threads N] [--repeats R] [--batch B] [--context C] "
+                   "[--batch-invariant]\n",
                    argv[0]);
       return 2;
     }
@@ -215,11 +225,12 @@ int main(int argc, char** argv) {
   const Seconds bw = read_bandwidth(threads);  // bytes per second
   std::printf(
       "bench_paged_attention: decode (1 query token per sequence), block size %lld, Hq %lld, "
-      "Hkv %lld, kernels %s, %d threads, median of %d calls\n"
+      "Hkv %lld, kernels %s, %d threads, median of %d calls, %s split\n"
       "bound: K+V bytes / streaming-read bandwidth %.1f GB/s (cpu time: %.1f GB/s; 1 GiB, %d "
       "threads); load average %s\n",
       static_cast<long long>(kBlockSize), static_cast<long long>(kHq), static_cast<long long>(kHkv),
-      ops::cpu::attention_isa(), threads, repeats, bw.wall * 1e-9, bw.cpu * 1e-9, threads,
+      ops::cpu::attention_isa(), threads, repeats,
+      g_batch_invariant ? "batch-invariant (fixed)" : "adaptive", bw.wall * 1e-9, bw.cpu * 1e-9, threads,
       load_average().c_str());
   std::printf("%5s %7s %4s %5s | %8s | %9s %7s %8s | %9s %7s %8s\n", "batch", "context", "D",
               "dtype", "KV MB", "us/call", "GB/s", "of bound", "cpu us", "cpu GB/s", "of bound");

@@ -143,6 +143,10 @@ int serve(int argc, char** argv) {
   flags.add("drain-timeout", "30",
             "seconds requests in flight may take to finish after SIGTERM before they are stopped");
   flags.add("http-threads", "2", "threads of the HTTP front end");
+  flags.add_bool("batch-invariant", true,
+                 "compute every sequence the same way whatever else is in the batch, so that a "
+                 "greedy or seeded request gives the same tokens under any load (see "
+                 "docs/serving.md for the cost)");
   flags.add("dtype", "f32", "compute dtype: f32 or bf16");
   flags.add("device", "cpu", "cpu or cuda[:N]");
   add_inference_parallel_flags(flags);
@@ -225,6 +229,7 @@ int run_serve(const Flags& flags, bool multi_rank) {
       go.device = device_from_string(flags.get("device"));
       go.kv_block_size = flags.get_int("kv-block-size");
       go.kv_blocks = flags.get_int("kv-blocks");
+      go.batch_invariant = flags.get_bool("batch-invariant");
       layout.emplace(world->size(), inference_layout(flags));
       models::check_inference_layout(source.spec, *layout);
       if (root) {

@@ -86,6 +86,9 @@ struct InferenceOptions {
   int64_t max_sequences = 1;   // sequences in one step
   int64_t max_context = 0;     // tokens one sequence may hold (sizes the block tables)
   int64_t max_logit_rows = 0;  // rows of logits one step returns; 0 = max_sequences
+  // Every row computed the same way whatever else is in the step (ops::PagedAttentionParams::
+  // batch_invariant): a request's tokens do not depend on the batch or on prefill chunking.
+  bool batch_invariant = false;
 };
 
 struct DecoderOptions {

@@ -182,6 +182,7 @@ void Decoder::attention_paged(int64_t l, LayerActivations& a) {
                       vc);
   ops::PagedAttentionParams p;
   p.window = spec_.sliding_window > 0 ? spec_.sliding_window + 1 : -1;  // ops: i - j < window
+  p.batch_invariant = opt_.infer.batch_invariant;
   Tensor out = a.attn.view({T, hq_, D});
   ops::paged_attention_forward(
       a.q.view({T, hq_, D}), kc, vc, ib.query_start.narrow(0, 0, N + 1),

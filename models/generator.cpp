@@ -88,6 +88,7 @@ DecoderOptions decoder_options(const ModelSpec& spec, const GeneratorOptions& o,
   d.infer.kv_block_size = o.kv_block_size;
   d.infer.max_sequences = o.max_batch;
   d.infer.max_context = o.max_seq;
+  d.infer.batch_invariant = o.batch_invariant;
   d.infer.max_logit_rows = o.all_logits ? o.max_step_tokens : o.max_batch;
   if (!par.groups) return d;
   const RankGroups& L = *par.layout;

@@ -47,6 +47,7 @@ struct GeneratorOptions {
   bool all_logits = false;     // step() returns the logits of every token, not one row per sequence
   int64_t kv_block_size = 16;  // tokens per KV-cache block
   int64_t kv_blocks = 0;       // blocks in the pool; 0 = enough for max_batch full sequences
+  bool batch_invariant = false;  // rows computed alike in any batch (InferenceOptions)
 
   // max_seq from the spec when 0; max_step_tokens = min(max_batch * max_seq, 512) when 0;
   // kv_blocks = max_batch * ceil(max_seq / kv_block_size) when 0.

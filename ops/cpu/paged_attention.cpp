@@ -152,7 +152,7 @@ float* thread_scratch(int64_t n) {
 // all kv heads (fewer when that would exceed kMaxRows rows), the others as one job per kv head and
 // tile of rows; then, when there are fewer than two jobs per thread, long key ranges split so that
 // every thread gets work.
-void plan_jobs(const Problem& P, int64_t N, int nthreads, std::vector<Job>& jobs,
+void plan_jobs(const Problem& P, int64_t N, int nthreads, bool invariant, std::vector<Job>& jobs,
                std::vector<Merge>& merges, int64_t& slots) {
   jobs.clear();
   merges.clear();
@@ -175,16 +175,10 @@ void plan_jobs(const Problem& P, int64_t N, int nthreads, std::vector<Job>& jobs
       }
   }
   const int64_t target = 2 * int64_t(nthreads), base = int64_t(jobs.size());
-  if (base == 0 || base >= target) return;
-  const int64_t max_splits = (target + base - 1) / base;
-  for (int64_t j = 0; j < base; ++j) {
+  if (base == 0 || (!invariant && base >= target)) return;
+  // Splits job j at the absolute key positions first + chunk, first + 2 chunk, ...
+  auto split = [&](int64_t j, int64_t first, int64_t chunk) {
     const Job job = jobs[size_t(j)];
-    const int64_t keys = job.k1 - job.k0;
-    const int64_t n = std::min(max_splits, keys / kMinSplitKeys);
-    if (n < 2) continue;
-    // Split points on tile boundaries (absolute positions), so tiles stay whole.
-    const int64_t chunk = ((keys + n - 1) / n + kTileK - 1) / kTileK * kTileK;
-    const int64_t first = job.k0 / kTileK * kTileK;
     Merge m{job, slots, 0};
     for (int64_t k0 = job.k0; k0 < job.k1; ++m.count) {
       Job part = job;
@@ -198,6 +192,22 @@ void plan_jobs(const Problem& P, int64_t N, int nthreads, std::vector<Job>& jobs
       k0 = part.k1;
     }
     merges.push_back(m);
+  };
+  const int64_t max_splits = (target + base - 1) / base;
+  for (int64_t j = 0; j < base; ++j) {
+    const Job job = jobs[size_t(j)];
+    if (invariant) {
+      // Fixed split points, multiples of kInvariantSplitKeys: the same for this job in any call.
+      const int64_t first = job.k0 / kInvariantSplitKeys * kInvariantSplitKeys;
+      if (job.k1 - first > kInvariantSplitKeys) split(j, first, kInvariantSplitKeys);
+      continue;
+    }
+    const int64_t keys = job.k1 - job.k0;
+    const int64_t n = std::min(max_splits, keys / kMinSplitKeys);
+    if (n < 2) continue;
+    // Split points on tile boundaries (absolute positions), so tiles stay whole.
+    const int64_t chunk = ((keys + n - 1) / n + kTileK - 1) / kTileK * kTileK;
+    split(j, job.k0 / kTileK * kTileK, chunk);
   }
   // Largest first (dynamic scheduling then balances the tail).
   std::sort(jobs.begin(), jobs.end(), [](const Job& a, const Job& b) {
@@ -242,7 +252,7 @@ void paged_attention_forward(const Tensor& q, const Tensor& k_cache, const Tenso
   thread_local std::vector<float> partial;
   int64_t slots = 0;
   const int nthreads = omp_get_max_threads();
-  plan_jobs(P, N, nthreads, jobs, merges, slots);
+  plan_jobs(P, N, nthreads, p.batch_invariant, jobs, merges, slots);
   if (jobs.empty()) return;
   if (int64_t(partial.size()) < slots * P.slot_floats())
     partial.resize(size_t(slots * P.slot_floats()));

@@ -2,6 +2,8 @@
 // table, explicit causal and window mask, full softmax per query row), against contiguous
 // ops::attention_forward, and against PyTorch (PagedAttentionGolden); the KV-cache write and
 // block copy against naive copies; bad arguments.
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -528,6 +530,71 @@ TEST(PagedAttentionGolden, MatchesTorch) {
     }
     EXPECT_ALL_CLOSE(results[i], it->second, test::tolerance_for(dtypes[i])) << key;
   }
+}
+
+// Batch invariance (deterministic serving): with batch_invariant, the rows of a sequence are
+// bit for bit the same alone, among 1, 7 or 31 other sequences, and on 1, 2 or 4 threads; long
+// contexts (split into several pieces) included. Without it, the split adapts to the batch.
+TEST(PagedAttention, BatchInvariantRowsDoNotDependOnTheBatch) {
+  ORIGAMI_REQUIRE_TEST_DEVICE();
+  if (!test::test_device().is_cpu()) GTEST_SKIP() << "batch invariance is a CPU kernel option";
+  const int threads_before = omp_get_max_threads();
+  std::mt19937_64 rng(17);
+  for (const Seq target : {Seq{1, 1500}, Seq{1, 300}, Seq{24, 1300}, Seq{7, 7}}) {
+    std::vector<Tensor> results;
+    for (int others : {0, 1, 7, 31}) {
+      PagedCase c{"invariance", 8, 2, 64, 16, {target}};
+      for (int i = 0; i < others; ++i) {
+        const int64_t ctx = 1 + int64_t(rng() % 1200);
+        c.seqs.push_back(
+            {rng() % 2 ? 1 : 1 + int64_t(rng() % uint64_t(std::min<int64_t>(ctx, 40))), ctx});
+      }
+      // The same target data in every case: the inputs of the full case, seeded alike, hold the
+      // target first; its rows and cache blocks come first whatever follows.
+      PagedCase alone = c;
+      alone.seqs.resize(1);
+      const PagedInputs in_alone = make_paged_inputs(alone, DType::f32, 5);
+      PagedInputs in = make_paged_inputs(c, DType::f32, 5);
+      // Put the target's q rows, its blocks' keys and values and its block-table row in place.
+      const int64_t rows = target.q_len;
+      std::memcpy(in.q.data(), in_alone.q.data(), size_t(rows * 8 * 64) * sizeof(float));
+      const int32_t* bta = in_alone.block_table.data_as<const int32_t>();
+      int32_t* bt = in.block_table.data_as<int32_t>();
+      const int64_t row_floats = 16 * 2 * 64;  // one cache block
+      for (int64_t b = 0; b < alone.blocks_of(target); ++b) {
+        const int32_t src = bta[b], dst = bt[b];
+        ASSERT_GE(src, 0);
+        std::memcpy(in.k_cache.data_as<float>() + dst * row_floats,
+                    in_alone.k_cache.data_as<const float>() + src * row_floats,
+                    size_t(row_floats) * sizeof(float));
+        std::memcpy(in.v_cache.data_as<float>() + dst * row_floats,
+                    in_alone.v_cache.data_as<const float>() + src * row_floats,
+                    size_t(row_floats) * sizeof(float));
+      }
+      for (int threads : {1, 2, 4}) {
+        omp_set_num_threads(threads);
+        ops::PagedAttentionParams p = c.params();
+        p.batch_invariant = true;
+        Tensor out = Tensor::empty({c.rows(), c.Hq, c.D}, DType::f32);
+        ops::paged_attention_forward(in.q, in.k_cache, in.v_cache, in.query_start, in.context_len,
+                                     in.block_table, p, out);
+        results.push_back(out.narrow(0, 0, rows).contiguous());
+      }
+      if (others == 0) {  // against the naive reference too
+        EXPECT_ALL_CLOSE(results.back(), naive_paged_attention(alone, in_alone),
+                         test::tolerance_for(DType::f32));
+      }
+    }
+    omp_set_num_threads(threads_before);
+    for (size_t i = 1; i < results.size(); ++i)
+      EXPECT_EQ(std::memcmp(results[0].data(), results[i].data(),
+                            size_t(results[0].numel()) * sizeof(float)),
+                0)
+          << "target q_len " << target.q_len << " ctx " << target.ctx << ": run " << i
+          << " (others " << std::vector<int>{0, 1, 7, 31}[i / 3] << ", threads "
+          << std::vector<int>{1, 2, 4}[i % 3] << ") differs from the target alone on 1 thread";
+  }
+  omp_set_num_threads(threads_before);
 }
 
 }  // namespace

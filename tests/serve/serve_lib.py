@@ -145,7 +145,7 @@ class Server:
     """`origami serve MODEL ARGS` on 127.0.0.1 and a free port (or under mpirun with ranks > 1);
     waits until /health says ok. Use as a context manager; stop() sends SIGTERM."""
 
-    def __init__(self, model, args=(), ranks=1, api_key=None, timeout=240):
+    def __init__(self, model, args=(), ranks=1, api_key=None, timeout=240, env=None):
         self.ranks = ranks
         cmd = [origami_binary(), "serve", model, "--port", "0", "--host", "127.0.0.1"] + list(args)
         if api_key:
@@ -156,7 +156,7 @@ class Server:
                                      "origami_serve_%d_%d.log" % (os.getpid(), time.time_ns())),
                         "w+")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                     env=mpi_env(), start_new_session=True)
+                                     env={**mpi_env(), **(env or {})}, start_new_session=True)
         self.port = None
         deadline = time.time() + timeout
         for line in self.proc.stdout:
