@@ -9,6 +9,7 @@ template (serve_lib.make_model). Tolerances: greedy tokens equal up to the first
 
 import json
 import os
+import subprocess
 import tempfile
 import unittest
 import urllib.request
@@ -254,6 +255,33 @@ class Errors(unittest.TestCase):
         self.assertGreaterEqual(SERVER.metric("origami:time_to_first_token_seconds_count"), 1)
         self.assertIsNotNone(SERVER.metric("origami:kv_cache_usage_perc"))
         self.assertIsNotNone(SERVER.metric("origami:num_requests_running"))
+
+
+class GoldenFamilies(unittest.TestCase):
+    """Each golden family through the server equals transformers and `origami generate`."""
+
+    def test_server_equals_transformers_and_origami_generate(self):
+        cache = os.path.dirname(MODEL)
+        for family in ("llama", "mixtral", "qwen2_moe"):
+            model = serve_lib.make_model(cache, family)
+            ref = REF if family == "llama" else serve_lib.Reference(model)
+            with serve_lib.Server(model) as s:
+                for text in ["the quick brown", "paper cranes fold"]:
+                    got = s.client().completions.create(model=family, prompt=text, max_tokens=12,
+                                                        temperature=0).choices[0].text
+                    toks, margins = ref.greedy(ref.tok(text)["input_ids"], 12)
+                    self.assertTrue(
+                        got.startswith(ref.text(serve_lib.trusted_prefix(toks, margins))),
+                        "%s: %r vs transformers %r" % (family, got, ref.text(toks)))
+                    gen = subprocess.run(
+                        [serve_lib.origami_binary(), "generate", "--model", model, "--prompt", text,
+                         "--temperature", "0", "--max-new-tokens", "12", "--no-stream",
+                         "--no-stats"], capture_output=True, env=serve_lib.mpi_env(), timeout=300)
+                    self.assertEqual(gen.returncode, 0, gen.stderr)
+                    # Raw bytes (a random model's text may hold broken UTF-8, which the JSON
+                    # answer carries as U+FFFD).
+                    self.assertEqual(gen.stdout.decode(errors="replace"), text + got + "\n",
+                                     family)
 
 
 class ApiKey(unittest.TestCase):
