@@ -288,8 +288,8 @@ int run_serve(const Flags& flags, bool multi_rank) {
   std::cerr << gen->describe();
   const serve::RunnerLimits lim = runner.limits();
   std::printf(
-      "origami serve: ready on http://%s:%u: model '%s', %d rank(s), context %lld, %lld KV "
-      "blocks of %lld tokens, up to %lld sequences and %lld tokens a step\n",
+      "origami serve: ready on http://%s:%u (model '%s', %d rank(s), context %lld, %lld KV "
+      "blocks of %lld tokens, up to %lld sequences and %lld tokens a step)\n",
       so.http.host.c_str(), unsigned(server->port()), so.model.name.c_str(), world->size(),
       (long long)lim.max_context, (long long)lim.kv_blocks, (long long)lim.kv_block_size,
       (long long)lim.max_sequences, (long long)lim.max_step_tokens);

@@ -145,12 +145,16 @@ class Server:
     """`origami serve MODEL ARGS` on 127.0.0.1 and a free port (or under mpirun with ranks > 1);
     waits until /health says ok. Use as a context manager; stop() sends SIGTERM."""
 
-    def __init__(self, model, args=(), ranks=1, api_key=None, timeout=240, env=None):
+    def __init__(self, model, args=(), ranks=1, api_key=None, timeout=240, env=None,
+                 launcher="mpirun"):
         self.ranks = ranks
+        self.launcher = launcher
         cmd = [origami_binary(), "serve", model, "--port", "0", "--host", "127.0.0.1"] + list(args)
         if api_key:
             cmd += ["--api-key", api_key]
-        if ranks > 1:
+        if ranks > 1 and launcher == "launch":  # origami launch: ranks under its supervisor
+            cmd = [origami_binary(), "launch", "-n", str(ranks), "--"] + cmd[1:]
+        elif ranks > 1:
             cmd = [os.environ.get("MPIEXEC", "mpirun"), "--oversubscribe", "-np", str(ranks)] + cmd
         self.log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"),
                                      "origami_serve_%d_%d.log" % (os.getpid(), time.time_ns())),
@@ -160,7 +164,7 @@ class Server:
         self.port = None
         deadline = time.time() + timeout
         for line in self.proc.stdout:
-            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)  # [r0] under launch
             if m:
                 self.port = int(m.group(1))
                 break
@@ -221,7 +225,7 @@ class Server:
         """Drains the server (SIGTERM; under mpirun SIGUSR1, which mpirun forwards to the ranks)
         and returns its exit status."""
         if sig is None:
-            sig = signal.SIGUSR1 if self.ranks > 1 else signal.SIGTERM
+            sig = signal.SIGUSR1 if self.ranks > 1 and self.launcher == "mpirun" else signal.SIGTERM
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:

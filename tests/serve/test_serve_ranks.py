@@ -35,13 +35,13 @@ def answers(server, name):
 
 
 class Ranks(unittest.TestCase):
-    def check(self, family, ranks, args):
+    def check(self, family, ranks, args, launcher="mpirun"):
         model = serve_lib.make_model(CACHE, family)
         name = os.path.basename(model)
         ref = serve_lib.Reference(model)
         with serve_lib.Server(model) as one:
             want = answers(one, name)
-        with serve_lib.Server(model, args, ranks=ranks) as many:
+        with serve_lib.Server(model, args, ranks=ranks, launcher=launcher) as many:
             got = answers(many, name)
             self.assertEqual(many.stop(), 0, many.stderr())
         self.assertEqual(got, want, "%s on %d ranks %s" % (family, ranks, args))
@@ -55,6 +55,9 @@ class Ranks(unittest.TestCase):
 
     def test_ep2_folded_with_tp2(self):
         self.check("mixtral", 2, ["--tp", "2", "--ep", "2", "--etp", "1"])
+
+    def test_tp2_under_origami_launch(self):
+        self.check("llama", 2, ["--tp", "2"], launcher="launch")
 
     def test_pp2(self):
         self.check("llama", 2, ["--pp", "2"])
