@@ -3,6 +3,7 @@
 // Rank 0 runs the HTTP front end and the engine (runtime/serve/api_server.h); every step's batch
 // goes to the other ranks, which run their part of the model (models::ParallelRunner).
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -285,6 +286,16 @@ int run_serve(const Flags& flags, bool multi_rank) {
     return 0;
   }
   serve::Engine engine(runner);
+  {
+    // One short request before the first client's: the first step's one-time costs (GEMM
+    // primitives, first touch of the buffers) do not land on a client's time to first token.
+    serve::RequestParams warm;
+    const int64_t n = std::min<int64_t>(32, runner.limits().max_context - 2);
+    for (int64_t i = 0; i < n; ++i) warm.prompt.push_back(i % runner.limits().vocab);
+    warm.max_tokens = 2;
+    engine.add_request(warm, {});
+    while (engine.has_work()) engine.step();
+  }
   std::cerr << gen->describe();
   const serve::RunnerLimits lim = runner.limits();
   std::printf(

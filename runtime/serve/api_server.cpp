@@ -88,6 +88,7 @@ void ApiServer::start() {
 
 void ApiServer::attach(Engine& engine) {
   engine_ = &engine;
+  counted_ = engine.stats();  // the metrics count from here (not a warm-up before)
   ready_ = true;
 }
 

@@ -4,8 +4,9 @@
 #   mpirun -np 4 origami train ...                       (the reference, no Slurm)
 #   srun --mpi=pmix -n 4 origami train ...               (direct launch)
 #   sbatch -n 4 scripts/slurm/train.sbatch ...           (the shipped batch example)
-# -- and checks that every run finishes and logs the same loss at every step. The cluster is shut
-# down on every exit path, failures included.
+# -- and checks that every run finishes and logs the same loss at every step; then serves the
+# mpirun run's checkpoint with srun -n 2 (TP2) and checks a greedy completion against
+# origami generate. The cluster is shut down on every exit path, failures included.
 #   slurm_train.sh MPIEXEC ORIGAMI SOURCE_DIR
 # Exit 77 (skipped) only when it cannot run here: not root.
 set -euo pipefail
@@ -130,6 +131,43 @@ if [ "$crash_rc" -eq 0 ] || [ "$crash_rc" -eq 124 ] ||
 fi
 echo "   exit $crash_rc after ${crash_s} s: $(grep -m1 'rank 3: --fault' "$work/crash.out")"
 echo "   srun: $(grep -m1 -E 'error|task 3|Aborted' "$work/crash.out" | grep -v 'rank 3: --fault' || true)"
+
+echo "== srun --mpi=$mpi_plugin -n 2 origami serve --tp 2 (the mpirun run's checkpoint)"
+# Rank 0 serves; a greedy completion must equal origami generate on one process, and SIGTERM
+# (srun passes SIGUSR1 to every task) must drain the server and end the job with 0.
+serve_log=$work/serve.out
+srun --mpi="$mpi_plugin" -n 2 --time=5 --kill-on-bad-exit=1 \
+  "$origami" serve --config "$config" --checkpoint "$work/mpirun-ckpt" --tp 2 --port 0 \
+  >"$serve_log" 2>&1 &
+child=$!
+url=""
+for _ in $(seq 1 240); do
+  url=$(grep -o 'ready on http://[0-9.]*:[0-9]*' "$serve_log" | sed 's/ready on //' || true)
+  [ -n "$url" ] && break
+  kill -0 "$child" 2>/dev/null || break
+  sleep 0.5
+done
+[ -n "$url" ] || { echo "origami serve under srun did not start"; exit 1; }
+"$origami" generate --config "$config" --checkpoint "$work/mpirun-ckpt" --prompt The \
+  --temperature 0 --max-new-tokens 12 --no-stream --no-stats >"$work/generate.out"
+# The served text against generate's bytes (broken UTF-8 arrives as U+FFFD in JSON).
+served=$(python3 -c '
+import json, sys, urllib.request
+req = urllib.request.Request(sys.argv[1] + "/v1/completions", method="POST",
+    data=json.dumps({"prompt": "The", "max_tokens": 12, "temperature": 0}).encode(),
+    headers={"Content-Type": "application/json"})
+got = "The" + json.load(urllib.request.urlopen(req, timeout=60))["choices"][0]["text"]
+want = open(sys.argv[2], "rb").read().decode(errors="replace")
+print("same" if got + "\n" == want else "differ: %r vs %r" % (got, want))' "$url" "$work/generate.out")
+kill -USR1 "$child"  # srun passes it to every task; the server drains
+serve_rc=0
+wait "$child" || serve_rc=$?
+child=""
+if [ "$served" != same ] || [ "$serve_rc" -ne 0 ]; then
+  echo "serve under srun: exit $serve_rc, $served"
+  exit 1
+fi
+echo "   the served completion equals origami generate's; exit $serve_rc after SIGUSR1"
 
 python3 - "$steps" "$work" <<'PY'
 import json, sys
