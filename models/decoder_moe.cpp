@@ -22,14 +22,15 @@ namespace origami::models {
 namespace {
 // The experts on rows grouped by expert (rows[e] each), x [n,H] compute, p [n] f32 routing
 // weights: eg, eu [n,Fe] = x W[e]^T;  ea = silu(eg) * eu * p;  y [n,H] = ea Wdown[e]^T.
+// fixed_rows: batch-invariant GEMMs (ops::grouped_gemm).
 void experts_forward(const LayerWeights& w, std::span<const int64_t> rows, const Tensor& x,
-                     const Tensor& p, LayerActivations& a, Tensor& y) {
+                     const Tensor& p, LayerActivations& a, Tensor& y, bool fixed_rows) {
   const int64_t n = x.size(0);
   Tensor eg = rows_of(a.eg, n), eu = rows_of(a.eu, n), ea = rows_of(a.ea, n);
-  ops::grouped_gemm(x, w.e_gate, rows, eg, true);
-  ops::grouped_gemm(x, w.e_up, rows, eu, true);
+  ops::grouped_gemm(x, w.e_gate, rows, eg, true, 1.0f, 0.0f, fixed_rows);
+  ops::grouped_gemm(x, w.e_up, rows, eu, true, 1.0f, 0.0f, fixed_rows);
   ops::swiglu_forward(eg, eu, ea, p);
-  ops::grouped_gemm(ea, w.e_down, rows, y, true);
+  ops::grouped_gemm(ea, w.e_down, rows, y, true, 1.0f, 0.0f, fixed_rows);
 }
 
 // Their backward: dy [n,H] -> dx [n,H], dp [n] f32; expert weight gradients added to g.
@@ -55,6 +56,7 @@ void Decoder::moe_forward(int64_t l, LayerActivations& a) {
   const int64_t T = Tl_, E = spec_.moe.num_experts;  // the MoE block runs on this rank's rows
   const int64_t m = moe_index_[size_t(l)];
   Tensor& out = mb().xs[size_t(l - Lb_ + 1)];
+  const bool invariant = opt_.inference && opt_.infer.batch_invariant;
   // hn2 [Tl,H] = rmsnorm(x_mid)
   Tensor hn2 = rows_of(a.hn2, T);
   ops::rmsnorm_forward(a.x_mid, w.ln2, float(spec_.rms_eps), hn2, a.rstd2);
@@ -92,10 +94,11 @@ void Decoder::moe_forward(int64_t l, LayerActivations& a) {
     dispatcher_->dispatch(xg, pw, r.group_rows, st, a.xe, a.pe);
     const int64_t n = st.expert_rows;
     Tensor ye = rows_of(s.d_ye, n);
-    if (n > 0) experts_forward(w, st.rows_per_expert, rows_of(a.xe, n), rows_of(a.pe, n), a, ye);
+    if (n > 0)
+      experts_forward(w, st.rows_per_expert, rows_of(a.xe, n), rows_of(a.pe, n), a, ye, invariant);
     dispatcher_->combine(ye, st, y);
   } else if (N > 0) {
-    experts_forward(w, rows, xg, pw, a, y);
+    experts_forward(w, rows, xg, pw, a, y, invariant);
   }
   // Unpermute: x_{l+1}[tok] += y (the k copies of a token add up)
   if (N > 0) ops::scatter_add_rows(y, tok, out);

@@ -118,7 +118,7 @@ void batched_gemm(const Tensor& a, const Tensor& b, Tensor& out, const GemmOptio
 }
 
 void grouped_gemm(const Tensor& x, const Tensor& w, std::span<const int64_t> group_rows,
-                  Tensor& out, bool trans_w, float alpha, float beta) {
+                  Tensor& out, bool trans_w, float alpha, float beta, bool fixed_rows) {
   const char* op = "grouped_gemm";
   const int64_t n = check_groups(op, x, w, group_rows, trans_w);
   check_dim(op, "out", out, 2);
@@ -132,7 +132,7 @@ void grouped_gemm(const Tensor& x, const Tensor& w, std::span<const int64_t> gro
     fail_no_cuda(op);
 #endif
   } else {
-    cpu::grouped_gemm(x, w, group_rows, out, trans_w, alpha, beta);
+    cpu::grouped_gemm(x, w, group_rows, out, trans_w, alpha, beta, fixed_rows);
   }
 }
 

@@ -28,8 +28,12 @@ void batched_gemm(const Tensor& a, const Tensor& b, Tensor& out, const GemmOptio
 // Grouped GEMM for experts. x [T,K] holds the rows of group g contiguously, groups in order,
 // group_rows[g] rows each (sum = T; zero-row groups allowed). w [G,K,N], or [G,N,K] with trans_w.
 //   out[rows of g] [T_g,N] = alpha * x[rows of g] @ op(w[g]) + beta * out[rows of g]
+// fixed_rows (CPU): one GEMM primitive per row count instead of one for any count, so that a
+// row's result does not depend on how many rows its group has (batch-invariant inference; the
+// runtime-sized primitive blocks rows differently for different counts). CUDA ignores it.
 void grouped_gemm(const Tensor& x, const Tensor& w, std::span<const int64_t> group_rows,
-                  Tensor& out, bool trans_w = false, float alpha = 1.0f, float beta = 0.0f);
+                  Tensor& out, bool trans_w = false, float alpha = 1.0f, float beta = 0.0f,
+                  bool fixed_rows = false);
 
 // Backward of grouped_gemm(x, w, out, trans_w) with alpha 1:
 //   dx[rows of g] = dout_g @ op(w[g])^T               (written, or added with accumulate)

@@ -14,10 +14,12 @@ struct PagedAttentionParams {
   float scale = 0.0f;   // softmax scale; 0 means 1/sqrt(head_dim)
   int64_t window = -1;  // sliding window: keep keys with 0 <= q_pos - k_pos < window; -1 = off
                         // (the convention of AttentionParams)
-  // Batch-invariant work split (deterministic serving): a sequence's keys are split at fixed
-  // positions (every kInvariantSplitKeys) whatever else is in the call, so each output row is
-  // computed the same way, bit for bit, alone or in any batch. Off: splits adapt to the number
-  // of jobs per thread (faster decode of small batches). CPU only; CUDA ignores it.
+  // Batch-invariant work split (deterministic serving): every query row is its own job (as a
+  // decode token is) and a sequence's keys are split at fixed positions (every
+  // kInvariantSplitKeys) whatever else is in the call, so each output row is computed the same
+  // way, bit for bit, alone or in any batch and however a prompt is chunked. Off: prompt rows
+  // share tiles and splits adapt to the number of jobs per thread (faster prefill, and decode of
+  // small batches). CPU only; CUDA ignores it.
   bool batch_invariant = false;
 };
 

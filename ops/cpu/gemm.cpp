@@ -7,6 +7,8 @@
 
 #include <dnnl.hpp>
 
+#include <algorithm>
+#include <cstring>
 #include <functional>
 #include <list>
 #include <memory>
@@ -234,15 +236,21 @@ void gemm(const Tensor& a, const Tensor& b, Tensor& out, const GemmOptions& opt)
   matmul(batched ? "batched_gemm" : "gemm", p, Varying::none, a.data(), b.data(), out.data());
 }
 
+// With fixed_rows, a group's rows run in chunks of exactly kFixedRows rows (the last one padded
+// with zero rows in scratch) through one fixed-size primitive: every row is then computed by the
+// same kernel whatever its group's size or its place in the group.
+constexpr int64_t kFixedRows = 8;
+
 void grouped_gemm(const Tensor& x, const Tensor& w, std::span<const int64_t> group_rows,
-                  Tensor& out, bool trans_w, float alpha, float beta) {
+                  Tensor& out, bool trans_w, float alpha, float beta, bool fixed_rows) {
   const int64_t k = x.size(1), n = out.size(1);
   const size_t xs = dtype_size(x.dtype()), ws = xs, os = dtype_size(out.dtype());
+  thread_local std::vector<char> xpad, opad;
   int64_t row = 0;
   for (size_t g = 0; g < group_rows.size(); ++g) {
     const int64_t rows = group_rows[g];
     if (rows == 0) continue;
-    Problem p{.m = rows,
+    Problem p{.m = fixed_rows ? kFixedRows : rows,
               .n = n,
               .k = k,
               .trans_b = trans_w,
@@ -250,8 +258,27 @@ void grouped_gemm(const Tensor& x, const Tensor& w, std::span<const int64_t> gro
               .out = out.dtype(),
               .alpha = alpha,
               .beta = beta};
-    matmul("grouped_gemm", p, Varying::m, bytes(x) + row * k * xs,
-           bytes(w) + int64_t(g) * k * n * ws, bytes(out) + row * n * os);
+    const char* wg = bytes(w) + int64_t(g) * k * n * ws;
+    if (!fixed_rows) {
+      matmul("grouped_gemm", p, Varying::m, bytes(x) + row * k * xs, wg, bytes(out) + row * n * os);
+      row += rows;
+      continue;
+    }
+    for (int64_t r0 = 0; r0 < rows; r0 += kFixedRows) {
+      const int64_t r = std::min(kFixedRows, rows - r0);
+      const char* xr = bytes(x) + (row + r0) * k * xs;
+      char* orow = bytes(out) + (row + r0) * n * os;
+      if (r == kFixedRows) {
+        matmul("grouped_gemm", p, Varying::none, xr, wg, orow);
+        continue;
+      }
+      xpad.assign(size_t(kFixedRows * k) * xs, 0);
+      opad.assign(size_t(kFixedRows * n) * os, 0);
+      std::memcpy(xpad.data(), xr, size_t(r * k) * xs);
+      std::memcpy(opad.data(), orow, size_t(r * n) * os);  // beta reads the output
+      matmul("grouped_gemm", p, Varying::none, xpad.data(), wg, opad.data());
+      std::memcpy(orow, opad.data(), size_t(r * n) * os);
+    }
     row += rows;
   }
 }

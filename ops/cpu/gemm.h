@@ -14,7 +14,7 @@ namespace origami::ops::cpu {
 void gemm(const Tensor& a, const Tensor& b, Tensor& out, const GemmOptions& opt);
 
 void grouped_gemm(const Tensor& x, const Tensor& w, std::span<const int64_t> group_rows,
-                  Tensor& out, bool trans_w, float alpha, float beta);
+                  Tensor& out, bool trans_w, float alpha, float beta, bool fixed_rows = false);
 
 void grouped_gemm_backward(const Tensor& x, const Tensor& w, const Tensor& dout,
                            std::span<const int64_t> group_rows, Tensor& dx, Tensor& dw,

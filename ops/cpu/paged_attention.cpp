@@ -162,9 +162,12 @@ void plan_jobs(const Problem& P, int64_t N, int nthreads, bool invariant, std::v
   for (int64_t i = 0; i < N; ++i) {
     const int64_t rows = (P.query_start[i + 1] - P.query_start[i]) * G;
     if (rows == 0) continue;
-    const bool in_place = rows <= kDotRows;
-    const int64_t heads = in_place ? std::min(P.Hkv, kMaxRows / rows) : 1;
-    const int64_t step = in_place ? rows : tile_rows;
+    // Batch-invariant: one query row (its G heads) per job, always, so a prompt's rows are
+    // computed exactly as decode tokens are, however the prompt is chunked.
+    const int64_t per = invariant ? G : rows;  // rows of one kv head in a job
+    const bool in_place = per <= kDotRows;
+    const int64_t heads = in_place ? std::min(P.Hkv, kMaxRows / per) : 1;
+    const int64_t step = invariant ? G : in_place ? rows : tile_rows;
     for (int64_t hk = 0; hk < P.Hkv; hk += heads)
       for (int64_t m0 = 0; m0 < rows; m0 += step) {
         const int64_t nrows = std::min(step, rows - m0);

@@ -306,6 +306,42 @@ TEST(Gemm, GroupedMatchesNaive) {
           }
 }
 
+// fixed_rows: a row's result does not depend on how many rows its group has or where it sits in
+// the group (batch-invariant MoE inference). One row computed in group 0 of 1 to 40 rows, at
+// different places, with the other groups' sizes changing too, must be the same bits every time,
+// and equal the naive product.
+TEST(Gemm, GroupedFixedRowsIsBatchInvariant) {
+  ORIGAMI_REQUIRE_TEST_DEVICE();
+  if (!test::test_device().is_cpu()) GTEST_SKIP() << "fixed_rows is a CPU option";
+  const int64_t K = 96, N = 80, G = 3;
+  for (DType dt : {DType::f32, DType::bf16}) {
+    const Tensor w = test::random_tensor({G, N, K}, dt, 7);  // trans_w: [G,N,K]
+    const Tensor row = test::random_tensor({1, K}, dt, 8);
+    std::vector<float> first;
+    for (int64_t rows0 = 1; rows0 <= 40; rows0 += 3) {
+      const std::vector<int64_t> rows = {rows0, 5 + rows0 % 4, 0};
+      const int64_t T = rows[0] + rows[1] + rows[2];
+      Tensor x = test::random_tensor({T, K}, dt, uint64_t(100 + rows0));
+      const int64_t at = (rows0 * 7) % rows0 == 0 ? rows0 / 2 : (rows0 * 7) % rows0;  // its place
+      x.narrow(0, at, 1).copy_from(row);
+      Tensor out = Tensor::empty({T, N}, dt);
+      ops::grouped_gemm(x, w, rows, out, true, 1.0f, 0.0f, /*fixed_rows=*/true);
+      const std::vector<float> got = out.narrow(0, at, 1).contiguous().to_float_vector();
+      if (first.empty()) {
+        first = got;
+        // The naive product of the row with group 0's weights.
+        const std::vector<float> wv = w.to_float_vector(), rv = row.to_float_vector();
+        for (int64_t n = 0; n < N; ++n) {
+          double acc = 0;
+          for (int64_t k = 0; k < K; ++k) acc += double(rv[size_t(k)]) * wv[size_t(n * K + k)];
+          EXPECT_NEAR(got[size_t(n)], acc, dt == DType::f32 ? 1e-4 : 0.1 * (1 + std::abs(acc)));
+        }
+      }
+      EXPECT_EQ(got, first) << dtype_name(dt) << ": group of " << rows0 << " rows";
+    }
+  }
+}
+
 TEST(Gemm, GroupedBackwardMatchesNaive) {
   ORIGAMI_REQUIRE_TEST_DEVICE();
   // (inputs, dx, dw) dtypes.

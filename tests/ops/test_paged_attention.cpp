@@ -595,6 +595,31 @@ TEST(PagedAttention, BatchInvariantRowsDoNotDependOnTheBatch) {
           << std::vector<int>{1, 2, 4}[i % 3] << ") differs from the target alone on 1 thread";
   }
   omp_set_num_threads(threads_before);
+
+  // Chunking: the last 8 rows of a 24-row prompt chunk, run as a chunk of their own over the
+  // same cache, are the same bits.
+  PagedCase whole{"chunk24", 8, 2, 64, 16, {{24, 1300}}};
+  PagedCase tail{"chunk8", 8, 2, 64, 16, {{8, 1300}}};
+  const PagedInputs in_whole = make_paged_inputs(whole, DType::f32, 11);
+  PagedInputs in_tail = make_paged_inputs(tail, DType::f32, 11);
+  const size_t row_floats = size_t(8 * 64);
+  std::memcpy(in_tail.q.data(), in_whole.q.data_as<const float>() + 16 * row_floats,
+              8 * row_floats * sizeof(float));
+  ASSERT_EQ(std::memcmp(in_tail.block_table.data(), in_whole.block_table.data(),
+                        size_t(in_whole.block_table.numel()) * sizeof(int32_t)),
+            0);
+  ops::PagedAttentionParams p;
+  p.batch_invariant = true;
+  Tensor out_whole = Tensor::empty({24, 8, 64}, DType::f32),
+         out_tail = Tensor::empty({8, 8, 64}, DType::f32);
+  ops::paged_attention_forward(in_whole.q, in_whole.k_cache, in_whole.v_cache, in_whole.query_start,
+                               in_whole.context_len, in_whole.block_table, p, out_whole);
+  ops::paged_attention_forward(in_tail.q, in_tail.k_cache, in_tail.v_cache, in_tail.query_start,
+                               in_tail.context_len, in_tail.block_table, p, out_tail);
+  EXPECT_EQ(std::memcmp(out_whole.data_as<const float>() + 16 * row_floats, out_tail.data(),
+                        8 * row_floats * sizeof(float)),
+            0)
+      << "rows of a prompt chunk differ from the same rows in a smaller chunk";
 }
 
 }  // namespace

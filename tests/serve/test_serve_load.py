@@ -41,6 +41,13 @@ def random_prompt(rng, n):
 
 class BatchInvariance(unittest.TestCase):
     def test_same_tokens_alone_and_among_others(self):
+        self.check(MODEL)
+
+    def test_moe_same_tokens_alone_and_among_others(self):
+        # Experts see a different number of rows in every batch (grouped GEMMs).
+        self.check(serve_lib.make_model(os.path.dirname(MODEL), "mixtral"))
+
+    def check(self, model):
         rng = random.Random(3)
         # A ~300-token prompt, prefilled in chunks of whatever the step budget leaves, on two
         # threads; its log-probabilities must be bit-equal too.
@@ -48,7 +55,7 @@ class BatchInvariance(unittest.TestCase):
                          "temperature": 0, "logprobs": 0}
         target_seeded = {"prompt": "servers answer requests", "max_tokens": 24,
                          "temperature": 0.8, "seed": 11, "logprobs": 0}
-        with serve_lib.Server(MODEL, ["--max-num-seqs", "32", "--max-num-batched-tokens", "64"],
+        with serve_lib.Server(model, ["--max-num-seqs", "32", "--max-num-batched-tokens", "64"],
                               env={"OMP_NUM_THREADS": "2"}) as s:
             def run(req):
                 return completion(s, req.pop("prompt"), req.pop("max_tokens"), **req)
