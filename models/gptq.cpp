@@ -5,6 +5,8 @@
 #include <cmath>
 #include <numeric>
 
+#include <nlohmann/json.hpp>
+
 #include "runtime/dtype.h"
 #include "runtime/error.h"
 
@@ -84,10 +86,19 @@ void store_params(QuantizedLinear& out, int64_t group, int64_t row, const GroupP
 // Multiply-adds below which a loop runs on one thread (a parallel region costs more).
 constexpr int64_t kParallelWork = int64_t(1) << 22;
 
+// Four partial sums: independent chains the compiler can pipeline (the order is fixed, so results
+// do not depend on the thread count).
 inline double dot(const double* a, const double* b, int64_t n) {
-  double s = 0.0;
-  for (int64_t k = 0; k < n; ++k) s += a[k] * b[k];
-  return s;
+  double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+  const int64_t n4 = n - n % 4;
+  for (int64_t k = 0; k < n4; k += 4) {
+    s0 += a[k] * b[k];
+    s1 += a[k + 1] * b[k + 1];
+    s2 += a[k + 2] * b[k + 2];
+    s3 += a[k + 3] * b[k + 3];
+  }
+  for (int64_t k = n4; k < n; ++k) s0 += a[k] * b[k];
+  return (s0 + s1) + (s2 + s3);
 }
 
 }  // namespace
@@ -98,18 +109,34 @@ inline double dot(const double* a, const double* b, int64_t n) {
 void cholesky_lower(std::vector<double>& a, int64_t n) {
   ORIGAMI_CHECK(int64_t(a.size()) == n * n, "cholesky: expected ", n * n, " values, got ",
                 a.size());
-  for (int64_t j = 0; j < n; ++j) {
-    double* rj = &a[size_t(j * n)];
-    const double d = rj[j] - dot(rj, rj, j);
-    ORIGAMI_CHECK(d > 0 && std::isfinite(d), "cholesky: matrix not positive definite at column ", j,
-                  " (pivot ", d, ")");
-    const double ljj = std::sqrt(d);
-    // One region per column: worth it from about n = 1024.
-    rj[j] = ljj;
-#pragma omp parallel for schedule(static) if ((n - j) * j >= kParallelWork / 16)
-    for (int64_t i = j + 1; i < n; ++i) {
+  // By blocks of kB columns: L_ij = (A_ij - sum_{k<j} L_ik L_jk) / L_jj, the sum over the columns
+  // before the block taken for the whole block at once (one parallel region per block).
+  constexpr int64_t kB = 64;
+  for (int64_t j0 = 0; j0 < n; j0 += kB) {
+    const int64_t j1 = std::min(n, j0 + kB);
+#pragma omp parallel for schedule(static) if ((n - j0) * kB * j0 >= kParallelWork)
+    for (int64_t i = j0; i < n; ++i) {
       double* ri = &a[size_t(i * n)];
-      ri[j] = (ri[j] - dot(ri, rj, j)) / ljj;
+      for (int64_t j = j0; j < std::min(j1, i + 1); ++j) ri[j] -= dot(ri, &a[size_t(j * n)], j0);
+    }
+    for (int64_t j = j0; j < j1; ++j) {
+      double* rj = &a[size_t(j * n)];
+      const double d = rj[j] - dot(rj + j0, rj + j0, j - j0);
+      ORIGAMI_CHECK(d > 0 && std::isfinite(d), "cholesky: matrix not positive definite at column ",
+                    j, " (pivot ", d, ")");
+      rj[j] = std::sqrt(d);
+      for (int64_t i = j + 1; i < j1; ++i) {
+        double* ri = &a[size_t(i * n)];
+        ri[j] = (ri[j] - dot(ri + j0, rj + j0, j - j0)) / rj[j];
+      }
+    }
+#pragma omp parallel for schedule(static) if ((n - j1) * kB * kB / 2 >= kParallelWork)
+    for (int64_t i = j1; i < n; ++i) {
+      double* ri = &a[size_t(i * n)];
+      for (int64_t j = j0; j < j1; ++j) {
+        const double* rj = &a[size_t(j * n)];
+        ri[j] = (ri[j] - dot(ri + j0, rj + j0, j - j0)) / rj[j];
+      }
     }
   }
   for (int64_t i = 0; i < n; ++i)
@@ -117,33 +144,36 @@ void cholesky_lower(std::vector<double>& a, int64_t n) {
 }
 
 std::vector<double> inverse_upper_cholesky(const std::vector<double>& a, int64_t n) {
-  std::vector<double> l = a;
-  cholesky_lower(l, n);
-  // m = (L^-1)^T, upper: row c of m is column c of L^-1, found by forward substitution.
-  std::vector<double> m(size_t(n * n), 0.0);
-#pragma omp parallel for schedule(dynamic, 8) if (n * n * n / 6 >= kParallelWork)
-  for (int64_t c = 0; c < n; ++c) {
-    double* x = &m[size_t(c * n)];
-    x[c] = 1.0 / l[size_t(c * n + c)];
-    for (int64_t i = c + 1; i < n; ++i) {
-      const double* li = &l[size_t(i * n)];
-      x[i] = -dot(li + c, x + c, i - c) / li[i];
+  ORIGAMI_CHECK(int64_t(a.size()) == n * n, "inverse_upper_cholesky: expected ", n * n,
+                " values, got ", a.size());
+  // With J the order reversal and C C^T = J A J (C lower): J A^-1 J = C^-T C^-1, so
+  // A^-1 = (J C^-1 J)^T (J C^-1 J), and U = J C^-1 J is upper triangular with a positive diagonal.
+  std::vector<double> c(size_t(n * n));
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) c[size_t(i * n + j)] = a[size_t((n - 1 - i) * n + (n - 1 - j))];
+  cholesky_lower(c, n);
+  // X = C^-1 (lower) row by row: X_i = (e_i - sum_{m<i} C_im X_m) / C_ii, by chunks of columns.
+  std::vector<double> x(size_t(n * n), 0.0);
+  constexpr int64_t kChunk = 64;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(dynamic, 1) if (n * n * n / 6 >= kParallelWork)
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    const int64_t k0 = ch * kChunk, k1 = std::min(n, k0 + kChunk);
+    for (int64_t i = k0; i < n; ++i) {
+      double* xi = &x[size_t(i * n)];
+      const double* ci = &c[size_t(i * n)];
+      if (i < k1) xi[i] = 1.0;
+      for (int64_t m = k0; m < i; ++m) {
+        const double* xm = &x[size_t(m * n)];
+        const double cim = ci[m];
+        for (int64_t k = k0; k < std::min(k1, m + 1); ++k) xi[k] -= cim * xm[k];
+      }
+      for (int64_t k = k0; k < std::min(k1, i + 1); ++k) xi[k] /= ci[i];
     }
   }
-  // A^-1 = L^-T L^-1: (A^-1)_ab = sum over k >= max(a, b) of m[a][k] m[b][k].
-  std::vector<double> inv(size_t(n * n));
-#pragma omp parallel for schedule(dynamic, 8) if (n * n * n / 6 >= kParallelWork)
-  for (int64_t r = 0; r < n; ++r)
-    for (int64_t c = r; c < n; ++c) {
-      const double v = dot(&m[size_t(r * n + c)], &m[size_t(c * n + c)], n - c);
-      inv[size_t(r * n + c)] = v;
-      inv[size_t(c * n + r)] = v;
-    }
-  cholesky_lower(inv, n);
-  // U = L2^T.
-  std::vector<double> u(size_t(n * n), 0.0);
+  std::vector<double> u(size_t(n * n));
   for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j <= i; ++j) u[size_t(j * n + i)] = inv[size_t(i * n + j)];
+    for (int64_t j = 0; j < n; ++j) u[size_t(i * n + j)] = x[size_t((n - 1 - i) * n + (n - 1 - j))];
   return u;
 }
 
@@ -459,6 +489,68 @@ QuantizedLinear unpack_gptq(const Tensor& qweight, const Tensor& qzeros, const T
     for (int64_t c = 0; c < in; ++c) lin.g_idx[size_t(c)] = int32_t(c / g);
   }
   return lin;
+}
+
+// ---- quantization_config
+// -------------------------------------------------------------------------
+
+GptqFormat gptq_format_from_config_text(const std::string& text, const std::string& label) {
+  using nlohmann::json;
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    ORIGAMI_FAIL(label, ": not valid JSON: ", e.what());
+  }
+  ORIGAMI_CHECK(
+      j.is_object() && j.contains("quantization_config") && j["quantization_config"].is_object(),
+      label, ": no quantization_config object");
+  const json& q = j["quantization_config"];
+  const std::string where = label + ": quantization_config.";
+  ORIGAMI_CHECK(q.contains("quant_method") && q["quant_method"].is_string() &&
+                    q["quant_method"].get<std::string>() == "gptq",
+                where, "quant_method: expected \"gptq\", got ",
+                q.contains("quant_method") ? q["quant_method"].dump() : "none");
+  auto integer = [&](const char* key) -> int64_t {
+    ORIGAMI_CHECK(q.contains(key) && q[key].is_number_integer(), where, key,
+                  ": expected an integer, got ", q.contains(key) ? q[key].dump() : "none");
+    return q[key].get<int64_t>();
+  };
+  auto boolean = [&](const char* key, bool fallback) {
+    if (!q.contains(key) || q[key].is_null()) return fallback;
+    ORIGAMI_CHECK(q[key].is_boolean(), where, key, ": expected true or false, got ", q[key].dump());
+    return q[key].get<bool>();
+  };
+  GptqFormat f;
+  const int64_t bits = integer("bits");
+  ORIGAMI_CHECK(bits >= 2 && bits <= 8, where, "bits: expected 2..8, got ", bits);
+  f.bits = int(bits);
+  f.group_size = integer("group_size");
+  ORIGAMI_CHECK(f.group_size == -1 || f.group_size > 0, where,
+                "group_size: expected -1 or positive, got ", f.group_size);
+  f.desc_act = boolean("desc_act", false);
+  f.sym = boolean("sym", true);
+  if (q.contains("checkpoint_format") && !q["checkpoint_format"].is_null()) {
+    const json& cf = q["checkpoint_format"];
+    const std::string v = cf.is_string() ? cf.get<std::string>() : cf.dump();
+    ORIGAMI_CHECK(v == "gptq" || v == "gptq_v2", where,
+                  "checkpoint_format: expected \"gptq\" or \"gptq_v2\", got ", cf.dump());
+    f.v2 = v == "gptq_v2";
+  }
+  return f;
+}
+
+std::string gptq_quantization_config_json(const GptqFormat& f, double percdamp) {
+  nlohmann::ordered_json q;
+  q["quant_method"] = "gptq";
+  q["bits"] = f.bits;
+  q["group_size"] = f.group_size;
+  q["desc_act"] = f.desc_act;
+  q["sym"] = f.sym;
+  q["damp_percent"] = percdamp;
+  q["true_sequential"] = true;
+  q["checkpoint_format"] = f.v2 ? "gptq_v2" : "gptq";
+  return q.dump();
 }
 
 }  // namespace origami::models

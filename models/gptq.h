@@ -113,6 +113,20 @@ QuantizedLinear unpack_gptq(const Tensor& qweight, const Tensor& qzeros, const T
                             const Tensor& g_idx, int bits, int64_t group_size, bool v2 = false,
                             const std::string& name = "linear");
 
+// The quantization_config of a GPTQ checkpoint's config.json.
+struct GptqFormat {
+  int bits = 4;
+  int64_t group_size = 128;  // -1: one group
+  bool desc_act = false;     // act-order (g_idx not monotone)
+  bool sym = true;
+  bool v2 = false;  // checkpoint_format "gptq_v2": qzeros hold zero, not zero - 1
+};
+// Reads quantization_config from config.json text; `label` names it in messages. Throws
+// origami::Error naming the field when it is missing, not "gptq", or out of range.
+GptqFormat gptq_format_from_config_text(const std::string& json_text, const std::string& label);
+// The quantization_config object (JSON text) for `format` and the dampening used.
+std::string gptq_quantization_config_json(const GptqFormat& format, double percdamp = 0.01);
+
 // ---- linear algebra (exposed for tests)
 // ----------------------------------------------------------
 

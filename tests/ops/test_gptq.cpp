@@ -378,6 +378,63 @@ TEST(Gptq, PackErrorsNameTheTensor) {
       {"3-bit"});
 }
 
+TEST(Gptq, QuantizationConfig) {
+  const models::GptqFormat f = models::gptq_format_from_config_text(
+      R"({"architectures": ["LlamaForCausalLM"], "quantization_config": {"quant_method": "gptq",
+          "bits": 4, "group_size": 128, "desc_act": true, "sym": false, "damp_percent": 0.01,
+          "checkpoint_format": "gptq_v2"}})",
+      "cfg");
+  EXPECT_EQ(f.bits, 4);
+  EXPECT_EQ(f.group_size, 128);
+  EXPECT_TRUE(f.desc_act);
+  EXPECT_FALSE(f.sym);
+  EXPECT_TRUE(f.v2);
+  // Round trip through the writer (inside a config.json object).
+  const std::string written = models::gptq_quantization_config_json(f);
+  const models::GptqFormat g =
+      models::gptq_format_from_config_text("{\"quantization_config\": " + written + "}", "w");
+  EXPECT_EQ(g.bits, f.bits);
+  EXPECT_EQ(g.group_size, f.group_size);
+  EXPECT_EQ(g.desc_act, f.desc_act);
+  EXPECT_EQ(g.sym, f.sym);
+  EXPECT_EQ(g.v2, f.v2);
+  // Defaults: classic format, symmetric, no act-order.
+  const models::GptqFormat d = models::gptq_format_from_config_text(
+      R"({"quantization_config": {"quant_method": "gptq", "bits": 8, "group_size": -1}})", "d");
+  EXPECT_TRUE(d.sym);
+  EXPECT_FALSE(d.desc_act);
+  EXPECT_FALSE(d.v2);
+  EXPECT_EQ(d.group_size, -1);
+  test::expect_error([] { models::gptq_format_from_config_text("{}", "c.json"); },
+                     {"c.json", "no quantization_config"});
+  test::expect_error(
+      [] {
+        models::gptq_format_from_config_text(
+            R"({"quantization_config": {"quant_method": "awq", "bits": 4}})", "c.json");
+      },
+      {"c.json", "quant_method", "awq"});
+  test::expect_error(
+      [] {
+        models::gptq_format_from_config_text(
+            R"({"quantization_config": {"quant_method": "gptq", "bits": 4}})", "c.json");
+      },
+      {"quantization_config.group_size", "none"});
+  test::expect_error(
+      [] {
+        models::gptq_format_from_config_text(
+            R"({"quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 0}})",
+            "c.json");
+      },
+      {"group_size", "got 0"});
+  test::expect_error(
+      [] {
+        models::gptq_format_from_config_text(R"({"quantization_config": {"quant_method": "gptq",
+            "bits": 4, "group_size": 128, "checkpoint_format": "marlin"}})",
+                                             "c.json");
+      },
+      {"checkpoint_format", "marlin"});
+}
+
 // ---- golden: against PyTorch
 // ------------------------------------------------------------------------
 
