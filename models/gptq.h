@@ -22,16 +22,18 @@
 //      block, W[:, rest] -= E_block U[block, rest]. With groups, at each column that is a multiple
 //      of group_size (in the permuted order), the group's scale and zero come from W[:, i : i+g]
 //      as updated by the earlier blocks (not by the earlier columns of the same block; this is
-//      AutoGPTQ's choice, and the same thing when group_size == block_size). With group_size -1
-//      there is one group whose parameters come from the original W (before step 1), as AutoGPTQ.
+//      AutoGPTQ's choice, and the same thing when group_size is a multiple of block_size). With
+//      group_size -1 there is one group whose parameters come from the original W (before step 1),
+//      as AutoGPTQ.
 //   The math is in double; the levels come from the double scale, which is then stored as float.
 //
 // Hugging Face GPTQ layout of a linear NAME with `in` inputs, `out` outputs, G groups, b bits
 // (b in {2, 4, 8}: 32/b values per int32 word, the lowest bits first):
 //   NAME.qweight  int32 [in*b/32, out]   levels, input rows packed along dim 0
 //   NAME.qzeros   int32 [G, out*b/32]    zero points packed along dim 1; the classic format stores
-//                                        (zero - 1) mod 2^b, checkpoint_format "gptq_v2" stores
-//                                        zero
+//                                        (zero - 1) mod 2^b (so zero 0 is stored as 2^b - 1 and
+//                                        read back as (stored + 1) mod 2^b), checkpoint_format
+//                                        "gptq_v2" stores zero
 //   NAME.scales   fp16  [G, out]
 //   NAME.g_idx    int32 [in]             group of each input column (not monotone with desc_act)
 // config.json quantization_config: quant_method "gptq", bits, group_size (-1: one group), desc_act,
