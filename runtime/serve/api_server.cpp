@@ -321,7 +321,6 @@ void ApiServer::take_inbox() {
       if (std::find(live_.begin(), live_.end(), keep) == live_.end()) live_.push_back(keep);
     } catch (const Error& e) {
       // The engine refused it (its limits): a 400, and the call's other prompts end.
-      call.abort_message = "";
       for (int64_t id : call.engine_ids)
         if (id >= 0) engine_->abort(id);
       if (!call.ended) {
@@ -340,6 +339,15 @@ void ApiServer::take_inbox() {
 }
 
 // ---- answers ----------------------------------------------------------------------------------
+
+Response ApiServer::response_of(const Call& call) const {
+  Response r;
+  r.endpoint = call.endpoint;
+  r.id = call.id;
+  r.created = call.created;
+  r.model = opt_.model.name;
+  return r;
+}
 
 void ApiServer::on_event(Call& call, int prompt, const TokenEvent& e) {
   const int index = prompt * call.n + e.sample;
@@ -390,11 +398,7 @@ void ApiServer::on_event(Call& call, int prompt, const TokenEvent& e) {
     if (lp) c.logprobs.push_back(*lp);
   } else if (!call.client_gone && !aborted &&
              (!piece.empty() || lp || finish != ChoiceFinish::none || !c.opened)) {
-    Response chunk;
-    chunk.endpoint = call.endpoint;
-    chunk.id = call.id;
-    chunk.created = call.created;
-    chunk.model = opt_.model.name;
+    Response chunk = response_of(call);
     Choice ch;
     ch.index = index;
     ch.text = piece;
@@ -447,22 +451,14 @@ void ApiServer::end_call(Call& call) {
       }
     } else if (call.stream) {
       if (call.include_usage) {
-        Response u;
-        u.endpoint = call.endpoint;
-        u.id = call.id;
-        u.created = call.created;
-        u.model = opt_.model.name;
+        Response u = response_of(call);
         u.usage = Usage{prompt_tokens, completion_tokens};
         call.out->write(sse_event(encode_chunk(u)));
       }
       call.out->write(std::string(kSseDone));
       call.out->finish();
     } else {
-      Response r;
-      r.endpoint = call.endpoint;
-      r.id = call.id;
-      r.created = call.created;
-      r.model = opt_.model.name;
+      Response r = response_of(call);
       r.usage = Usage{prompt_tokens, completion_tokens};
       for (size_t i = 0; i < call.choices.size(); ++i) {
         Call::ChoiceState& c = call.choices[i];

@@ -98,6 +98,8 @@ class ApiServer {
   // Engine thread: a token event of one of the call's choices.
   void on_event(Call& call, int prompt, const TokenEvent& e);
   void finish_choice(Call& call, int choice, ChoiceFinish reason);
+  // A response (whole or chunk) of the call, with no choices yet.
+  Response response_of(const Call& call) const;
   void end_call(Call& call);
   void update_gauges();
 
