@@ -215,7 +215,8 @@ void Engine::schedule(std::vector<Chunk>& chunks) {
 void Engine::build_batch(const std::vector<Chunk>& chunks) {
   copies_.clear();
   begin_step(batch_);
-  std::vector<int64_t> ids;
+  std::vector<int64_t>& ids = step_ids_;
+  ids.clear();
   for (const Chunk& c : chunks) {
     Sequence& s = *c.seq;
     if (blocks_.contains(s.id))
@@ -230,7 +231,7 @@ void Engine::build_batch(const std::vector<Chunk>& chunks) {
 }
 
 bool Engine::step() {
-  std::vector<Chunk> chunks;
+  std::vector<Chunk>& chunks = chunks_;  // members, so that a step allocates nothing
   schedule(chunks);
   if (chunks.empty()) return false;
   build_batch(chunks);
@@ -249,7 +250,8 @@ bool Engine::step() {
       blocks_.publish(s.id, s.published, s.hashes[size_t(s.published)]);
     if (s.computed < int64_t(s.tokens.size())) continue;  // a prompt chunk: nothing to sample
     const std::span<const float> row(logits.data_as<float>() + int64_t(j) * V, size_t(V));
-    std::vector<Sequence*> samples = {&s};
+    std::vector<Sequence*>& samples = samples_;
+    samples.assign(1, &s);
     if (!s.forked) fork_samples(s, samples);  // the samples draw from the same row
     for (Sequence* x : samples) sample_next(*x, row);
   }

@@ -160,10 +160,13 @@ class Engine {
   std::vector<std::pair<int64_t, double>> top_;  // log-probability scratch
   StepBatch batch_;
   std::vector<BlockCopy> copies_;
-  int64_t next_id_ = 1;         // sequences
-  int64_t next_request_ = 1;    // requests
-  std::vector<float> masked_;   // a logits row with the stop ids masked (min_tokens)
-  std::vector<int32_t> order_;  // top log-probabilities scratch
+  std::vector<Chunk> chunks_;       // this step's chunks
+  std::vector<int64_t> step_ids_;   // their sequences' ids
+  std::vector<Sequence*> samples_;  // the samples drawing from one logits row
+  int64_t next_id_ = 1;             // sequences
+  int64_t next_request_ = 1;        // requests
+  std::vector<float> masked_;       // a logits row with the stop ids masked (min_tokens)
+  std::vector<int32_t> order_;      // top log-probabilities scratch
   EngineStats stats_;
 };
 
