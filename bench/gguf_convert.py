@@ -25,7 +25,7 @@ def shim_torch():
     import torch
     for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"):
         if not hasattr(torch, name):
-            setattr(torch, name, torch.uint8)  # a placeholder dtype: never produced by 1.13
+            setattr(torch, name, torch.uint8)  # a stand-in for the name: torch 1.13 never produces it
     for name in ("uint16", "uint32", "uint64"):
         if not hasattr(torch, name):
             setattr(torch, name, torch.int64)

@@ -59,9 +59,10 @@ fi
 
 # Test-time Python environment: Debian's interpreter and torch, plus pinned PyPI tools.
 venv="$here/.venv"
-# openai: the official client of the serving tests (httpx pinned to a version it supports).
+# openai: the official client of the serving tests (httpx pinned to a version it supports);
+# prometheus-client: its parser checks the /metrics text.
 pins=(transformers==4.40.2 tokenizers==0.19.1 huggingface-hub==0.24.7 safetensors==0.4.2
-  openai==1.51.2 httpx==0.27.2)
+  openai==1.51.2 httpx==0.27.2 prometheus-client==0.20.0)
 if [ ! -x "$venv/bin/python" ]; then
   echo "setup.sh: creating $venv"
   /usr/bin/python3 -m venv --system-site-packages "$venv"
@@ -71,7 +72,7 @@ check='import importlib.metadata as m, sys
 for pin in sys.argv[1:]:
     name, version = pin.split("==")
     assert m.version(name) == version, pin
-import torch, transformers, openai'
+import torch, transformers, openai, prometheus_client'
 if ! "$venv/bin/python" -c "$check" "${pins[@]}" >/dev/null 2>&1; then
   "$venv/bin/python" -m pip install -q --disable-pip-version-check "${pins[@]}"
 fi

@@ -149,12 +149,13 @@ test::HostArray naive_paged_attention(const PagedCase& c, const PagedInputs& in)
   return out;  // rows past the last sequence stay zero
 }
 
-Tensor run_paged(const PagedCase& c, const PagedInputs& in, DType dtype) {
-  Tensor out = test::empty_on_test_device({c.rows(), c.Hq, c.D}, dtype);
-  ops::paged_attention_forward(
-      test::on_test_device(in.q), test::on_test_device(in.k_cache),
-      test::on_test_device(in.v_cache), test::on_test_device(in.query_start),
-      test::on_test_device(in.context_len), test::on_test_device(in.block_table), c.params(), out);
+// On the test device, or on the CPU with on_cpu (for CPU kernel options and variants).
+Tensor run_paged(const PagedCase& c, const PagedInputs& in, DType dtype, bool on_cpu = false) {
+  auto dev = [on_cpu](const Tensor& t) { return on_cpu ? t : test::on_test_device(t); };
+  Tensor out = on_cpu ? Tensor::empty({c.rows(), c.Hq, c.D}, dtype)
+                      : test::empty_on_test_device({c.rows(), c.Hq, c.D}, dtype);
+  ops::paged_attention_forward(dev(in.q), dev(in.k_cache), dev(in.v_cache), dev(in.query_start),
+                               dev(in.context_len), dev(in.block_table), c.params(), out);
   return out;
 }
 
@@ -181,12 +182,12 @@ std::vector<PagedCase> reference_cases() {
 
 // Every case in f32 and bf16 against the naive reference.
 void expect_match_reference(const std::vector<PagedCase>& cases, uint64_t seed,
-                            const std::string& what = "") {
+                            const std::string& what = "", bool on_cpu = false) {
   for (const PagedCase& c : cases)
     for (DType dtype : test::float_dtypes()) {
       SCOPED_TRACE(c.name + " " + dtype_name(dtype) + what);
       const PagedInputs in = make_paged_inputs(c, dtype, seed += 10);
-      EXPECT_ALL_CLOSE(run_paged(c, in, dtype), naive_paged_attention(c, in),
+      EXPECT_ALL_CLOSE(run_paged(c, in, dtype, on_cpu), naive_paged_attention(c, in),
                        test::tolerance_for(dtype));
     }
 }
@@ -209,9 +210,8 @@ TEST(PagedAttention, LongContextMatchesNaiveReference) {
 
 // The CPU kernels exist once per instruction set (as those of ops/attention.h, whose choice they
 // follow); each one this machine can run must agree with the reference.
+// (On the CPU whatever the test device.)
 TEST(PagedAttention, EveryCpuInstructionSetMatchesReference) {
-  ORIGAMI_REQUIRE_TEST_DEVICE();
-  if (!test::test_device().is_cpu()) GTEST_SKIP() << "CPU kernel variants";
   const std::vector<PagedCase> cases = {
       {"mixed_bs16_gqa4_d64", 8, 2, 64, 16, {{1, 300}, {70, 90}, {1, 1}}, -1, 1},
       {"window_bs1_mha_d72", 2, 2, 72, 1, {{1, 50}, {9, 30}}, 7, 1},
@@ -221,7 +221,7 @@ TEST(PagedAttention, EveryCpuInstructionSetMatchesReference) {
   uint64_t seed = 3000;
   for (const std::string& isa : ops::cpu::attention_isas()) {
     ops::cpu::attention_force_isa(isa.c_str());
-    expect_match_reference(cases, seed += 100, " " + isa);
+    expect_match_reference(cases, seed += 100, " " + isa, /*on_cpu=*/true);
   }
   ops::cpu::attention_force_isa(nullptr);
 }
@@ -535,9 +535,8 @@ TEST(PagedAttentionGolden, MatchesTorch) {
 // Batch invariance (deterministic serving): with batch_invariant, the rows of a sequence are
 // bit for bit the same alone, among 1, 7 or 31 other sequences, and on 1, 2 or 4 threads; long
 // contexts (split into several pieces) included. Without it, the split adapts to the batch.
+// (A CPU kernel option: the test runs on the CPU whatever the test device.)
 TEST(PagedAttention, BatchInvariantRowsDoNotDependOnTheBatch) {
-  ORIGAMI_REQUIRE_TEST_DEVICE();
-  if (!test::test_device().is_cpu()) GTEST_SKIP() << "batch invariance is a CPU kernel option";
   const int threads_before = omp_get_max_threads();
   std::mt19937_64 rng(17);
   for (const Seq target : {Seq{1, 1500}, Seq{1, 300}, Seq{24, 1300}, Seq{7, 7}}) {
