@@ -68,28 +68,34 @@ std::vector<int64_t> stop_ids_of(const Tokenizer& tok, const std::string& model_
   return ids;
 }
 
-// The chat template: --chat-template FILE, else the tokenizer_config.json of the model folder
-// (or of the tokenizer's folder). Sets `why_none` when there is none.
+// The chat template: --chat-template FILE, else the one of the model's tokenizer_config.json
+// (its "chat_template", or chat_template.jinja beside it), the model folder's or the tokenizer
+// folder's. The special tokens (bos_token, ...) come from that tokenizer_config.json either way.
+// Sets `why_none` when there is no template.
 std::optional<ChatTemplate> chat_template_of(const std::string& file, const ModelSource& src,
                                              std::string& why_none) {
+  std::optional<fs::path> config;
+  for (const std::string& dir : {src.model_dir, src.tokenizer_path})
+    if (!config && !dir.empty() && fs::exists(fs::path(dir) / "tokenizer_config.json"))
+      config = fs::path(dir) / "tokenizer_config.json";
   if (!file.empty()) {
     std::ifstream in(file, std::ios::binary);
     ORIGAMI_CHECK(in.good(), "--chat-template: cannot read '", file, "'");
     std::stringstream ss;
     ss << in.rdbuf();
     ChatTemplate t(ss.str());
-    // The special tokens still come from the model's tokenizer_config.json when it has one.
+    if (config) t.use_special_tokens_of(config->string());
     return t;
   }
-  for (const std::string& dir : {src.model_dir, src.tokenizer_path}) {
-    if (dir.empty() || !fs::is_directory(dir)) continue;
-    const fs::path cfg = fs::path(dir) / "tokenizer_config.json";
-    if (!fs::exists(cfg)) continue;
-    std::ifstream in(cfg);
-    const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
-    if (j.is_object() && j.contains("chat_template"))
-      return ChatTemplate::from_tokenizer_config(cfg.string());
+  if (!config) {
+    why_none = "it has no tokenizer_config.json";
+    return std::nullopt;
   }
+  std::ifstream in(*config);
+  const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+  if ((j.is_object() && j.contains("chat_template") && !j["chat_template"].is_null()) ||
+      fs::exists(config->parent_path() / "chat_template.jinja"))
+    return ChatTemplate::from_tokenizer_config(config->string());
   why_none = "its tokenizer_config.json has no chat_template";
   return std::nullopt;
 }

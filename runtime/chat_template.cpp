@@ -45,6 +45,30 @@ std::string template_text(const ordered_json& entry, const std::string& path) {
               ") but none \"default\"");
 }
 
+// The special tokens transformers passes to every render (its special_tokens_map), from a
+// tokenizer_config.json.
+ordered_json special_tokens_of(const ordered_json& config) {
+  ordered_json tokens = ordered_json::object();
+  for (const char* key : {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token",
+                          "cls_token", "mask_token"}) {
+    if (!config.contains(key)) continue;
+    const ordered_json& token = config[key];
+    if (token.is_string())
+      tokens[key] = token;
+    else if (token.is_object() && token.contains("content") && token["content"].is_string())
+      tokens[key] = token["content"];
+  }
+  if (config.contains("additional_special_tokens") &&
+      config["additional_special_tokens"].is_array() &&
+      !config["additional_special_tokens"].empty()) {
+    ordered_json list = ordered_json::array();
+    for (const auto& token : config["additional_special_tokens"])
+      list.push_back(token.is_object() && token.contains("content") ? token["content"] : token);
+    tokens["additional_special_tokens"] = list;
+  }
+  return tokens;
+}
+
 }  // namespace
 
 ChatTemplate ChatTemplate::from_tokenizer_config(const std::string& path) {
@@ -73,25 +97,14 @@ ChatTemplate ChatTemplate::from_tokenizer_config(const std::string& path) {
       throw Error(std::string(e.what()) + " in the chat template of " + path);
     }
   }();
-  // The special tokens transformers passes to every render (its special_tokens_map).
-  for (const char* key : {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token",
-                          "cls_token", "mask_token"}) {
-    if (!config.contains(key)) continue;
-    const ordered_json& token = config[key];
-    if (token.is_string())
-      result.special_tokens_[key] = token;
-    else if (token.is_object() && token.contains("content") && token["content"].is_string())
-      result.special_tokens_[key] = token["content"];
-  }
-  if (config.contains("additional_special_tokens") &&
-      config["additional_special_tokens"].is_array() &&
-      !config["additional_special_tokens"].empty()) {
-    ordered_json tokens = ordered_json::array();
-    for (const auto& token : config["additional_special_tokens"])
-      tokens.push_back(token.is_object() && token.contains("content") ? token["content"] : token);
-    result.special_tokens_["additional_special_tokens"] = tokens;
-  }
+  result.special_tokens_ = special_tokens_of(config);
   return result;
+}
+
+void ChatTemplate::use_special_tokens_of(const std::string& path) {
+  const ordered_json config = read_json(path);
+  if (!config.is_object()) throw Error("chat template: " + path + " is not a JSON object");
+  special_tokens_ = special_tokens_of(config);
 }
 
 std::string ChatTemplate::render(const ordered_json& messages, bool add_generation_prompt,

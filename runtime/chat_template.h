@@ -74,6 +74,9 @@ class ChatTemplate {
   // variables of every render, as transformers passes them. Throws origami::Error when the file
   // cannot be read or has no chat template.
   static ChatTemplate from_tokenizer_config(const std::string& path);
+  // Takes the special tokens of a tokenizer_config.json (as from_tokenizer_config does) for a
+  // template that came from elsewhere. Throws origami::Error when the file cannot be read.
+  void use_special_tokens_of(const std::string& path);
 
   // messages: [{"role": ..., "content": ...}, ...]. extra: more variables (tools, documents,
   // bos_token, enable_thinking, ...), overriding the special tokens. tools and documents are

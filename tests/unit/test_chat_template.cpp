@@ -88,6 +88,26 @@ void expect_outputs(const std::vector<Expected>& table) {
 }
 
 // ---- the language -------------------------------------------------------------------------------
+// A template from elsewhere (origami serve --chat-template) takes the special tokens of the
+// model's tokenizer_config.json: a string or {"content": ...}, as transformers reads them.
+TEST(ChatTemplate, SpecialTokensOfAConfigForAnotherTemplate) {
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("origami_ct_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  {
+    std::ofstream f(dir / "tokenizer_config.json");
+    f << R"({"bos_token": {"content": "<s>", "lstrip": false}, "eos_token": "</s>"})";
+  }
+  ChatTemplate t(
+      "{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}{{ eos_token }}");
+  const nlohmann::ordered_json messages =
+      nlohmann::ordered_json::parse(R"([{"role": "user", "content": "hi"}])");
+  EXPECT_EQ(t.render(messages, false), "hi");  // undefined names render as ""
+  t.use_special_tokens_of((dir / "tokenizer_config.json").string());
+  EXPECT_EQ(t.render(messages, false), "<s>hi</s>");
+  std::filesystem::remove_all(dir);
+}
+
 TEST(ChatTemplate, Expressions) {
   expect_outputs({
       {"{{ 1 + 2 * 3 }}|{{ (1 + 2) * 3 }}|{{ 7 // 2 }}|{{ -7 // 2 }}|{{ -7 % 3 }}|{{ 7 / 2 }}|"
