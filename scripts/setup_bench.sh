@@ -8,7 +8,8 @@
 #     conversion);
 #   - .bench/llama.cpp: llama.cpp as vendored by the PyPI source distribution of
 #     llama-cpp-python (pinned below; PyPI is the only source reachable here), and
-#     .bench/llama-build/bin/llama-server built from it (CPU, -march=native, no libcurl);
+#     .bench/llama-build/bin/{llama-server,llama-bench,llama-quantize} built from it (CPU,
+#     -march=native, no libcurl);
 #   - .bench/venv-gguf: a venv for llama.cpp's convert_hf_to_gguf.py (bench/hf_to_gguf.sh).
 #     It is made with --system-site-packages so that it sees Debian's torch 1.13 (python3-torch):
 #     PyPI's Linux torch wheels are CUDA builds of several GB. bench/gguf_convert.py gives torch
@@ -68,21 +69,24 @@ ln -sfn "$src/vendor/llama.cpp" "$bench/llama.cpp"
 
 server="$bench/llama-build/bin/llama-server"
 stamp="$bench/llama-build/.version"
-if [ ! -x "$server" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$version" ]; then
-  echo "setup_bench.sh: building llama-server (llama-cpp-python $version) with -j$jobs;" \
+tools=(llama-server llama-bench llama-quantize)
+built=1
+for t in "${tools[@]}"; do [ -x "$bench/llama-build/bin/$t" ] || built=0; done
+if [ "$built" = 0 ] || [ "$(cat "$stamp" 2>/dev/null)" != "$version" ]; then
+  echo "setup_bench.sh: building ${tools[*]} (llama-cpp-python $version) with -j$jobs;" \
        "log: $bench/logs/llama-build.log"
   nice -n 19 cmake -S "$bench/llama.cpp" -B "$bench/llama-build" -DCMAKE_BUILD_TYPE=Release \
     -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
     -DLLAMA_CURL=OFF -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=OFF >"$bench/logs/llama-build.log" 2>&1
-  if ! nice -n 19 cmake --build "$bench/llama-build" --target llama-server -j"$jobs" \
+  if ! nice -n 19 cmake --build "$bench/llama-build" --target "${tools[@]}" -j"$jobs" \
       >>"$bench/logs/llama-build.log" 2>&1; then
     tail -30 "$bench/logs/llama-build.log" >&2
-    echo "setup_bench.sh: the llama-server build failed (log above)" >&2
+    echo "setup_bench.sh: the llama.cpp build failed (log above)" >&2
     exit 1
   fi
   echo "$version" >"$stamp"
 fi
-echo "setup_bench.sh: llama-server: $server"
+echo "setup_bench.sh: llama.cpp tools: $bench/llama-build/bin/{${tools[*]// /,}}"
 
 # The GGUF converter's environment.
 venv="$bench/venv-gguf"

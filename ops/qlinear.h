@@ -1,0 +1,75 @@
+// Linear layers with weights packed once at load for fast inference, above all decode (a few rows
+// a step, where reading the weights is the whole cost):
+//
+//   y [M,N] = x [M,K] @ W^T + beta * y          W [N = rows, K = cols], one of three formats:
+//   bf16  W itself, bf16 [N,K] row-major (the layout oneDNN uses too, so it is held once)
+//   int8  levels q in 0..255        W[n,k] = scale(n, g) * (q[n,k] - zero(n, g)), g = k / group
+//   int4  levels q in 0..15 (also used for 2- and 3-bit levels)
+//
+// Groups run along K (input columns), `group_size` columns each (a multiple of 32 dividing K). A
+// GPTQ checkpoint with act-order has a column order (`g_idx` not monotone): the packed columns are
+// W's columns permuted so that every group is contiguous, and the kernel gathers x's columns by
+// the same permutation (`perm`) first.
+//
+// Kernels (CPU): rows in blocks of up to 16 stream W once per block (AVX-512 / AVX-512-BF16 / VNNI
+// variants picked at run time, a baseline elsewhere); bf16 rounds x to bf16, int8 and int4 quantize
+// x to int8 per block of 32 columns (symmetric, scale max|x|/127, as llama.cpp's q8_0) unless
+// `exact` asks for f32 activations (slower, exact up to f32 rounding: golden tests). Larger M
+// dequantizes W in tiles and runs the tiles through ops::gemm (oneDNN). The work is split over N
+// across the OpenMP threads. CUDA: w8a16 / w4a16 kernels on the same packed data.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "runtime/tensor.h"
+
+namespace origami::ops {
+
+enum class WeightFormat { bf16, int8, int4 };
+const char* weight_format_name(WeightFormat f);  // "bf16", "int8", "int4"
+// "bf16", "int8", "int4" -> the format; throws origami::Error listing the names otherwise.
+WeightFormat parse_weight_format(const std::string& name);
+
+struct PackedLinear {
+  WeightFormat format = WeightFormat::bf16;
+  int64_t rows = 0;        // N (outputs)
+  int64_t cols = 0;        // K (inputs)
+  int64_t group_size = 0;  // int formats: columns per scale and zero (divides K); bf16: 0
+  int bits = 16;           // bits of the levels (int4 holds 2, 3 or 4)
+  // The packed tensors, in the kernel's own order (ops/cpu/qlinear.cpp documents it). bf16: data
+  // is W [N,K] bf16, possibly a view of a bigger buffer (nothing copied). int: data u8, scales and
+  // zeros f32; perm i32 [K] or undefined.
+  Tensor data, scales, zeros, perm;
+
+  bool defined() const { return data.defined(); }
+  Device device() const { return data.device(); }
+  int64_t bytes() const;  // of data, scales, zeros and perm: what a pass over W reads
+};
+
+// W [N,K] bf16 as it is (a view; no copy). f32 W is rounded into a new bf16 tensor.
+PackedLinear pack_bf16(const Tensor& w);
+
+// Packs quantized levels (the models::QuantizedLinear layout, any 1 <= bits <= 8):
+//   q       [N*K] levels in 0..2^bits-1, row-major in W's own column order
+//   scales  [G*N] f32, group g of row n at g*N + n;  zeros [G*N] the level of w = 0, same order
+//   g_idx   [K] the group of each column; every group must hold K/G columns (a multiple of 32)
+// bits <= 4 -> int4, else int8. The result lives on `device`. Errors name the bad argument.
+PackedLinear pack_quantized(int bits, int64_t rows, int64_t cols, const int32_t* q,
+                            const float* scales, const int32_t* zeros, int64_t groups,
+                            const int32_t* g_idx, Device device = Device::cpu());
+
+// W^ [N,K] f32 in W's own column order: scale * (q - zero), or the bf16 values.
+Tensor dequantize(const PackedLinear& w);
+
+struct PackedLinearOptions {
+  float beta = 0.0f;   // y = x W^T + beta * y
+  bool exact = false;  // int formats: f32 activations (not int8 blocks)
+};
+
+// y [M,N] = x [M,K] @ W^T + beta * y. x f32 or bf16 contiguous; y f32 or x's dtype; all on w's
+// device. Errors name the tensor whose shape, dtype or device is wrong.
+void packed_linear(const Tensor& x, const PackedLinear& w, Tensor& y,
+                   const PackedLinearOptions& opt = {});
+
+}  // namespace origami::ops
