@@ -73,6 +73,7 @@ int generate(int argc, char** argv) {
   flags.add("kv-blocks", "0",
             "blocks in the KV cache; 0 = enough for every prompt at the full context");
   add_inference_parallel_flags(flags);
+  add_weight_flags(flags);
   flags.add_bool("stream", true, "print tokens as they are generated (a single prompt only)");
   flags.add_bool("stats", true, "print prefill and decode speed on stderr at the end");
   if (!flags.parse(argc, argv)) return 0;
@@ -167,6 +168,7 @@ int run_generate(const Flags& flags, bool multi_rank) {
       go.device = device_from_string(flags.get("device"));
       go.kv_block_size = flags.get_int("kv-block-size");
       go.kv_blocks = flags.get_int("kv-blocks");
+      go.weights = linear_weights_of(flags, source);
       models::GeneratorParallel par;
       if (multi_rank) {
         par.groups = &groups;

@@ -57,6 +57,7 @@ ModelSource resolve_model_source(const std::string& model_dir, const Flags& flag
     ORIGAMI_CHECK(fs::exists(fs::path(src.model_dir) / "config.json"), "model folder '",
                   src.model_dir, "' has no config.json: it is not a Hugging Face model folder");
     src.spec = models::spec_from_hf_config(src.model_dir);
+    src.gptq_linears = models::gptq_quantized_names(src.model_dir, src.spec);
     if (src.tokenizer_path.empty()) {
       ORIGAMI_CHECK(fs::exists(fs::path(src.model_dir) / "tokenizer.json") ||
                         fs::exists(fs::path(src.model_dir) / "tokenizer.model"),
@@ -82,9 +83,32 @@ ModelSource resolve_model_source(const std::string& model_dir, const Flags& flag
 
 void load_model_weights(const ModelSource& source, models::Generator& gen) {
   if (!source.model_dir.empty())
-    models::load_hf_weights(source.model_dir, gen.weights());
+    models::load_hf_weights(source.model_dir, gen.weights(), &gen.packed_weights());
   else
     models::load_training_checkpoint(checkpoint_step_dir(source.checkpoint_dir), gen);
+  const std::vector<std::string> missing = gen.packed_weights().missing();
+  if (!missing.empty())
+    ORIGAMI_FAIL("the model's packed weights were not all loaded; missing ", missing.size(), ": ",
+                 missing.front(), missing.size() > 1 ? ", ..." : "");
+}
+
+void add_weight_flags(Flags& flags) {
+  flags.add("weights", "dense",
+            "linear weights: dense (the --dtype), or int8 / int4 (quantized round-to-nearest at "
+            "load; the head int8). A GPTQ model folder runs its quantized layers as stored");
+  flags.add("weight-group-size", "128",
+            "int8/int4: input columns per scale and zero (a multiple of 32; smaller where it "
+            "does not divide a layer)");
+}
+
+models::LinearWeights linear_weights_of(const Flags& flags, const ModelSource& source) {
+  models::LinearWeights lw;
+  lw.mode = models::parse_weight_mode(flags.get("weights"));
+  lw.group_size = flags.get_int("weight-group-size");
+  ORIGAMI_CHECK(lw.group_size >= 32 && lw.group_size % 32 == 0,
+                "--weight-group-size must be a multiple of 32, got ", lw.group_size);
+  lw.quantized = source.gptq_linears;
+  return lw;
 }
 
 void add_inference_parallel_flags(Flags& flags) {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <functional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -19,6 +20,8 @@ struct ModelSource {
   std::string checkpoint_dir;  // with config_path: the checkpoint folder
   std::string tokenizer_path;  // "byte", a file or a folder
   models::ModelSpec spec;      // validated
+  // Linears the Hugging Face folder stores GPTQ-quantized (canonical names); empty otherwise.
+  std::set<std::string> gptq_linears;
 };
 
 // The flags every model-loading command shares: --config, --checkpoint, --set, --tokenizer.
@@ -27,8 +30,14 @@ void add_model_source_flags(Flags& flags);
 // add_model_source_flags; throws origami::Error saying what to give when something is missing.
 ModelSource resolve_model_source(const std::string& model_dir, const Flags& flags,
                                  const std::string& command);
-// Fills this rank's part of `gen` from the source (safetensors or the checkpoint's latest step).
+// Fills this rank's part of `gen` from the source (safetensors or the checkpoint's latest step),
+// its packed linears included; throws naming any packed weight left unfilled.
 void load_model_weights(const ModelSource& source, models::Generator& gen);
+
+// --weights dense|int8|int4 and --weight-group-size, and the LinearWeights they give for the
+// source (a GPTQ folder's quantized linears are packed whatever --weights says).
+void add_weight_flags(Flags& flags);
+models::LinearWeights linear_weights_of(const Flags& flags, const ModelSource& source);
 
 // The parallel flags of inference (--tp --pp --ep --etp --microbatches --collective-timeout) and
 // the layout they give.

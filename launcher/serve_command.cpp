@@ -157,6 +157,7 @@ int serve(int argc, char** argv) {
   flags.add("dtype", "f32", "compute dtype: f32 or bf16");
   flags.add("device", "cpu", "cpu or cuda[:N]");
   add_inference_parallel_flags(flags);
+  add_weight_flags(flags);
   if (!flags.parse(argc, argv)) return 0;
   return run_on_ranks("serve", argc, argv,
                       [&](bool multi_rank) { return run_serve(flags, multi_rank); });
@@ -237,6 +238,7 @@ int run_serve(const Flags& flags, bool multi_rank) {
       go.kv_block_size = flags.get_int("kv-block-size");
       go.kv_blocks = flags.get_int("kv-blocks");
       go.batch_invariant = flags.get_bool("batch-invariant");
+      go.weights = linear_weights_of(flags, source);
       layout.emplace(world->size(), inference_layout(flags));
       models::check_inference_layout(source.spec, *layout);
       if (root) {

@@ -20,7 +20,9 @@
 namespace origami::models {
 
 Decoder::Decoder(const ModelSpec& spec, const DecoderOptions& opt)
-    : spec_(effective_spec(spec, opt)), opt_(opt), layout_(spec_, shard_of(opt)) {
+    : spec_(effective_spec(spec, opt)),
+      opt_(opt),
+      layout_(decoder_layout(spec_, opt, shard_of(opt))) {
   ORIGAMI_CHECK(opt.compute == DType::f32 || opt.compute == DType::bf16,
                 "decoder: compute dtype must be f32 or bf16, got ", dtype_name(opt.compute));
   if (opt.inference) {
@@ -101,7 +103,10 @@ Decoder::Decoder(const ModelSpec& spec, const DecoderOptions& opt)
     w_.push_back(layer_weights(compute_, names.layers[size_t(l)]));
     if (!opt.inference) g_.push_back(layer_weights(grads_, names.layers[size_t(l)]));
   }
+  pw_.resize(w_.size());
   if (opt.inference) {
+    packed_ = PackedWeights(layout_, opt.infer.weights, opt.device);
+    build_packed_views();
     inf_ = std::make_unique<InferenceBuffers>(std::move(a.inf));
     inf_->full_mb = *mbs_[0];
     inf_->full_acts = shared_acts_[0];
@@ -499,9 +504,10 @@ void Decoder::attention_forward(int64_t l, LayerActivations& a) {
     ops::rmsnorm_forward(x, w.ln1, float(spec_.rms_eps), a.hn1, a.rstd1);
   }
   // q [T,Hq*D], k, v [T,Hkv*D] = hn1 W^T (+ b)
-  linear(a.hn1, w.wq, a.q);
-  linear(a.hn1, w.wk, a.k);
-  linear(a.hn1, w.wv, a.v);
+  const LayerPacked& pk = pw_[size_t(l - Lb_)];
+  project(a.hn1, w.wq, pk.q, a.q);
+  project(a.hn1, w.wk, pk.k, a.k);
+  project(a.hn1, w.wv, pk.v, a.v);
   if (w.bq.defined()) {
     add_bias(s.ones, w.bq, a.q);
     add_bias(s.ones, w.bk, a.k);
@@ -514,7 +520,8 @@ void Decoder::attention_forward(int64_t l, LayerActivations& a) {
   // attn [B,S,Hq,D] = softmax(q k^T * scale, causal / window) v;  lse [B,Hq,S]
   if (inf_) {  // inference: keys and values to the paged cache, queries against it
     attention_paged(l, a);
-    row_parallel_residual(opt_.parallel.tp, sp_, a.attn, w.wo, x, s_->partial, a.x_mid);
+    const ops::PackedLinearOptions po = packed_options();
+    row_parallel_residual(opt_.parallel.tp, sp_, a.attn, w.wo, x, s_->partial, a.x_mid, pk.o, &po);
     return;
   }
   ops::AttentionParams p;
@@ -588,11 +595,14 @@ void Decoder::mlp_forward(int64_t l, LayerActivations& a) {
     ops::rmsnorm_forward(a.x_mid, w.ln2, float(spec_.rms_eps), a.hn2, a.rstd2);
   }
   // gate, up [T,F] = hn2 W^T;  act [T,F] = silu(gate) * up  (this rank's F/tp columns)
-  linear(a.hn2, w.gate, a.gate);
-  linear(a.hn2, w.up, a.up);
+  const LayerPacked& pk = pw_[size_t(l - Lb_)];
+  project(a.hn2, w.gate, pk.gate, a.gate);
+  project(a.hn2, w.up, pk.up, a.up);
   ops::swiglu_forward(a.gate, a.up, a.act);
   // x_{l+1} [Tl,H] = x_mid + act Wdown^T (summed over TP)
-  row_parallel_residual(opt_.parallel.tp, sp_, a.act, w.down, a.x_mid, s_->partial, out);
+  const ops::PackedLinearOptions po = packed_options();
+  row_parallel_residual(opt_.parallel.tp, sp_, a.act, w.down, a.x_mid, s_->partial, out, pk.down,
+                        &po);
 }
 
 // In: dres_c = d loss / d x_{l+1}. Out: dh = d loss / d hn2.

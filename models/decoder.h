@@ -32,10 +32,12 @@
 
 #include <cstdint>
 #include <iosfwd>
+#include <map>
 #include <memory>
 #include <vector>
 
 #include "models/model_spec.h"
+#include "models/packed_weights.h"
 #include "models/moe_router.h"
 #include "models/parameters.h"
 #include "ops/optimizer.h"
@@ -89,6 +91,9 @@ struct InferenceOptions {
   // Every row computed the same way whatever else is in the step (ops::PagedAttentionParams::
   // batch_invariant): a request's tokens do not depend on the batch or on prefill chunking.
   bool batch_invariant = false;
+  // How the linear layers' weights are held (models/packed_weights.h): dense in the compute dtype
+  // (bf16 decodes with the packed bf16 kernels on the same bytes), or packed int8 / int4.
+  LinearWeights weights;
 };
 
 struct DecoderOptions {
@@ -116,6 +121,7 @@ struct LossInfo {
 };
 
 struct LayerWeights;
+struct LayerPacked;
 struct LayerActivations;
 struct Microbatch;
 struct Scratch;
@@ -143,6 +149,9 @@ class Decoder {
   const DecoderOptions& options() const { return opt_; }
   const ParameterLayout& layout() const { return layout_; }
   ParameterBuffer& params() { return master_; }  // f32 master weights
+  // Inference: the packed linear weights (ParamEntry::packed entries; empty when none), filled
+  // by the loaders alongside params().
+  PackedWeights& packed_weights() { return packed_; }
   ParameterBuffer& grads() { return grads_; }    // f32 gradients (accumulated by backward)
   ParameterBuffer& optimizer_m() { return adam_m_; }
   ParameterBuffer& optimizer_v() { return adam_v_; }
@@ -226,6 +235,12 @@ class Decoder {
                         const Tensor& x_in);  // x0 = the previous chunk's output             // hf
                                               // = rmsnorm(x_L), gathered over TP with SP
   void attention_paged(int64_t l, LayerActivations& a);  // inference attention over the cache
+  // y [T,N] = x [T,K] w^T + beta * y: the packed kernels when `packed` is set (inference), else
+  // ops::gemm on w.
+  void project(const Tensor& x, const Tensor& w, const ops::PackedLinear* packed, Tensor y,
+               float beta = 0.0f) const;
+  ops::PackedLinearOptions packed_options(float beta = 0.0f) const;
+  void build_packed_views();  // inference: pw_ and head_packed_ from packed_ and dense_views_
 
   ModelSpec spec_;
   DecoderOptions opt_;
@@ -234,6 +249,12 @@ class Decoder {
   std::vector<std::unique_ptr<Arena>> arenas_;
   ParameterBuffer master_, grads_, compute_, adam_m_, adam_v_;
   std::vector<LayerWeights> w_, g_;               // compute weights, f32 gradients: views per layer
+  // Inference: the packed form of each layer's linears (null: ops::gemm on w_), the head's, the
+  // packed weights themselves and the bf16 views of dense ones.
+  std::vector<LayerPacked> pw_;
+  const ops::PackedLinear* head_packed_ = nullptr;
+  PackedWeights packed_;
+  std::map<std::string, std::vector<ops::PackedLinear>> dense_views_;
   std::vector<std::unique_ptr<Microbatch>> mbs_;  // one per slot
   std::vector<LayerActivations> shared_acts_;     // the one set reused with recompute
   std::unique_ptr<Scratch> s_;

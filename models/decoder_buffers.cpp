@@ -340,8 +340,15 @@ MemoryPlan Decoder::memory_plan(const ModelSpec& spec, const DecoderOptions& opt
   mk.plan = &plan;
   Allocation unused;
   const ModelSpec sp = effective_spec(spec, opt);
-  enumerate_buffers(sp, opt, ParameterLayout(sp, shard), mk, unused);
+  enumerate_buffers(sp, opt, decoder_layout(sp, opt, shard), mk, unused);
   return plan;
+}
+
+ParameterLayout decoder_layout(const ModelSpec& sp, const DecoderOptions& o, const ShardSpec& shard) {
+  ParameterLayout layout(sp, shard);
+  if (o.inference && o.infer.weights.packs())
+    layout.set_packed(packed_weight_names(layout, o.infer.weights));
+  return layout;
 }
 
 }  // namespace origami::models

@@ -21,6 +21,7 @@
 #include "ops/index.h"
 #include "ops/norm.h"
 #include "ops/paged_attention.h"
+#include "ops/qlinear.h"
 #include "parallel/communicator.h"
 #include "runtime/error.h"
 
@@ -40,6 +41,64 @@ Tensor stage(const T* src, int64_t n, Tensor& host, Tensor& dev) {
   return d;
 }
 }  // namespace
+
+ops::PackedLinearOptions Decoder::packed_options(float beta) const {
+  ops::PackedLinearOptions po;
+  po.beta = beta;
+  po.exact = opt_.infer.weights.exact;
+  po.batch_invariant = opt_.infer.batch_invariant;
+  return po;
+}
+
+void Decoder::project(const Tensor& x, const Tensor& w, const ops::PackedLinear* packed, Tensor y,
+                      float beta) const {
+  if (packed == nullptr) return linear(x, w, y, beta);
+  ops::packed_linear(x, *packed, y, packed_options(beta));
+}
+
+void Decoder::build_packed_views() {
+  // bf16 compute: every dense linear is also viewed as a bf16 PackedLinear (no copy).
+  if (opt_.compute == DType::bf16)
+    for (const std::string& name : linear_weight_names(layout_, true)) {
+      const ParamEntry& e = layout_.entry(name);
+      if (e.packed) continue;
+      const Tensor& t = compute_.get(name);
+      std::vector<ops::PackedLinear>& v = dense_views_[name];
+      if (e.is_expert())
+        for (int64_t x = 0; x < e.experts; ++x) v.push_back(ops::pack_bf16(t.select(0, x)));
+      else
+        v.push_back(ops::pack_bf16(t));
+    }
+  const std::string& embed = layout_.names().embed;  // a tied head reads the embedding
+  if (opt_.compute == DType::bf16 && spec_.tie_embeddings && layout_.has_head() &&
+      layout_.has(embed))
+    dense_views_[embed].push_back(ops::pack_bf16(compute_.get(embed)));
+  const auto find = [&](const std::string& name) -> const ops::PackedLinear* {
+    if (name.empty() || !layout_.has(name)) return nullptr;
+    if (packed_.holds(name)) return &packed_.get(name, layout_.entry(name).is_expert() ? 0 : -1);
+    auto it = dense_views_.find(name);
+    return it == dense_views_.end() ? nullptr : it->second.data();
+  };
+  const ModelParamNames& names = layout_.names();
+  for (int64_t l = Lb_; l < Le_; ++l) {
+    const LayerParamNames& n = names.layers[size_t(l)];
+    LayerPacked& p = pw_[size_t(l - Lb_)];
+    p.q = find(n.q);
+    p.k = find(n.k);
+    p.v = find(n.v);
+    p.o = find(n.o);
+    p.gate = find(n.mlp_gate);
+    p.up = find(n.mlp_up);
+    p.down = find(n.mlp_down);
+    p.e_gate = find(n.expert_gate);
+    p.e_up = find(n.expert_up);
+    p.e_down = find(n.expert_down);
+    p.s_gate = find(n.shared_gate);
+    p.s_up = find(n.shared_up);
+    p.s_down = find(n.shared_down);
+  }
+  head_packed_ = find(spec_.tie_embeddings ? names.embed : names.lm_head);
+}
 
 int64_t Decoder::step_rows(const StepBatch& batch) const {
   const int64_t T = batch.tokens();
@@ -208,7 +267,7 @@ Tensor Decoder::infer_head(const StepBatch& b) {
   // logits [R,V/tp] f32 = h Wlm^T (this rank's vocabulary columns)
   const std::string& lm = spec_.tie_embeddings ? layout_.names().embed : layout_.names().lm_head;
   Tensor lg = ib.logits.narrow(0, 0, R);
-  linear(h, compute_.get(lm), lg);
+  project(h, compute_.get(lm), head_packed_, lg);
   Tensor out = ib.logits_host.narrow(0, 0, R);
   if (tp_ == 1) {
     out.copy_from(lg);

@@ -28,6 +28,15 @@ struct LayerWeights {
   Tensor s_gate, s_up, s_down, s_expert_gate;   // shared expert
 };
 
+// Inference: one layer's linears in packed form (ops/qlinear.h), null where ops::gemm runs on the
+// LayerWeights tensor instead. Experts: arrays of the local experts' weights.
+struct LayerPacked {
+  const ops::PackedLinear *q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr;
+  const ops::PackedLinear *gate = nullptr, *up = nullptr, *down = nullptr;
+  const ops::PackedLinear *e_gate = nullptr, *e_up = nullptr, *e_down = nullptr;  // [El]
+  const ops::PackedLinear *s_gate = nullptr, *s_up = nullptr, *s_down = nullptr;
+};
+
 // Activations of one layer kept for backward (per microbatch slot, or one shared set with
 // recompute). T = B*S rows, Tl = the rows this rank holds (T/tp with sequence parallelism), N =
 // rows of the permuted (token, expert) copies; q/k/v/attn/gate/up are this rank's TP columns.
@@ -215,6 +224,9 @@ struct InferenceBuffers {
 
 // The part of the model a decoder with these options holds (its communicators' sizes and ranks).
 ShardSpec shard_of(const DecoderOptions& o);
+// The parameters a decoder with these options holds: inference leaves its packed linears out of
+// the buffer (DecoderOptions::infer.weights).
+ParameterLayout decoder_layout(const ModelSpec& sp, const DecoderOptions& o, const ShardSpec& shard);
 // The spec a decoder runs: inference routes MoE tokens dropless, whatever capacity it trained with.
 ModelSpec effective_spec(const ModelSpec& spec, const DecoderOptions& o);
 

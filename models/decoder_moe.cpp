@@ -15,6 +15,7 @@
 #include "ops/gemm.h"
 #include "ops/index.h"
 #include "ops/norm.h"
+#include "ops/qlinear.h"
 #include "parallel/expert_dispatcher.h"
 
 namespace origami::models {
@@ -22,15 +23,37 @@ namespace origami::models {
 namespace {
 // The experts on rows grouped by expert (rows[e] each), x [n,H] compute, p [n] f32 routing
 // weights: eg, eu [n,Fe] = x W[e]^T;  ea = silu(eg) * eu * p;  y [n,H] = ea Wdown[e]^T.
-// fixed_rows: batch-invariant GEMMs (ops::grouped_gemm).
-void experts_forward(const LayerWeights& w, std::span<const int64_t> rows, const Tensor& x,
-                     const Tensor& p, LayerActivations& a, Tensor& y, bool fixed_rows) {
+// fixed_rows: batch-invariant GEMMs (ops::grouped_gemm). Packed experts (inference: pk.e_gate
+// set) run one packed product per expert with rows instead.
+void experts_forward(const LayerWeights& w, const LayerPacked& pk,
+                     const ops::PackedLinearOptions& po, std::span<const int64_t> rows,
+                     const Tensor& x, const Tensor& p, LayerActivations& a, Tensor& y,
+                     bool fixed_rows) {
   const int64_t n = x.size(0);
   Tensor eg = rows_of(a.eg, n), eu = rows_of(a.eu, n), ea = rows_of(a.ea, n);
-  ops::grouped_gemm(x, w.e_gate, rows, eg, true, 1.0f, 0.0f, fixed_rows);
-  ops::grouped_gemm(x, w.e_up, rows, eu, true, 1.0f, 0.0f, fixed_rows);
+  // Each expert's rows [r, r + rows[e]) through op (a packed product into out's rows).
+  const auto per_expert = [&](const ops::PackedLinear* weights, const Tensor& in, Tensor& out) {
+    int64_t r = 0;
+    for (size_t e = 0; e < rows.size(); ++e) {
+      const int64_t m = rows[e];
+      if (m == 0) continue;
+      Tensor o = out.narrow(0, r, m);
+      ops::packed_linear(in.narrow(0, r, m), weights[e], o, po);
+      r += m;
+    }
+  };
+  if (pk.e_gate) {
+    per_expert(pk.e_gate, x, eg);
+    per_expert(pk.e_up, x, eu);
+  } else {
+    ops::grouped_gemm(x, w.e_gate, rows, eg, true, 1.0f, 0.0f, fixed_rows);
+    ops::grouped_gemm(x, w.e_up, rows, eu, true, 1.0f, 0.0f, fixed_rows);
+  }
   ops::swiglu_forward(eg, eu, ea, p);
-  ops::grouped_gemm(ea, w.e_down, rows, y, true, 1.0f, 0.0f, fixed_rows);
+  if (pk.e_down)
+    per_expert(pk.e_down, ea, y);
+  else
+    ops::grouped_gemm(ea, w.e_down, rows, y, true, 1.0f, 0.0f, fixed_rows);
 }
 
 // Their backward: dy [n,H] -> dx [n,H], dp [n] f32; expert weight gradients added to g.
@@ -57,6 +80,8 @@ void Decoder::moe_forward(int64_t l, LayerActivations& a) {
   const int64_t m = moe_index_[size_t(l)];
   Tensor& out = mb().xs[size_t(l - Lb_ + 1)];
   const bool invariant = opt_.inference && opt_.infer.batch_invariant;
+  const LayerPacked& pk = pw_[size_t(l - Lb_)];
+  const ops::PackedLinearOptions po = packed_options();
   // hn2 [Tl,H] = rmsnorm(x_mid)
   Tensor hn2 = rows_of(a.hn2, T);
   ops::rmsnorm_forward(a.x_mid, w.ln2, float(spec_.rms_eps), hn2, a.rstd2);
@@ -95,18 +120,19 @@ void Decoder::moe_forward(int64_t l, LayerActivations& a) {
     const int64_t n = st.expert_rows;
     Tensor ye = rows_of(s.d_ye, n);
     if (n > 0)
-      experts_forward(w, st.rows_per_expert, rows_of(a.xe, n), rows_of(a.pe, n), a, ye, invariant);
+      experts_forward(w, pk, po, st.rows_per_expert, rows_of(a.xe, n), rows_of(a.pe, n), a, ye,
+                      invariant);
     dispatcher_->combine(ye, st, y);
   } else if (N > 0) {
-    experts_forward(w, rows, xg, pw, a, y, invariant);
+    experts_forward(w, pk, po, rows, xg, pw, a, y, invariant);
   }
   // Unpermute: x_{l+1}[tok] += y (the k copies of a token add up)
   if (N > 0) ops::scatter_add_rows(y, tok, out);
 
   if (w.s_gate.defined()) {
     // Shared expert: x_{l+1} += sigmoid(hn2 . wg) * (silu(hn2 Wg^T) * hn2 Wu^T) Wd^T
-    linear(hn2, w.s_gate, a.s_gate);
-    linear(hn2, w.s_up, a.s_up);
+    project(hn2, w.s_gate, pk.s_gate, a.s_gate);
+    project(hn2, w.s_up, pk.s_up, a.s_up);
     Tensor scale;
     if (w.s_expert_gate.defined()) {
       linear(hn2, w.s_expert_gate, a.sg_logit);  // [T,1] f32
@@ -117,7 +143,7 @@ void Decoder::moe_forward(int64_t l, LayerActivations& a) {
       scale = a.s_scale;
     }
     ops::swiglu_forward(a.s_gate, a.s_up, a.s_act, scale);
-    linear(a.s_act, w.s_down, out, 1.0f);
+    project(a.s_act, w.s_down, pk.s_down, out, 1.0f);
   }
 }
 

@@ -89,6 +89,7 @@ DecoderOptions decoder_options(const ModelSpec& spec, const GeneratorOptions& o,
   d.infer.max_sequences = o.max_batch;
   d.infer.max_context = o.max_seq;
   d.infer.batch_invariant = o.batch_invariant;
+  d.infer.weights = o.weights;
   d.infer.max_logit_rows = o.all_logits ? o.max_step_tokens : o.max_batch;
   if (!par.groups) return d;
   const RankGroups& L = *par.layout;
@@ -148,8 +149,13 @@ void Generator::build(const ParameterBuffer* params) {
                   "generator: the parameters have ", params->layout().total_numel(),
                   " slots, the model ", spec_.str(), " needs ", whole.total_numel());
     for (const ParamEntry& e : decoder_->layout().entries()) {
+      const Tensor src = ParameterLayout::slice_of(e, params->get(e.name));
+      if (e.packed) {
+        decoder_->packed_weights().set_dense_entry(e.name, src);
+        continue;
+      }
       Tensor dst = decoder_->params().get(e.name);
-      dst.copy_from(ParameterLayout::slice_of(e, params->get(e.name)));
+      dst.copy_from(src);
     }
   }
   if (pp_ > 1) {
@@ -173,6 +179,17 @@ void Generator::print_plan(std::ostream& os, bool detail) const {
      << ", KV cache " << opt_.kv_blocks << " blocks x " << opt_.kv_block_size
      << " tokens = " << opt_.kv_blocks * opt_.kv_block_size << " tokens (" << opt_.max_batch
      << " x " << opt_.max_seq << " at most), " << opt_.max_step_tokens << " tokens per step\n";
+  const LinearWeights& lw = opt_.weights;
+  if (lw.packs()) {
+    PackedWeights& pw = decoder_->packed_weights();
+    os << "linear weights: " << pw.count() << " packed ("
+       << (lw.mode == WeightMode::dense ? std::string("as quantized in the checkpoint")
+                                        : std::string(weight_mode_name(lw.mode)) +
+                                              " round-to-nearest, groups of " +
+                                              std::to_string(lw.group_size))
+       << (lw.quantized.empty() ? "" : "; GPTQ from the checkpoint")
+       << "), the rest in the memory plan\n";
+  }
   decoder_->plan().print(os, "memory plan", detail);
 }
 
@@ -322,6 +339,12 @@ void load_training_checkpoint(const std::string& step_dir, Generator& gen) {
     ORIGAMI_CHECK(rd.global_shape(key) == e.global_shape, "checkpoint '", step_dir, "': '", key,
                   "' is ", shape_str(rd.global_shape(key)), ", the config's model has ",
                   shape_str(e.global_shape), ": give the config the checkpoint was trained with");
+    if (e.packed) {  // read as f32, then quantized and packed
+      Tensor slice = Tensor::empty(e.shape, DType::f32);
+      rd.read(key, slice, e.slice_offset);
+      gen.packed_weights().set_dense_entry(e.name, slice);
+      continue;
+    }
     Tensor dst = w.get(e.name);
     rd.read(key, dst, e.slice_offset);
   }

@@ -48,6 +48,7 @@ struct GeneratorOptions {
   int64_t kv_block_size = 16;  // tokens per KV-cache block
   int64_t kv_blocks = 0;       // blocks in the pool; 0 = enough for max_batch full sequences
   bool batch_invariant = false;  // rows computed alike in any batch (InferenceOptions)
+  LinearWeights weights;         // dense, or packed int8 / int4 (models/packed_weights.h)
 
   // max_seq from the spec when 0; max_step_tokens = min(max_batch * max_seq, 512) when 0;
   // kv_blocks = max_batch * ceil(max_seq / kv_block_size) when 0.
@@ -108,6 +109,8 @@ class Generator {
   const ModelSpec& spec() const { return spec_; }
   const GeneratorOptions& options() const { return opt_; }  // resolved
   ParameterBuffer& weights();  // this rank's part, compute dtype, on the device
+  // The packed linears of this rank (GeneratorOptions::weights), filled with weights().
+  PackedWeights& packed_weights() { return decoder_->packed_weights(); }
   Decoder& decoder() { return *decoder_; }
   const BlockManager& kv_blocks() const { return blocks_; }
   // What rank 0 prints: the layout (on many ranks) and this rank's plan.

@@ -1,10 +1,13 @@
 #include "models/hf_import.h"
 
+#include <optional>
+
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -273,16 +276,58 @@ NamedTensors to_hf_tensors(const ParameterBuffer& params) {
   return out;
 }
 
-void load_hf_weights(const std::string& path, ParameterBuffer& params) {
+namespace {
+constexpr const char* kGptqParts[] = {".qweight", ".qzeros", ".scales", ".g_idx"};
+
+// "X.qweight" (or .qzeros, .scales, .g_idx) -> "X.weight"; empty for other names.
+std::string gptq_base(const std::string& name) {
+  for (const char* part : kGptqParts) {
+    const std::string p = part;
+    if (name.size() > p.size() && name.ends_with(p))
+      return name.substr(0, name.size() - p.size()) + ".weight";
+  }
+  return {};
+}
+
+// The quantization_config of the config.json beside a checkpoint path (folder, index or file).
+GptqFormat gptq_format_near(const std::string& path) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::is_directory(path) ? fs::path(path) : fs::path(path).parent_path();
+  const fs::path config = dir / "config.json";
+  ORIGAMI_CHECK(fs::exists(config), path, ": holds GPTQ tensors (.qweight) but there is no ",
+                config.string(), " with their quantization_config");
+  std::ifstream in(config);
+  std::stringstream text;
+  text << in.rdbuf();
+  return gptq_format_from_config_text(text.str(), config.string());
+}
+}  // namespace
+
+std::set<std::string> gptq_quantized_names(const std::string& path, const ModelSpec& spec) {
+  const SafetensorsIndex index = SafetensorsIndex::open(path);
+  const ParameterLayout whole(spec);
+  const std::map<std::string, Target> targets = hf_targets(whole);
+  std::set<std::string> out;
+  for (const std::string& name : index.names()) {
+    if (!name.ends_with(".qweight")) continue;
+    auto it = targets.find(gptq_base(name));
+    if (it != targets.end()) out.insert(it->second.entry->name);
+  }
+  return out;
+}
+
+void load_hf_weights(const std::string& path, ParameterBuffer& params, PackedWeights* packed) {
   const SafetensorsIndex index = SafetensorsIndex::open(path);
   const ParameterLayout& layout = params.layout();
   const std::map<std::string, Target> targets = hf_targets(layout);
   const bool tied = layout.names().lm_head.empty();
+  std::optional<GptqFormat> gptq;
 
   std::vector<std::string> unexpected, mismatched;
   std::set<std::string> loaded;
   for (const std::string& name : index.names()) {
-    auto it = targets.find(name);
+    const std::string base = gptq_base(name);
+    auto it = targets.find(base.empty() ? name : base);
     if (it == targets.end()) {
       // A rank holding part of the model skips the tensors of other ranks (other layers,
       // experts); a whole model must use every tensor.
@@ -292,6 +337,24 @@ void load_hf_weights(const std::string& path, ParameterBuffer& params) {
       continue;
     }
     const Target& tg = it->second;
+    if (!base.empty()) {  // a GPTQ-quantized linear: read its four tensors at its .qweight
+      if (!name.ends_with(".qweight")) continue;
+      ORIGAMI_CHECK(packed && tg.entry->packed, path, ": ", name,
+                    " is GPTQ-quantized but the model was built to hold '", tg.entry->name,
+                    "' dense (build it with the checkpoint's gptq_quantized_names)");
+      if (!gptq) gptq = gptq_format_near(path);
+      const std::string stem = name.substr(0, name.size() - std::string(".qweight").size());
+      ORIGAMI_CHECK(index.has(stem + ".qzeros") && index.has(stem + ".scales"), path, ": ", name,
+                    " has no ", stem, ".qzeros or ", stem, ".scales");
+      const Tensor g_idx = index.has(stem + ".g_idx") ? index.tensor(stem + ".g_idx") : Tensor();
+      const QuantizedLinear q =
+          unpack_gptq(index.tensor(name), index.tensor(stem + ".qzeros"),
+                      index.tensor(stem + ".scales"), g_idx, gptq->bits, gptq->group_size,
+                      gptq->v2, stem);
+      packed->set_quantized(tg.entry->name, tg.expert, q);
+      loaded.insert(base);
+      continue;
+    }
     Shape want = tg.entry->global_shape;  // the whole tensor; this rank keeps its slice
     if (tg.expert >= 0) want.erase(want.begin());
     const SafetensorsInfo& info = index.info(name);
@@ -301,14 +364,21 @@ void load_hf_weights(const std::string& path, ParameterBuffer& params) {
       continue;
     }
     Tensor src = read_tensor(index.file_for(name), name);
-    Tensor dst = params.get(tg.entry->name);
-    if (tg.expert >= 0) dst = dst.select(0, tg.expert);
     const int skip = tg.expert >= 0 ? 1 : 0;  // the entry's dims past the stacked expert dim
     for (size_t d = 0; d < src.shape().size(); ++d) {
       const int64_t have = tg.entry->shape[d + skip], whole = tg.entry->global_shape[d + skip];
       if (have != whole) src = src.narrow(int(d), tg.entry->slice_offset[d + skip], have);
     }
     if (!src.is_contiguous()) src = src.contiguous();
+    if (tg.entry->packed) {
+      ORIGAMI_CHECK(packed, "load_hf_weights: '", tg.entry->name,
+                    "' is packed: pass the decoder's PackedWeights");
+      packed->set_dense(tg.entry->name, tg.expert, src);
+      loaded.insert(name);
+      continue;
+    }
+    Tensor dst = params.get(tg.entry->name);
+    if (tg.expert >= 0) dst = dst.select(0, tg.expert);
     if (src.dtype() != dst.dtype() && !dst.device().is_cpu()) src = src.to(dst.dtype());
     dst.copy_from(src);
     loaded.insert(name);

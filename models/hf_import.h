@@ -9,9 +9,11 @@
 #pragma once
 
 #include <cstddef>
+#include <set>
 #include <string>
 
 #include "models/model_spec.h"
+#include "models/packed_weights.h"
 #include "models/parameters.h"
 #include "runtime/safetensors.h"
 
@@ -34,7 +36,18 @@ NamedTensors to_hf_tensors(const ParameterBuffer& params);
 // `params` (any dtype / device; F64, F32, BF16, F16 sources converted). Every parameter must be
 // present exactly once and with its shape; names the checkpoint has and the model does not are an
 // error, except rotary inv_freq buffers and a tied lm_head.weight. The messages name the tensors.
-void load_hf_weights(const std::string& path, ParameterBuffer& params);
+//
+// With `packed`, the entries the layout marks packed go there instead: a dense tensor is
+// quantized at load (PackedWeights::set_dense), and a GPTQ-quantized one (NAME.qweight, qzeros,
+// scales, g_idx; config.json's quantization_config, runtime layout in models/gptq.h) is unpacked,
+// cut to this rank's slice and packed. A GPTQ tensor whose entry is not packed is an error that
+// says so (the model must be built with its gptq_quantized_names).
+void load_hf_weights(const std::string& path, ParameterBuffer& params,
+                     PackedWeights* packed = nullptr);
+
+// The canonical names (ParameterLayout) of the linears a checkpoint stores GPTQ-quantized
+// (NAME.qweight present; experts map to their stacked name); empty for a dense checkpoint.
+std::set<std::string> gptq_quantized_names(const std::string& path, const ModelSpec& spec);
 
 // Writes config.json and the weights (as `dtype`) into `dir`: model.safetensors, or shards of at
 // most `max_shard_bytes` with model.safetensors.index.json, as save_pretrained does.

@@ -198,6 +198,23 @@ Tensor ParameterLayout::slice_of(const ParamEntry& e, const Tensor& whole) {
   return t;
 }
 
+void ParameterLayout::set_packed(const std::set<std::string>& names) {
+  for (const std::string& n : names) entry(n);  // every name is known
+  total_ = 0;
+  expert_offset_ = -1;
+  for (ParamEntry& e : entries_) {
+    if (e.is_expert() && expert_offset_ < 0) expert_offset_ = total_;
+    e.packed = names.count(e.name) != 0;
+    if (e.packed) {
+      e.offset = -1;
+      continue;
+    }
+    e.offset = total_;
+    total_ += (e.numel + kParamAlignElements - 1) / kParamAlignElements * kParamAlignElements;
+  }
+  if (expert_offset_ < 0) expert_offset_ = total_;
+}
+
 int64_t ParameterLayout::parameter_count() const {
   int64_t n = 0;
   for (const ParamEntry& e : entries_) n += e.numel;
@@ -228,7 +245,7 @@ ParameterBuffer::ParameterBuffer(const ParameterLayout& layout, Tensor flat) : l
 void ParameterBuffer::make_views() {
   views_.clear();
   for (const ParamEntry& e : layout_.entries())
-    views_[e.name] = flat_.narrow(0, e.offset, e.numel).view(e.shape);
+    views_[e.name] = e.packed ? Tensor() : flat_.narrow(0, e.offset, e.numel).view(e.shape);
 }
 
 const Tensor& ParameterBuffer::get(const std::string& name) const {
@@ -262,6 +279,7 @@ void ParameterBuffer::init_random(uint64_t seed, double std) {
   Tensor host = Tensor::zeros({layout_.total_numel()}, DType::f32);
   std::vector<float> whole;
   for (const ParamEntry& e : layout_.entries()) {
+    if (e.packed) continue;
     const int64_t n = shape_numel(e.global_shape);
     whole.assign(size_t(n), 0.0f);
     if (e.init == ParamInit::ones) {

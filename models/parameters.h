@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -44,6 +45,9 @@ struct ParamEntry {
   // and shared slices on all but one TP rank, and for the head stage's copy of a tied embedding.
   bool owner = true;
   bool tied_copy = false;  // the pipeline head stage's copy of the tied embedding
+  // Held outside the flat buffer, packed for inference (models/packed_weights.h): no space in
+  // the buffer (offset -1) and an undefined view; loaders hand its values to the packed store.
+  bool packed = false;
   bool sharded() const { return shape != global_shape; }
   bool is_expert() const { return experts > 0; }
 };
@@ -106,6 +110,10 @@ class ParameterLayout {
   // The slice of `whole` (a tensor of e.global_shape) that this layout holds for entry e.
   static Tensor slice_of(const ParamEntry& e, const Tensor& whole);
 
+  // Marks these entries packed (ParamEntry::packed) and lays the others out again without them.
+  // Throws naming a name the layout does not have.
+  void set_packed(const std::set<std::string>& names);
+
  private:
   // Adds a tensor of global shape `shape`, split over TP along `shard_dim` (or whole).
   void add(const std::string& name, const Shape& shape, ParamInit init, int64_t experts = 0,
@@ -135,7 +143,8 @@ class ParameterBuffer {
   Tensor& flat() { return flat_; }
   DType dtype() const { return flat_.dtype(); }
   Device device() const { return flat_.device(); }
-  // The named view (throws naming an unknown name); an empty name gives an undefined tensor.
+  // The named view (throws naming an unknown name); an empty name or a packed entry gives an
+  // undefined tensor.
   const Tensor& get(const std::string& name) const;
   const Tensor& operator[](const std::string& name) const { return get(name); }
 

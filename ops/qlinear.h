@@ -65,6 +65,10 @@ Tensor dequantize(const PackedLinear& w);
 struct PackedLinearOptions {
   float beta = 0.0f;   // y = x W^T + beta * y
   bool exact = false;  // int formats: f32 activations (not int8 blocks)
+  // Every row computed by the small-batch kernels whatever M (in chunks of at most 16 rows), so
+  // that a row's result does not depend on how many rows share the call (batch-invariant
+  // inference; without it larger M takes the dequantize + oneDNN path, rounded differently).
+  bool batch_invariant = false;
 };
 
 // y [M,N] = x [M,K] @ W^T + beta * y. x f32 or bf16 contiguous; y f32 or x's dtype; all on w's

@@ -17,11 +17,18 @@ void tp_reduce_rows(Communicator& tp, bool sequence_parallel, Tensor& partial, T
 }
 
 void row_parallel_residual(Communicator* tp, bool sequence_parallel, const Tensor& in,
-                           const Tensor& w, const Tensor& x, const Tensor& scratch, Tensor& out) {
-  const ops::GemmOptions plus{false, true, 1.0f, 1.0f};  // out = in w^T + out
+                           const Tensor& w, const Tensor& x, const Tensor& scratch, Tensor& out,
+                           const ops::PackedLinear* packed, const ops::PackedLinearOptions* opt) {
+  // y = in w^T + beta * y
+  const auto product = [&](Tensor& y, float beta) {
+    if (packed == nullptr) return ops::gemm(in, w, y, {false, true, 1.0f, beta});
+    ops::PackedLinearOptions po = opt ? *opt : ops::PackedLinearOptions{};
+    po.beta = beta;
+    ops::packed_linear(in, *packed, y, po);
+  };
   if (!tp || tp->size() == 1) {
     out.copy_from(x);
-    ops::gemm(in, w, out, plus);
+    product(out, 1.0f);
     return;
   }
   const int64_t Tl = x.size(0);
@@ -35,7 +42,7 @@ void row_parallel_residual(Communicator* tp, bool sequence_parallel, const Tenso
     partial.copy_from(x);
     beta = 1.0f;
   }
-  ops::gemm(in, w, partial, {false, true, 1.0f, beta});
+  product(partial, beta);
   if (sequence_parallel) {
     tp->reduce_scatter(partial, out);
   } else {

@@ -7,6 +7,7 @@
 // backward: the reverse). The calls are collective over the TP group.
 #pragma once
 
+#include "ops/qlinear.h"
 #include "runtime/tensor.h"
 
 namespace origami {
@@ -24,7 +25,11 @@ void tp_reduce_rows(Communicator& tp, bool sequence_parallel, Tensor& partial, T
 // or of size 1: no TP, Tl = T). The residual is folded into the reduction: each rank adds its own
 // rows of x (without SP, rank 0 adds all of them), so the sum arrives complete. scratch [>=T,H]:
 // this rank's share is summed in its first T rows (unused without TP; may be undefined then).
+// With `packed` (inference), the product runs on the packed weight (ops/qlinear.h) with `opt`
+// (its beta is set here) instead of on w.
 void row_parallel_residual(Communicator* tp, bool sequence_parallel, const Tensor& in,
-                           const Tensor& w, const Tensor& x, const Tensor& scratch, Tensor& out);
+                           const Tensor& w, const Tensor& x, const Tensor& scratch, Tensor& out,
+                           const ops::PackedLinear* packed = nullptr,
+                           const ops::PackedLinearOptions* opt = nullptr);
 
 }  // namespace origami
