@@ -7,8 +7,12 @@
 //
 //   bench_decode [--dtype bf16|f32] [--threads N] [--steps N] [--repeats N] [--batches 1,8,32]
 //                [--contexts 128,2048] [--hidden 512 --layers 4 --vocab 32000 --ffn 1408]
+//                [--model HF_DIR] [--weights dense|int8|int4] [--group-size 128]
 //
-// It uses only Generator's public step() API, so the same file times older generators too.
+// --model times a Hugging Face folder (a GPTQ one runs its quantized layers as stored) instead of
+// a random Llama of the given sizes; --weights packs the linears at load (models/packed_weights.h).
+// The bytes a step reads are counted from what the generator holds: the packed weights plus the
+// dense parameters but the embedding table (of which a step reads one row a token).
 #include <omp.h>
 
 #include <algorithm>
@@ -16,10 +20,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "models/generator.h"
+#include "models/hf_import.h"
+#include "models/packed_weights.h"
 #include "models/parameters.h"
 #include "runtime/tensor.h"
 
@@ -75,13 +82,26 @@ double read_bandwidth(int threads) {
   return double(n * sizeof(float)) / times[times.size() / 2];
 }
 
+// The process's resident set in bytes (VmRSS), or 0.
+double resident_bytes() {
+  FILE* f = std::fopen("/proc/self/status", "r");
+  if (!f) return 0;
+  char line[256];
+  double kb = 0;
+  while (std::fgets(line, sizeof line, f))
+    if (std::strncmp(line, "VmRSS:", 6) == 0) kb = std::atof(line + 6);
+  std::fclose(f);
+  return kb * 1024.0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string dtype = "bf16";
   int threads = omp_get_max_threads(), steps = 8, repeats = 3;
   std::vector<int64_t> batches = {1, 8, 32}, contexts = {128, 2048};
-  int64_t hidden = 512, layers = 4, vocab = 32000, ffn = 1408;
+  int64_t hidden = 512, layers = 4, vocab = 32000, ffn = 1408, group = 128;
+  std::string model_dir, weights = "dense";
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--dtype")
@@ -104,6 +124,12 @@ int main(int argc, char** argv) {
       vocab = std::stoll(v);
     else if (k == "--ffn")
       ffn = std::stoll(v);
+    else if (k == "--model")
+      model_dir = v;
+    else if (k == "--weights")
+      weights = v;
+    else if (k == "--group-size")
+      group = std::stoll(v);
     else {
       std::fprintf(stderr, "bench_decode: unknown flag %s (see the header comment)\n", k.c_str());
       return 2;
@@ -111,26 +137,63 @@ int main(int argc, char** argv) {
   }
   omp_set_num_threads(threads);
   models::ModelSpec spec;
-  spec.family = models::Family::llama;
-  spec.vocab = vocab;
-  spec.hidden = hidden;
-  spec.layers = layers;
-  spec.heads = hidden / 64;
-  spec.kv_heads = std::max<int64_t>(1, spec.heads / 4);
-  spec.head_dim = 64;
-  spec.ffn = ffn;
-  spec.rope.head_dim = 64;
-  spec.rope.theta = 10000.0;
-  spec.rms_eps = 1e-5;
   const int64_t max_ctx = *std::max_element(contexts.begin(), contexts.end());
-  spec.max_seq_len = max_ctx + steps + 1;
+  if (model_dir.empty()) {
+    spec.family = models::Family::llama;
+    spec.vocab = vocab;
+    spec.hidden = hidden;
+    spec.layers = layers;
+    spec.heads = hidden / 64;
+    spec.kv_heads = std::max<int64_t>(1, spec.heads / 4);
+    spec.head_dim = 64;
+    spec.ffn = ffn;
+    spec.rope.head_dim = 64;
+    spec.rope.theta = 10000.0;
+    spec.rms_eps = 1e-5;
+  } else {
+    spec = models::spec_from_hf_config(model_dir);
+    hidden = spec.hidden;
+    layers = spec.layers;
+    vocab = spec.vocab;
+    ffn = spec.is_moe() ? spec.moe.expert_ffn : spec.ffn;
+  }
+  spec.max_seq_len = std::max(spec.max_seq_len, max_ctx + steps + 1);
   const DType dt = dtype_from_name(dtype);
   const double esize = dt == DType::f32 ? 4.0 : 2.0;
-  models::ParameterBuffer params(models::ParameterLayout(spec), DType::f32);
-  params.init_random(1, 0.02);
-  // A decode step reads every weight but the embedding table, of which it reads one row a token.
-  const double weight_bytes =
-      double(models::ParameterLayout(spec).parameter_count() - vocab * hidden) * esize;
+  models::LinearWeights lw;
+  lw.mode = models::parse_weight_mode(weights);
+  lw.group_size = group;
+  if (!model_dir.empty()) lw.quantized = models::gptq_quantized_names(model_dir, spec);
+  models::ParameterBuffer params;
+  if (model_dir.empty()) {
+    params = models::ParameterBuffer(models::ParameterLayout(spec), DType::f32);
+    params.init_random(1, 0.02);
+  }
+  // A generator of the batch: built from the random weights, or loaded from the folder.
+  const auto make = [&](int64_t B) {
+    models::GeneratorOptions go;
+    go.max_batch = B;
+    go.max_seq = max_ctx + steps + 1;
+    go.max_step_tokens = std::max<int64_t>(B, 512);
+    go.compute = dt;
+    go.weights = lw;
+    if (model_dir.empty()) return std::make_unique<models::Generator>(spec, params, go);
+    auto g = std::make_unique<models::Generator>(spec, go);
+    models::load_hf_weights(model_dir, g->weights(), &g->packed_weights());
+    return g;
+  };
+  // Bytes a decode step reads: packed weights, plus the dense parameters but the embedding
+  // table (an MoE step reads the experts its tokens chose: this counts them all).
+  // One generator for every batch size (slots 0 .. B-1 of the largest): loaded once.
+  std::unique_ptr<models::Generator> g = make(*std::max_element(batches.begin(), batches.end()));
+  double weight_bytes = 0;
+  {
+    const models::ParameterLayout& layout = g->decoder().layout();
+    for (const models::ParamEntry& e : layout.entries())
+      if (!e.packed && e.name != layout.names().embed) weight_bytes += double(e.numel) * esize;
+    if (spec.tie_embeddings) weight_bytes += double(vocab * hidden) * esize;
+    weight_bytes += double(g->packed_weights().bytes());
+  }
   const double kv_per_token = double(2 * layers * spec.kv_heads * spec.head_dim) * esize;
 
   const double bw = read_bandwidth(threads);
@@ -142,22 +205,18 @@ int main(int argc, char** argv) {
   }
   std::printf(
       "model: hidden %lld, %lld layers, %lld heads (%lld KV), ffn %lld, vocab %lld: %.1f M "
-      "parameters, %s, %.1f MB of weights read per step (all but the embedding table)\n"
+      "parameters, %s, weights %s, %.1f MB of weights read per step (all but the embedding "
+      "table)\n"
       "read bandwidth %.1f GB/s (%d threads, 1 GiB streaming sum); load average %s\n"
       "bound = batch x bandwidth / (weights + batch x context x %.0f B of KV per token)\n\n",
       (long long)hidden, (long long)layers, (long long)spec.heads, (long long)spec.kv_heads,
       (long long)ffn, (long long)vocab,
       double(models::ParameterLayout(spec).parameter_count()) / 1e6, dtype.c_str(),
-      weight_bytes / 1e6, bw / 1e9, threads, load, kv_per_token);
+      weights.c_str(), weight_bytes / 1e6, bw / 1e9, threads, load, kv_per_token);
   std::printf("%6s %8s %12s %12s %8s %10s\n", "batch", "context", "tokens/s", "bound", "ratio",
               "ms/step");
+  models::Generator& gen = *g;
   for (int64_t B : batches) {
-    models::GeneratorOptions go;
-    go.max_batch = B;
-    go.max_seq = max_ctx + steps + 1;
-    go.max_step_tokens = std::max<int64_t>(B, 512);
-    go.compute = dt;
-    models::Generator gen(spec, params, go);
     for (int64_t ctx : contexts) {
       std::vector<double> times;
       for (int r = 0; r < repeats; ++r) {
@@ -190,6 +249,17 @@ int main(int argc, char** argv) {
                   bound, 100.0 * got / bound, step_s * 1e3);
       std::fflush(stdout);
     }
+    // Memory while decoding: the weights as held (packed + the dense buffer) plus the KV cache
+    // and activations of the memory plan, against the resident set.
+    const MemoryPlan& plan = gen.plan();
+    const double held = double(gen.packed_weights().bytes()) +
+                        double(gen.decoder().layout().total_numel()) * esize;
+    const double rest = double(plan.total_bytes()) - double(plan.arena_bytes("compute weights"));
+    const double rss = resident_bytes();
+    std::printf("  memory after batch %lld: resident %.1f MB; weights held %.1f MB + KV cache and "
+                "activations %.1f MB = %.1f MB; resident / that = %.3f\n",
+                (long long)B, rss / 1e6, held / 1e6, rest / 1e6, (held + rest) / 1e6,
+                rss / (held + rest));
   }
   return 0;
 }

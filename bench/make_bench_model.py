@@ -2,10 +2,14 @@
 
     make_bench_model.py OUT_DIR [--hidden 256] [--layers 4] [--heads 8] [--kv-heads 4]
                                 [--intermediate 688] [--vocab 4096] [--max-pos 4096] [--seed 0]
+                                [--model-vocab N] [--experts E --top-k K] [--dtype float32]
 
-Writes OUT_DIR/config.json, model.safetensors (float32), generation_config.json, tokenizer.json
+Writes OUT_DIR/config.json, model.safetensors (--dtype: float32, bfloat16 or float16),
+generation_config.json, tokenizer.json
 (Llama-3 style: Split(Llama-3 regex) + ByteLevel, <|begin_of_text|> template) and
 tokenizer_config.json. The weights are random: the benchmark measures speed, not text quality.
+--model-vocab pads the model's vocabulary past the tokenizer's (a real model's head size);
+--experts makes a Mixtral-style MoE (E experts of --intermediate, top --top-k).
 Needs torch, transformers and tokenizers (the repo's .venv: scripts/setup.sh).
 """
 
@@ -70,6 +74,10 @@ def main():
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--max-pos", type=int, default=4096)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model-vocab", type=int, default=0)
+    ap.add_argument("--experts", type=int, default=0)
+    ap.add_argument("--top-k", type=int, default=2)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     a = ap.parse_args()
 
     import torch
@@ -87,17 +95,23 @@ def main():
                                      "{% endfor %}{% if add_generation_prompt %}assistant: "
                                      "{% endif %}")}, f, indent=1)
 
-    cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=a.hidden,
-                                   intermediate_size=a.intermediate, num_hidden_layers=a.layers,
-                                   num_attention_heads=a.heads, num_key_value_heads=a.kv_heads,
-                                   max_position_embeddings=a.max_pos, rms_norm_eps=1e-5,
-                                   rope_theta=500000.0, tie_word_embeddings=False,
-                                   bos_token_id=bos, eos_token_id=eos, initializer_range=0.05)
+    common = dict(vocab_size=max(vocab, a.model_vocab), hidden_size=a.hidden,
+                  intermediate_size=a.intermediate, num_hidden_layers=a.layers,
+                  num_attention_heads=a.heads, num_key_value_heads=a.kv_heads,
+                  max_position_embeddings=a.max_pos, rms_norm_eps=1e-5, rope_theta=500000.0,
+                  tie_word_embeddings=False, bos_token_id=bos, eos_token_id=eos,
+                  initializer_range=0.05)
     torch.manual_seed(a.seed)
-    model = transformers.LlamaForCausalLM(cfg).float()
+    if a.experts:
+        cfg = transformers.MixtralConfig(**common, num_local_experts=a.experts,
+                                         num_experts_per_tok=a.top_k, sliding_window=None)
+        model = transformers.MixtralForCausalLM(cfg)
+    else:
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common))
+    model = model.to(getattr(torch, a.dtype))
     model.save_pretrained(a.out_dir, safe_serialization=True)
     print("make_bench_model: %s: vocab %d, hidden %d, %d layers, %.1fM parameters"
-          % (a.out_dir, vocab, a.hidden, a.layers,
+          % (a.out_dir, max(vocab, a.model_vocab), a.hidden, a.layers,
              sum(p.numel() for p in model.parameters()) / 1e6))
 
 

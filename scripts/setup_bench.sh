@@ -8,7 +8,7 @@
 #     conversion);
 #   - .bench/llama.cpp: llama.cpp as vendored by the PyPI source distribution of
 #     llama-cpp-python (pinned below; PyPI is the only source reachable here), and
-#     .bench/llama-build/bin/{llama-server,llama-bench,llama-quantize} built from it (CPU,
+#     .bench/llama-build/bin/{llama-server,llama-bench,llama-batched-bench,llama-quantize} built from it (CPU,
 #     -march=native, no libcurl);
 #   - .bench/venv-gguf: a venv for llama.cpp's convert_hf_to_gguf.py (bench/hf_to_gguf.sh).
 #     It is made with --system-site-packages so that it sees Debian's torch 1.13 (python3-torch):
@@ -69,7 +69,7 @@ ln -sfn "$src/vendor/llama.cpp" "$bench/llama.cpp"
 
 server="$bench/llama-build/bin/llama-server"
 stamp="$bench/llama-build/.version"
-tools=(llama-server llama-bench llama-quantize)
+tools=(llama-server llama-bench llama-batched-bench llama-quantize)
 built=1
 for t in "${tools[@]}"; do [ -x "$bench/llama-build/bin/$t" ] || built=0; done
 if [ "$built" = 0 ] || [ "$(cat "$stamp" 2>/dev/null)" != "$version" ]; then
