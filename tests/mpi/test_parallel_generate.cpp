@@ -11,17 +11,21 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "models/generator.h"
+#include "models/gptq.h"
 #include "models/hf_import.h"
+#include "models/packed_weights.h"
 #include "models/parallel_model.h"
 #include "mpi_test.h"
 #include "parallel/process_groups.h"
 #include "parallel/rank_groups.h"
 #include "runtime/checkpoint.h"
+#include "runtime/safetensors.h"
 
 namespace origami {
 namespace {
@@ -38,7 +42,10 @@ struct Case {
   int experts = 4;
   int64_t window = 0;  // sliding window (Mixtral-style)
   int microbatches = 0;
-  std::string source = "buffer";  // buffer, hf, checkpoint
+  std::string source = "buffer";  // buffer, hf, checkpoint, gptq (a GPTQ folder)
+  // Packed linears (models/packed_weights.h): the reference is one rank with the same packing.
+  models::WeightMode weights = models::WeightMode::dense;
+  bool quantized_dims() const { return weights != models::WeightMode::dense || source == "gptq"; }
 };
 
 models::ModelSpec spec_of(const Case& c) {
@@ -62,7 +69,54 @@ models::ModelSpec spec_of(const Case& c) {
     s.moe.expert_ffn = 24;
     s.moe.norm_topk_prob = true;
   }
+  if (c.quantized_dims()) {  // packed: every rank's input widths a multiple of 32
+    s.hidden = 64;
+    s.head_dim = 16;
+    s.rope.head_dim = 16;
+    s.ffn = 128;
+    s.moe.expert_ffn = 64;
+  }
   return s;
+}
+
+// A GPTQ-layout folder of the whole model: every linear of the layers quantized round-to-nearest
+// (4 bits, groups of 32) and packed (models/gptq.h), the rest f32, config.json with its
+// quantization_config.
+void write_gptq_folder(const std::string& dir, const models::ModelSpec& spec,
+                       const models::ParameterBuffer& whole) {
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  NamedTensors tensors;
+  models::QuantConfig qc;
+  qc.bits = 4;
+  qc.group_size = 32;
+  for (const auto& [name, t] : models::to_hf_tensors(whole)) {
+    const std::string stem = name.substr(0, name.size() - std::string(".weight").size());
+    bool linear = false;  // the decoder layers' projections (not routers, norms or embeddings)
+    for (const char* p : {"_proj", ".w1", ".w2", ".w3"})
+      linear = linear || (name.find(".layers.") != std::string::npos && stem.ends_with(p));
+    if (!linear) {
+      tensors.emplace_back(name, t.contiguous());
+      continue;
+    }
+    const std::vector<float> w = t.to_float_vector();
+    const models::QuantizedLinear q = models::rtn_quantize(w.data(), t.size(0), t.size(1), qc);
+    const models::GptqTensors p = models::pack_gptq(q);
+    tensors.emplace_back(stem + ".qweight", p.qweight);
+    tensors.emplace_back(stem + ".qzeros", p.qzeros);
+    tensors.emplace_back(stem + ".scales", p.scales);
+    tensors.emplace_back(stem + ".g_idx", p.g_idx);
+  }
+  write_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}});
+  models::GptqFormat f;
+  f.bits = 4;
+  f.group_size = 32;
+  f.sym = false;
+  std::string config = models::hf_config_json(spec);
+  const size_t brace = config.rfind('}');
+  config = config.substr(0, brace) + ",\n  \"quantization_config\": " +
+           models::gptq_quantization_config_json(f) + "\n}\n";
+  std::ofstream(dir + "/config.json") << config;
 }
 
 std::vector<std::vector<int64_t>> prompts() {
@@ -75,8 +129,14 @@ std::vector<std::vector<int64_t>> prompts() {
   return p;
 }
 
-models::GeneratorOptions gen_options() {
+models::GeneratorOptions gen_options(const Case& c = {}) {
   models::GeneratorOptions go;
+  go.weights.mode = c.weights;
+  go.weights.group_size = 32;
+  // f32 activations in the int kernels: the TP sums, added in another order, may move an
+  // activation by an ulp, which with int8 activations can flip a rounding (the int8 activation
+  // path is checked against a reference on one rank: tests/ops/test_quantized_generate.cpp).
+  go.weights.exact = true;
   go.max_batch = 5;
   go.max_seq = 48;
   go.max_step_tokens = 24;  // the longest prompts prefill in chunks
@@ -108,7 +168,21 @@ void run_case(const Case& c) {
   models::GenerationConfig gc;
   gc.max_new_tokens = 10;
   gc.sampling.temperature = 0;
-  models::Generator ref(spec, whole, gen_options());
+  const std::string dir = (fs::temp_directory_path() / ("origami_generate_" + c.name)).string();
+  models::GeneratorOptions go = gen_options(c);
+  if (c.source == "gptq") {  // rank 0 writes a GPTQ folder; every rank (and the reference) reads it
+    if (world.rank() == 0) write_gptq_folder(dir, spec, whole);
+    world.barrier();
+    go.weights.quantized = models::gptq_quantized_names(dir, spec);
+  }
+  std::unique_ptr<models::Generator> ref_gen;
+  if (c.source == "gptq") {
+    ref_gen = std::make_unique<models::Generator>(spec, go);
+    models::load_hf_weights(dir, ref_gen->weights(), &ref_gen->packed_weights());
+  } else {
+    ref_gen = std::make_unique<models::Generator>(spec, whole, go);
+  }
+  models::Generator& ref = *ref_gen;
   const std::vector<models::GenerationResult> want = ref.generate(prompts(), gc);
   const std::vector<float> want_logits = step_logits(ref);
 
@@ -125,9 +199,11 @@ void run_case(const Case& c) {
   par.microbatches = c.microbatches;
 
   std::unique_ptr<models::Generator> gen;
-  const std::string dir = (fs::temp_directory_path() / ("origami_generate_" + c.name)).string();
   if (c.source == "buffer") {
-    gen = std::make_unique<models::Generator>(spec, whole, gen_options(), par);
+    gen = std::make_unique<models::Generator>(spec, whole, go, par);
+  } else if (c.source == "gptq") {
+    gen = std::make_unique<models::Generator>(spec, go, par);
+    models::load_hf_weights(dir, gen->weights(), &gen->packed_weights());
   } else if (c.source == "hf") {
     // rank 0 writes the folder (bf16 would round: f32), every rank reads its own shard of it
     if (world.rank() == 0) {
@@ -135,8 +211,8 @@ void run_case(const Case& c) {
       models::export_hf(dir, spec, whole, DType::f32, 1 << 16);  // several shard files
     }
     world.barrier();
-    gen = std::make_unique<models::Generator>(spec, gen_options(), par);
-    models::load_hf_weights(dir, gen->weights());
+    gen = std::make_unique<models::Generator>(spec, go, par);
+    models::load_hf_weights(dir, gen->weights(), &gen->packed_weights());
   } else {
     // Trained (saved) under TP1 x PP1 x DP=world (and EP=world for MoE), loaded under the case's.
     if (world.rank() == 0) fs::remove_all(dir);
@@ -160,9 +236,10 @@ void run_case(const Case& c) {
       if (world.rank() == 0) w.commit({{"model", spec.str()}});
       world.barrier();
     }
-    gen = std::make_unique<models::Generator>(spec, gen_options(), par);
+    gen = std::make_unique<models::Generator>(spec, go, par);
     models::load_training_checkpoint(*CheckpointReader::latest(dir), *gen);
   }
+  ASSERT_TRUE(gen->packed_weights().missing().empty()) << c.name;
   if (world.rank() == 0) std::printf("[ %s ]\n%s", c.name.c_str(), gen->describe().c_str());
 
   const std::vector<models::GenerationResult> got = gen->generate(prompts(), gc);
@@ -209,6 +286,22 @@ TEST(ParallelGenerate, EP3) {
 }
 TEST(ParallelGenerate, PP3FromCheckpoint) {
   run_case({"pp3_ckpt", 3, 1, 3, 1, 0, false, 4, 0, 0, "checkpoint"});
+}
+// Packed linears: int4 / int8 quantized at load on each rank's slice, GPTQ tensors cut to it.
+TEST(ParallelGenerate, TP2Int4) {
+  run_case({"tp2_int4", 2, 2, 1, 1, 0, false, 4, 0, 0, "buffer", models::WeightMode::int4});
+}
+TEST(ParallelGenerate, TP2FoldedWithEP2Int8FromHuggingFaceFolder) {
+  run_case({"tp2_ep2_int8_hf", 2, 2, 1, 2, 1, true, 4, 0, 0, "hf", models::WeightMode::int8});
+}
+TEST(ParallelGenerate, PP2Int4FromCheckpoint) {
+  run_case({"pp2_int4_ckpt", 2, 1, 2, 1, 0, false, 4, 0, 2, "checkpoint", models::WeightMode::int4});
+}
+TEST(ParallelGenerate, TP2xPP2GptqFolder) {
+  run_case({"tp2_pp2_gptq", 4, 2, 2, 1, 0, false, 4, 0, 3, "gptq"});
+}
+TEST(ParallelGenerate, EP2GptqFolder) {
+  run_case({"ep2_gptq", 2, 1, 1, 2, 0, true, 4, 0, 0, "gptq"});
 }
 
 }  // namespace
