@@ -24,8 +24,9 @@
 //      acc += ((float(d) - zero * xsum) * sx) * scale      (16 lanes; d - zero * xsum is exact)
 //    No horizontal sums: a tile's 16 results are one vector. Without VNNI the same integer dot
 //    comes from vpmaddubsw + vpmaddwd (int8 levels split in nibbles so nothing saturates).
-//  - bf16: x rounded to bf16 (nearest even) once per call, then 4 rows of W at a time are dotted
-//    with up to 4 rows of x (vdpbf16ps, f32 accumulation; 16 independent accumulators at most).
+//  - bf16: x rounded to bf16 (nearest even) once per call; a row of W (one row of x) or four rows
+//    (more) dotted with up to 4 rows of x at a time (vdpbf16ps, f32 accumulation, 8 to 16
+//    independent accumulators).
 //  - exact (int formats): W^ tile by tile in f32, dotted with x in f32.
 // Prefill (M > 16): W^ dequantized tile of rows by tile of rows into a buffer of x's dtype, each
 // tile one ops::gemm (oneDNN) into an f32 buffer, copied into y's columns; bf16 W goes to ops::gemm
@@ -68,9 +69,10 @@ namespace origami::ops::cpu::qlinear_detail {
 constexpr int64_t kT = kQTileRows;  // 16
 constexpr int64_t kB = kQBlock;     // 32
 constexpr int64_t kMaxM = kQDecodeMaxRows;
-// x rows per pass of the int kernels, and W rows / x rows per pass of the bf16 kernel.
+// Rows of x per pass of the int and of the bf16 kernels (a pass reads its tile or row of W; the
+// next pass finds it in L1 or L2).
 constexpr int kIntRowsX = 8;
-constexpr int kBf16RowsW = 4, kBf16RowsX = 4;
+constexpr int kBf16RowsX = 4;
 
 inline int64_t tile_bytes(bool int4, int64_t K) {
   return (int4 ? kT / 2 : kT) * K;
@@ -303,10 +305,7 @@ void decode_bf16(const Tensor& x, const PackedLinear& w, const Output& out) {
   }
   P.x = xb;
   const Kernels& Kn = kernels();
-  const int64_t units = (P.N + kBf16RowsW - 1) / kBf16RowsW;
-  split_units(units, P.N * P.K * 2, [&](int64_t u0, int64_t u1) {
-    Kn.bf16_rows(P, u0 * kBf16RowsW, std::min(P.N, u1 * kBf16RowsW));
-  });
+  split_units(P.N, P.N * P.K * 2, [&](int64_t n0, int64_t n1) { Kn.bf16_rows(P, n0, n1); });
 }
 
 void decode_int(const Tensor& x, const PackedLinear& w, const Output& out) {
@@ -661,18 +660,24 @@ void int_tile(const IntProblem& P, int64_t t, int64_t m0, float* res) {
   for (int m = 0; m < MB; ++m) _mm512_storeu_ps(res + m * kT, acc[m]);
 }
 
-// res [R][MB] = rows [n, n + R) of W against rows [m0, m0 + MB) of x.
-template <int R, int MB>
+// res [R][MB] = rows [n, n + R) of W against rows [m0, m0 + MB) of x, U vectors of columns per
+// step: R * MB * U independent accumulators. A single row of x goes with one row of W at a time
+// (R = 1, U = 8): each thread then reads W as one sequential stream, which measured at 95-120% of a
+// streaming read where four rows at once (four streams) gave 70-85%. With more rows of x the
+// loads of x dominate, and four rows of W share each (R = 4: twice as fast at M = 8).
+template <int R, int MB, int U>
 void bf16_block(const Bf16Problem& P, int64_t n, int64_t m0, float* res) {
   const int64_t K = P.K;
   const uint16_t* w = P.w + n * K;
   const uint16_t* x = P.x + m0 * P.Kp;
-  __m512 acc[R][MB];
+  __m512 acc[R][MB][U];
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_setzero_ps();
-  auto step = [&](int64_t k, __mmask32 mask) {
+    for (int m = 0; m < MB; ++m)
+#pragma GCC unroll 8
+      for (int u = 0; u < U; ++u) acc[r][m][u] = _mm512_setzero_ps();
+  auto step = [&](int64_t k, int u, __mmask32 mask) {
     __m512i wv[R];
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) wv[r] = _mm512_maskz_loadu_epi16(mask, w + r * K + k);
@@ -680,16 +685,24 @@ void bf16_block(const Bf16Problem& P, int64_t n, int64_t m0, float* res) {
     for (int m = 0; m < MB; ++m) {
       const __m512i xv = _mm512_loadu_si512(x + m * P.Kp + k);
 #pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) acc[r][m] = dot_bf16(acc[r][m], wv[r], xv);
+      for (int r = 0; r < R; ++r) acc[r][m][u] = dot_bf16(acc[r][m][u], wv[r], xv);
     }
   };
   int64_t k = 0;
-  for (; k + kB <= K; k += kB) step(k, __mmask32(~0u));
-  if (k < K) step(k, __mmask32((1u << (K - k)) - 1));
+  for (; k + U * kB <= K; k += U * kB)
+#pragma GCC unroll 8
+    for (int u = 0; u < U; ++u) step(k + u * kB, u, __mmask32(~0u));
+  for (; k < K; k += kB)  // x is zero past K, W is not read there
+    step(k, 0, K - k >= kB ? __mmask32(~0u) : __mmask32((1u << (K - k)) - 1));
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int m = 0; m < MB; ++m) res[r * MB + m] = _mm512_reduce_add_ps(acc[r][m]);
+    for (int m = 0; m < MB; ++m) {
+      __m512 sum = acc[r][m][0];
+#pragma GCC unroll 8
+      for (int u = 1; u < U; ++u) sum = _mm512_add_ps(sum, acc[r][m][u]);
+      res[r * MB + m] = _mm512_reduce_add_ps(sum);
+    }
 }
 
 void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* xq, float* xs, float* xsum) {
@@ -747,7 +760,7 @@ void int_tile(const IntProblem& P, int64_t t, int64_t m0, float* res) {
   }
 }
 
-template <int R, int MB>
+template <int R, int MB, int U>
 void bf16_block(const Bf16Problem& P, int64_t n, int64_t m0, float* res) {
   const int64_t K = P.K;
   for (int r = 0; r < R; ++r)
@@ -808,30 +821,28 @@ void int_tiles(const IntProblem& P, int64_t t0, int64_t t1) {
   }
 }
 
+using Bf16BlockFn = void (*)(const Bf16Problem&, int64_t, int64_t, float*);
 template <int R, size_t... I>
-constexpr auto bf16_row_table(std::index_sequence<I...>) {
-  return std::array<void (*)(const Bf16Problem&, int64_t, int64_t, float*), sizeof...(I)>{
-      &bf16_block<R, int(I) + 1>...};
+constexpr std::array<Bf16BlockFn, sizeof...(I)> bf16_block_table(std::index_sequence<I...>) {
+  // One row of W: 8 accumulator vectors per row of x at most 4 rows, 16 in all; four rows of W:
+  // R * MB accumulators.
+  return {&bf16_block < R, int(I) + 1, R == 1 ? (I == 0 ? 8 : I == 1 ? 4 : 2) : 1 > ...};
 }
 
 // Rows [n0, n1) of W against every row of x, results stored.
 void bf16_rows(const Bf16Problem& P, int64_t n0, int64_t n1) {
-  using Fn = void (*)(const Bf16Problem&, int64_t, int64_t, float*);
-  static constexpr std::array<std::array<Fn, kBf16RowsX>, kBf16RowsW> table = {
-      bf16_row_table<1>(std::make_index_sequence<kBf16RowsX>()),
-      bf16_row_table<2>(std::make_index_sequence<kBf16RowsX>()),
-      bf16_row_table<3>(std::make_index_sequence<kBf16RowsX>()),
-      bf16_row_table<4>(std::make_index_sequence<kBf16RowsX>()),
-  };
-  float res[kBf16RowsW * kBf16RowsX];  // [R][MB]
-  for (int64_t n = n0; n < n1; n += kBf16RowsW) {
-    const int64_t R = std::min<int64_t>(kBf16RowsW, n1 - n);
+  static constexpr auto one = bf16_block_table<1>(std::make_index_sequence<kBf16RowsX>());
+  static constexpr auto four = bf16_block_table<4>(std::make_index_sequence<kBf16RowsX>());
+  float res[4 * kBf16RowsX];  // [R][MB]
+  for (int64_t n = n0; n < n1;) {
+    const int64_t R = P.M > 1 && n1 - n >= 4 ? 4 : 1;
     for (int64_t m0 = 0; m0 < P.M; m0 += kBf16RowsX) {
       const int64_t MB = std::min<int64_t>(kBf16RowsX, P.M - m0);
-      table[size_t(R - 1)][size_t(MB - 1)](P, n, m0, res);
+      (R == 4 ? four : one)[size_t(MB - 1)](P, n, m0, res);
       for (int64_t r = 0; r < R; ++r)
         for (int64_t m = 0; m < MB; ++m) P.out.store(m0 + m, n + r, res[r * MB + m]);
     }
+    n += R;
   }
 }
 
