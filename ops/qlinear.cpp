@@ -150,7 +150,7 @@ PackedLinear pack_quantized(int bits, int64_t rows, int64_t cols, const int32_t*
     fail_no_cuda(op);
 #endif
   }
-  const PackedLinear w = cpu::pack_int(bits, rows, cols, groups, q, scales, zeros, g_idx, perm);
+  const PackedLinear w = cpu::pack_int(bits, rows, cols, groups, q, scales, zeros, perm);
   return device.is_cpu() ? w : packed_on(w, device);
 }
 

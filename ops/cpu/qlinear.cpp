@@ -75,7 +75,7 @@ constexpr int kIntRowsX = 8;
 constexpr int kBf16RowsX = 4;
 
 inline int64_t tile_bytes(bool int4, int64_t K) {
-  return (int4 ? kT / 2 : kT) * K;
+  return qtile_bytes(int4, K);
 }
 
 // Where results go: y [M,N] f32 or bf16, y = r + beta * y (y not read when beta is 0).
@@ -222,52 +222,6 @@ float* worker_scratch(int64_t n) {
   return buffer.get<float>(n);
 }
 
-struct IntWeights {
-  const uint8_t* data;
-  const float* scales;
-  const float* zeros;
-  int64_t N, K, G, group;
-  bool int4;
-};
-
-IntWeights int_weights(const PackedLinear& w) {
-  return {w.data.data_as<const uint8_t>(),
-          w.scales.data_as<const float>(),
-          w.zeros.data_as<const float>(),
-          w.rows,
-          w.cols,
-          w.cols / w.group_size,
-          w.group_size,
-          w.format == WeightFormat::int4};
-}
-
-// dst [rows][ld] f32 = W^ of rows [0, rows) of tile t, packed column order.
-void dequantize_tile(const IntWeights& W, int64_t t, int64_t rows, float* dst, int64_t ld) {
-  const uint8_t* tile = W.data + t * tile_bytes(W.int4, W.K);
-  for (int64_t b = 0; b < W.K / kB; ++b) {
-    const int64_t g = b * kB / W.group;
-    const float* s = W.scales + (t * W.G + g) * kT;
-    const float* z = W.zeros + (t * W.G + g) * kT;
-    float* d = dst + b * kB;
-    if (W.int4) {
-      const uint8_t* v = tile + b * kB * kT / 2;
-      for (int64_t p = 0; p < 4; ++p)
-        for (int64_t r = 0; r < rows; ++r)
-          for (int64_t i = 0; i < 4; ++i) {
-            const uint8_t byte = v[(p * kT + r) * 4 + i];
-            d[r * ld + 4 * p + i] = s[r] * (float(byte & 15) - z[r]);
-            d[r * ld + 16 + 4 * p + i] = s[r] * (float(byte >> 4) - z[r]);
-          }
-    } else {
-      const uint8_t* v = tile + b * kB * kT;
-      for (int64_t j = 0; j < 8; ++j)
-        for (int64_t r = 0; r < rows; ++r)
-          for (int64_t i = 0; i < 4; ++i)
-            d[r * ld + 4 * j + i] = s[r] * (float(v[(j * kT + r) * 4 + i]) - z[r]);
-    }
-  }
-}
-
 // x [M,K] as f32 rows in packed column order: x itself when it already is, else a copy.
 const float* f32_packed_rows(const Tensor& x, const PackedLinear& w) {
   const int64_t M = x.size(0), K = x.size(1);
@@ -309,17 +263,16 @@ void decode_bf16(const Tensor& x, const PackedLinear& w, const Output& out) {
 }
 
 void decode_int(const Tensor& x, const PackedLinear& w, const Output& out) {
-  const IntWeights W = int_weights(w);
   IntProblem P;
-  P.data = W.data;
-  P.scales = W.scales;
-  P.zeros = W.zeros;
-  P.N = W.N;
-  P.K = W.K;
-  P.G = W.G;
-  P.group = W.group;
+  P.data = w.data.data_as<const uint8_t>();
+  P.scales = w.scales.data_as<const float>();
+  P.zeros = w.zeros.data_as<const float>();
+  P.N = w.rows;
+  P.K = w.cols;
+  P.G = w.cols / w.group_size;
+  P.group = w.group_size;
   P.M = x.size(0);
-  P.int4 = W.int4;
+  P.int4 = w.format == WeightFormat::int4;
   P.out = out;
   const float* xf = f32_packed_rows(x, w);  // [M][K]
   const int64_t nb = P.K / kB;
@@ -338,14 +291,14 @@ void decode_int(const Tensor& x, const PackedLinear& w, const Output& out) {
 
 // f32 activations: W^ tile by tile (f32), dotted with x in f32.
 void decode_int_exact(const Tensor& x, const PackedLinear& w, const Output& out) {
-  const IntWeights W = int_weights(w);
-  const int64_t M = x.size(0), K = W.K, tiles = (W.N + kT - 1) / kT;
+  const bool int4 = w.format == WeightFormat::int4;
+  const int64_t M = x.size(0), K = w.cols, N = w.rows, tiles = (N + kT - 1) / kT;
   const float* xf = f32_packed_rows(x, w);  // [M][K]
-  split_units(tiles, tiles * tile_bytes(W.int4, K), [&](int64_t t0, int64_t t1) {
+  split_units(tiles, tiles * tile_bytes(int4, K), [&](int64_t t0, int64_t t1) {
     float* wt = worker_scratch(kT * K);  // [16][K] W^ of a tile
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t rows = std::min(kT, W.N - t * kT);
-      dequantize_tile(W, t, rows, wt, K);
+      const int64_t rows = std::min(kT, N - t * kT);
+      dequantize_tile(w, t, rows, wt, K);
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t m = 0; m < M; ++m) {
           float lanes[kT] = {};  // independent partial sums (vectorizable)
@@ -370,8 +323,7 @@ void copy_columns(const float* part, int64_t M, int64_t n0, int64_t n, const Out
 
 // M > 16, int formats: tiles of W^ in x's dtype through ops::gemm.
 void prefill_int(const Tensor& x, const PackedLinear& w, Tensor& y, const Output& out) {
-  const IntWeights W = int_weights(w);
-  const int64_t M = x.size(0), K = W.K, N = W.N;
+  const int64_t M = x.size(0), K = w.cols, N = w.rows;
   const DType dt = x.dtype();
   const size_t esize = dtype_size(dt);
   // x in packed column order, in its own dtype.
@@ -398,10 +350,10 @@ void prefill_int(const Tensor& x, const PackedLinear& w, Tensor& y, const Output
     for (int64_t i = 0; i < nt; ++i) {
       const int64_t rows = std::min(kT, n - i * kT);
       if (dt == DType::f32) {
-        dequantize_tile(W, t0 + i, rows, reinterpret_cast<float*>(tile) + i * kT * K, K);
+        dequantize_tile(w, t0 + i, rows, reinterpret_cast<float*>(tile) + i * kT * K, K);
       } else {
         float* f = worker_scratch(kT * K);  // [16][K]
-        dequantize_tile(W, t0 + i, rows, f, K);
+        dequantize_tile(w, t0 + i, rows, f, K);
         uint16_t* dst = reinterpret_cast<uint16_t*>(tile) + i * kT * K;
         for (int64_t e = 0; e < rows * K; ++e) dst[e] = f32_to_bf16(f[e]);
       }
@@ -436,79 +388,7 @@ void prefill_bf16(const Tensor& x, const PackedLinear& w, Tensor& y, const Outpu
   ops::gemm(xb, w.data, y, g);
 }
 
-void set_level(uint8_t* tile, bool int4, int64_t r, int64_t j, int level) {
-  const int64_t b = j / kB, c = j % kB;
-  if (!int4) {
-    tile[b * kB * kT + ((c / 4) * kT + r) * 4 + c % 4] = uint8_t(level);
-    return;
-  }
-  const int64_t lo = c % 16;
-  uint8_t& byte = tile[b * kB * kT / 2 + ((lo / 4) * kT + r) * 4 + lo % 4];
-  byte = uint8_t(c < 16 ? (byte & 0xF0) | level : (byte & 0x0F) | (level << 4));
-}
-
 }  // namespace
-
-PackedLinear pack_int(int bits, int64_t rows, int64_t cols, int64_t groups, const int32_t* q,
-                      const float* scales, const int32_t* zeros, const int32_t* g_idx,
-                      const std::vector<int32_t>& perm) {
-  (void)g_idx;  // the order of the groups is `perm`'s
-  const bool int4 = bits <= 4;
-  const int64_t N = rows, K = cols, G = groups, tiles = (N + kT - 1) / kT;
-  PackedLinear w;
-  w.format = int4 ? WeightFormat::int4 : WeightFormat::int8;
-  w.rows = N;
-  w.cols = K;
-  w.group_size = K / G;
-  w.bits = bits;
-  w.data = Tensor::zeros({tiles, tile_bytes(int4, K)}, DType::u8);
-  w.scales = Tensor::zeros({tiles, G, kT}, DType::f32);
-  w.zeros = Tensor::zeros({tiles, G, kT}, DType::f32);
-  if (!perm.empty()) {
-    w.perm = Tensor::empty({K}, DType::i32);
-    std::memcpy(w.perm.data(), perm.data(), size_t(K) * sizeof(int32_t));
-  }
-  uint8_t* data = w.data.data_as<uint8_t>();
-  float* s = w.scales.data_as<float>();
-  float* z = w.zeros.data_as<float>();
-#pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < tiles; ++t) {
-    uint8_t* tile = data + t * tile_bytes(int4, K);
-    for (int64_t r = 0; r < kT && t * kT + r < N; ++r) {
-      const int64_t n = t * kT + r;
-      for (int64_t j = 0; j < K; ++j)
-        set_level(tile, int4, r, j, q[n * K + (perm.empty() ? j : perm[size_t(j)])]);
-      for (int64_t g = 0; g < G; ++g) {
-        s[(t * G + g) * kT + r] = scales[g * N + n];
-        z[(t * G + g) * kT + r] = float(zeros[g * N + n]);
-      }
-    }
-  }
-  return w;
-}
-
-Tensor dequantize(const PackedLinear& w) {
-  const int64_t N = w.rows, K = w.cols;
-  Tensor out = Tensor::empty({N, K}, DType::f32);
-  float* o = out.data_as<float>();
-  if (w.format == WeightFormat::bf16) {
-    const uint16_t* src = w.data.data_as<const uint16_t>();
-    for (int64_t i = 0; i < N * K; ++i) o[i] = bf16_to_f32(src[i]);
-    return out;
-  }
-  const IntWeights W = int_weights(w);
-  const int32_t* perm = w.perm.defined() ? w.perm.data_as<const int32_t>() : nullptr;
-  const int64_t tiles = (N + kT - 1) / kT;
-#pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < tiles; ++t) {
-    const int64_t rows = std::min(kT, N - t * kT);
-    float* f = worker_scratch(kT * K);  // [16][K] packed order
-    dequantize_tile(W, t, rows, f, K);
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t j = 0; j < K; ++j) o[(t * kT + r) * K + (perm ? perm[j] : j)] = f[r * K + j];
-  }
-  return out;
-}
 
 void packed_linear(const Tensor& x, const PackedLinear& w, Tensor& y,
                    const PackedLinearOptions& opt) {

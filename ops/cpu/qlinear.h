@@ -18,14 +18,20 @@ constexpr int64_t kQBlock = 32;
 // Kernels for decode take up to this many rows of x; more rows go through ops::gemm.
 constexpr int64_t kQDecodeMaxRows = 16;
 
+// Bytes of one packed tile of 16 rows.
+constexpr int64_t qtile_bytes(bool int4, int64_t K) {
+  return (int4 ? kQTileRows / 2 : kQTileRows) * K;
+}
+
 // The packed tensors on the CPU, from checked arguments (ops::pack_quantized): `perm` is the packed
 // order of W's columns (packed column j is column perm[j]; empty when the order is W's own).
 PackedLinear pack_int(int bits, int64_t rows, int64_t cols, int64_t groups, const int32_t* q,
-                      const float* scales, const int32_t* zeros, const int32_t* g_idx,
-                      const std::vector<int32_t>& perm);
+                      const float* scales, const int32_t* zeros, const std::vector<int32_t>& perm);
 
 // W^ [N,K] f32 in W's own column order (w on the CPU).
 Tensor dequantize(const PackedLinear& w);
+// dst [rows][ld] f32 = W^ of the first `rows` rows of tile t (int formats), packed column order.
+void dequantize_tile(const PackedLinear& w, int64_t t, int64_t rows, float* dst, int64_t ld);
 
 // y [M,N] = x [M,K] @ W^T + beta * y, arguments checked, all on the CPU.
 void packed_linear(const Tensor& x, const PackedLinear& w, Tensor& y,
