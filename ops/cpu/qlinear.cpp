@@ -1,0 +1,731 @@
+// CPU packed linear layers (ops/qlinear.h): packing, the decode kernels (M <= 16 rows of x), and
+// the prefill path through ops::gemm.
+//
+// Packed layouts. N rows of W are cut into tiles of 16 rows (kQTileRows; the last tile is padded
+// with rows of level 0, scale 0 and zero 0), each tile one contiguous piece of `data`, so that a
+// thread streams its tiles front to back. K is in packed column order (W's columns permuted by
+// `perm` when act-order needs it) and cut into blocks of 32 columns (kQBlock).
+//   int8  data u8 [Nt][K/4][16][4]: byte (t, c, r, i) is the level of row 16t + r, packed column
+//         4c + i. A block is 512 bytes: 8 vectors of 64 bytes, each 4 columns of all 16 rows,
+//         the operand order of vpdpbusd (4 bytes of a row summed into its 32-bit lane).
+//   int4  data u8 [Nt][K/32][4][16][4]: in block b, byte (p, r, i) holds in its low nibble the
+//         level of row 16t + r, column 32b + 4p + i, and in its high nibble that of column
+//         32b + 16 + 4p + i. So `v & 15` and `(v >> 4) & 15` of the 4 vectors of a block (256
+//         bytes) are the 8 vectors of the int8 layout. 2- and 3-bit levels are stored the same way.
+//   scales, zeros  f32 [Nt][G][16]: scale and zero (a level, as a float) of row 16t + r in group
+//         g, one 64-byte vector per tile and group. Group g is packed columns [g*gs, (g+1)*gs).
+//   bf16  W itself, [N][K] row-major (no tiles: a view of the caller's buffer).
+//
+// Decode (M <= 16), every output split over the threads in contiguous ranges of tiles (rows):
+//  - int formats: x's rows are quantized once per call to int8 per block of 32 packed columns,
+//    scale sx = max|x| / 127 and xq = round-to-nearest-even(x * (127 / max|x|)) (f32 arithmetic),
+//    with the sum of the block's xq. A tile then needs, per row m of x and block b, the integer
+//    dot d (vpdpbusd: unsigned levels times signed xq) of 16 output rows at once, and
+//      acc += ((float(d) - zero * xsum) * sx) * scale      (16 lanes; d - zero * xsum is exact)
+//    No horizontal sums: a tile's 16 results are one vector. Without VNNI the same integer dot
+//    comes from vpmaddubsw + vpmaddwd (int8 levels split in nibbles so nothing saturates).
+//  - bf16: x rounded to bf16 (nearest even) once per call; a row of W (one row of x) or four rows
+//    (more) dotted with up to 4 rows of x at a time (vdpbf16ps, f32 accumulation, 8 to 16
+//    independent accumulators).
+//  - exact (int formats): W^ tile by tile in f32, dotted with x in f32.
+// Prefill (M > 16): W^ dequantized tile of rows by tile of rows into a buffer of x's dtype, each
+// tile one ops::gemm (oneDNN) into an f32 buffer, copied into y's columns; bf16 W goes to ops::gemm
+// directly.
+//
+// Kernels are compiled once per instruction set (ops/cpu/isa_variants.h, with the BF16 + VNNI
+// variant), the best one this CPU runs picked at run time (qlinear_isa, qlinear_force_isa).
+#ifndef ORIGAMI_ATTENTION_ISA
+
+#include "ops/cpu/qlinear.h"
+
+#include <omp.h>
+
+#if defined(__x86_64__)
+// GCC 12's _mm512_undefined_* (self-initialised, inside many intrinsics) trips
+// -W(maybe-)uninitialized at the header's lines wherever those intrinsics are inlined.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+#endif
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "ops/gemm.h"
+
+namespace origami::ops::cpu::qlinear_detail {
+
+constexpr int64_t kT = kQTileRows;  // 16
+constexpr int64_t kB = kQBlock;     // 32
+constexpr int64_t kMaxM = kQDecodeMaxRows;
+// Rows of x per pass of the int and of the bf16 kernels (a pass reads its tile or row of W; the
+// next pass finds it in L1 or L2).
+constexpr int kIntRowsX = 8;
+constexpr int kBf16RowsX = 4;
+
+inline int64_t tile_bytes(bool int4, int64_t K) {
+  return qtile_bytes(int4, K);
+}
+
+// Where results go: y [M,N] f32 or bf16, y = r + beta * y (y not read when beta is 0).
+struct Output {
+  void* y = nullptr;
+  bool bf16 = false;
+  float beta = 0.0f;
+  int64_t N = 0;
+
+  void store(int64_t m, int64_t n, float r) const {
+    const int64_t i = m * N + n;
+    if (bf16) {
+      uint16_t* p = static_cast<uint16_t*>(y) + i;
+      *p = f32_to_bf16(beta != 0.0f ? r + beta * bf16_to_f32(*p) : r);
+    } else {
+      float* p = static_cast<float*>(y) + i;
+      *p = beta != 0.0f ? r + beta * *p : r;
+    }
+  }
+};
+
+struct Bf16Problem {
+  const uint16_t* w = nullptr;  // [N][K]
+  const uint16_t* x = nullptr;  // [M][Kp] x rounded to bf16, zero past K
+  int64_t N = 0, K = 0, Kp = 0, M = 0;
+  Output out;
+};
+
+struct IntProblem {
+  const uint8_t* data = nullptr;  // the packed tiles
+  const float* scales = nullptr;  // [Nt][G][16]
+  const float* zeros = nullptr;   // [Nt][G][16]
+  int64_t N = 0, K = 0, G = 0, group = 0, M = 0;
+  bool int4 = false;
+  const int8_t* xq = nullptr;   // [M][K] quantized x, packed column order
+  const float* xs = nullptr;    // [M][K/32] block scales
+  const float* xsum = nullptr;  // [M][K/32] sums of the blocks' xq (exact integers)
+  Output out;
+};
+
+}  // namespace origami::ops::cpu::qlinear_detail
+
+// ---- the kernel section, once per instruction set -----------------------------------------------
+#define ORIGAMI_ISA_WITH_BF16_VNNI 1
+#define ORIGAMI_ISA_KERNEL_FILE "ops/cpu/qlinear.cpp"
+#include "ops/cpu/isa_variants.h"
+#undef ORIGAMI_ISA_WITH_BF16_VNNI
+
+// ---- dispatch, packing, prefill and the entry points --------------------------------------------
+namespace origami::ops::cpu {
+namespace {
+
+using namespace qlinear_detail;
+
+struct Kernels {
+  const char* name;
+  decltype(&generic::bf16_rows) bf16_rows;
+  decltype(&generic::int_tiles) int_tiles;
+  decltype(&generic::quantize_rows) quantize_rows;
+};
+
+std::vector<Kernels> available_kernels() {
+  std::vector<Kernels> ks;  // best first
+#if ORIGAMI_ATTENTION_HAS_X86_VARIANTS
+  __builtin_cpu_init();
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+                      __builtin_cpu_supports("fma");
+  if (avx512 && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vnni"))
+    ks.push_back({"avx512_bf16_vnni", &avx512_bf16_vnni::bf16_rows, &avx512_bf16_vnni::int_tiles,
+                  &avx512_bf16_vnni::quantize_rows});
+  if (avx512)
+    ks.push_back({"avx512", &avx512::bf16_rows, &avx512::int_tiles, &avx512::quantize_rows});
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    ks.push_back({"avx2", &avx2::bf16_rows, &avx2::int_tiles, &avx2::quantize_rows});
+#endif
+  ks.push_back({"generic", &generic::bf16_rows, &generic::int_tiles, &generic::quantize_rows});
+  return ks;
+}
+
+const std::vector<Kernels>& kernel_table() {
+  static const std::vector<Kernels> table = available_kernels();
+  return table;
+}
+
+std::atomic<const Kernels*> forced{nullptr};
+
+const Kernels& kernels() {
+  const Kernels* f = forced.load(std::memory_order_relaxed);
+  return f ? *f : kernel_table().front();
+}
+
+// Below this many bytes of W a call runs on the calling thread alone: waking the other threads
+// costs more than they save (bench_qlinear prints the wake-up cost).
+constexpr int64_t kMinParallelBytes = int64_t(256) << 10;
+
+// fn(u0, u1) over contiguous, equal shares of `units` on the OpenMP threads.
+template <typename Fn>
+void split_units(int64_t units, int64_t bytes, const Fn& fn) {
+  const int64_t nt =
+      bytes < kMinParallelBytes ? 1 : std::min<int64_t>(omp_get_max_threads(), units);
+  if (nt <= 1) {
+    fn(int64_t(0), units);
+    return;
+  }
+#pragma omp parallel num_threads(int(nt))
+  {
+    const int64_t t = omp_get_thread_num(), n = omp_get_num_threads();
+    fn(units * t / n, units * (t + 1) / n);
+  }
+}
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+
+// A grow-only, 64-byte aligned buffer: a decode step allocates nothing once the largest shapes
+// have been seen.
+struct Buffer {
+  std::unique_ptr<char, FreeDeleter> data;
+  size_t capacity = 0;
+  template <typename T>
+  T* get(int64_t n) {
+    const size_t bytes = (size_t(std::max<int64_t>(n, 1)) * sizeof(T) + 63) / 64 * 64;
+    if (capacity < bytes) {
+      data.reset(static_cast<char*>(std::aligned_alloc(64, bytes)));
+      ORIGAMI_CHECK(data, "packed_linear: cannot allocate ", bytes, " bytes of scratch");
+      capacity = bytes;
+    }
+    return reinterpret_cast<T*>(data.get());
+  }
+};
+
+// The calling thread's buffers, one per use.
+enum Slot { kSlotX, kSlotXq, kSlotXScale, kSlotXSum, kSlotTile, kSlotOut, kNumSlots };
+template <typename T>
+T* call_scratch(Slot slot, int64_t n) {
+  thread_local Buffer buffers[kNumSlots];
+  return buffers[slot].get<T>(n);
+}
+// One more per OpenMP thread (dequantized tiles).
+float* worker_scratch(int64_t n) {
+  thread_local Buffer buffer;
+  return buffer.get<float>(n);
+}
+
+// x [M,K] as f32 rows in packed column order: x itself when it already is, else a copy.
+const float* f32_packed_rows(const Tensor& x, const PackedLinear& w) {
+  const int64_t M = x.size(0), K = x.size(1);
+  const bool bf16 = x.dtype() == DType::bf16;
+  if (!bf16 && !w.perm.defined()) return x.data_as<const float>();
+  float* dst = call_scratch<float>(kSlotX, M * K);
+  const int32_t* perm = w.perm.defined() ? w.perm.data_as<const int32_t>() : nullptr;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t j = 0; j < K; ++j) {
+      const int64_t i = m * K + (perm ? perm[j] : j);
+      dst[m * K + j] =
+          bf16 ? bf16_to_f32(x.data_as<const uint16_t>()[i]) : x.data_as<const float>()[i];
+    }
+  return dst;
+}
+
+void decode_bf16(const Tensor& x, const PackedLinear& w, const Output& out) {
+  Bf16Problem P;
+  P.N = w.rows;
+  P.K = w.cols;
+  P.Kp = (P.K + kB - 1) / kB * kB;
+  P.M = x.size(0);
+  P.w = w.data.data_as<const uint16_t>();
+  P.out = out;
+  uint16_t* xb = call_scratch<uint16_t>(kSlotX, P.M * P.Kp);  // [M][Kp]
+  for (int64_t m = 0; m < P.M; ++m) {
+    uint16_t* row = xb + m * P.Kp;
+    if (x.dtype() == DType::bf16) {
+      std::memcpy(row, x.data_as<const uint16_t>() + m * P.K, size_t(P.K) * 2);
+    } else {
+      const float* src = x.data_as<const float>() + m * P.K;
+      for (int64_t k = 0; k < P.K; ++k) row[k] = f32_to_bf16(src[k]);
+    }
+    std::fill(row + P.K, row + P.Kp, uint16_t(0));
+  }
+  P.x = xb;
+  const Kernels& Kn = kernels();
+  split_units(P.N, P.N * P.K * 2, [&](int64_t n0, int64_t n1) { Kn.bf16_rows(P, n0, n1); });
+}
+
+void decode_int(const Tensor& x, const PackedLinear& w, const Output& out) {
+  IntProblem P;
+  P.data = w.data.data_as<const uint8_t>();
+  P.scales = w.scales.data_as<const float>();
+  P.zeros = w.zeros.data_as<const float>();
+  P.N = w.rows;
+  P.K = w.cols;
+  P.G = w.cols / w.group_size;
+  P.group = w.group_size;
+  P.M = x.size(0);
+  P.int4 = w.format == WeightFormat::int4;
+  P.out = out;
+  const float* xf = f32_packed_rows(x, w);  // [M][K]
+  const int64_t nb = P.K / kB;
+  int8_t* xq = call_scratch<int8_t>(kSlotXq, P.M * P.K);   // [M][K]
+  float* xs = call_scratch<float>(kSlotXScale, P.M * nb);  // [M][K/32]
+  float* xsum = call_scratch<float>(kSlotXSum, P.M * nb);  // [M][K/32]
+  const Kernels& Kn = kernels();
+  Kn.quantize_rows(xf, P.M, P.K, xq, xs, xsum);
+  P.xq = xq;
+  P.xs = xs;
+  P.xsum = xsum;
+  const int64_t tiles = (P.N + kT - 1) / kT;
+  split_units(tiles, tiles * tile_bytes(P.int4, P.K),
+              [&](int64_t t0, int64_t t1) { Kn.int_tiles(P, t0, t1); });
+}
+
+// f32 activations: W^ tile by tile (f32), dotted with x in f32.
+void decode_int_exact(const Tensor& x, const PackedLinear& w, const Output& out) {
+  const bool int4 = w.format == WeightFormat::int4;
+  const int64_t M = x.size(0), K = w.cols, N = w.rows, tiles = (N + kT - 1) / kT;
+  const float* xf = f32_packed_rows(x, w);  // [M][K]
+  split_units(tiles, tiles * tile_bytes(int4, K), [&](int64_t t0, int64_t t1) {
+    float* wt = worker_scratch(kT * K);  // [16][K] W^ of a tile
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t rows = std::min(kT, N - t * kT);
+      dequantize_tile(w, t, rows, wt, K);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t m = 0; m < M; ++m) {
+          float lanes[kT] = {};  // independent partial sums (vectorizable)
+          const float* a = wt + r * K;
+          const float* b = xf + m * K;
+          for (int64_t k = 0; k < K; k += kT)
+            for (int64_t l = 0; l < kT; ++l) lanes[l] += a[k + l] * b[k + l];
+          float s = 0.0f;
+          for (float v : lanes) s += v;
+          out.store(m, t * kT + r, s);
+        }
+    }
+  });
+}
+
+// y[:, n0 : n0 + n] = part [M][n] + beta * y[:, ...]
+void copy_columns(const float* part, int64_t M, int64_t n0, int64_t n, const Output& out) {
+#pragma omp parallel for schedule(static) if (M * n >= (int64_t(1) << 16))
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t j = 0; j < n; ++j) out.store(m, n0 + j, part[m * n + j]);
+}
+
+// M > 16, int formats: tiles of W^ in x's dtype through ops::gemm.
+void prefill_int(const Tensor& x, const PackedLinear& w, Tensor& y, const Output& out) {
+  const int64_t M = x.size(0), K = w.cols, N = w.rows;
+  const DType dt = x.dtype();
+  const size_t esize = dtype_size(dt);
+  // x in packed column order, in its own dtype.
+  Tensor xp = x;
+  if (w.perm.defined()) {
+    char* dst = call_scratch<char>(kSlotX, M * K * int64_t(esize));  // [M][K]
+    const char* src = static_cast<const char*>(x.data());
+    const int32_t* perm = w.perm.data_as<const int32_t>();
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t j = 0; j < K; ++j)
+        std::memcpy(dst + (m * K + j) * esize, src + (m * K + perm[j]) * esize, esize);
+    xp = Tensor::from_blob(dst, {M, K}, dt);
+  }
+  // Rows per tile: about 4 MiB of W^, a whole number of packed tiles.
+  const int64_t padded = (N + kT - 1) / kT * kT;
+  const int64_t rows_per_tile =
+      std::min(padded, std::max<int64_t>(64, (int64_t(4) << 20) / (K * int64_t(esize)) / kT * kT));
+  char* tile = call_scratch<char>(kSlotTile, rows_per_tile * K * int64_t(esize));  // [rows][K]
+  float* part = call_scratch<float>(kSlotOut, M * rows_per_tile);                  // [M][rows]
+  for (int64_t n0 = 0; n0 < N; n0 += rows_per_tile) {
+    const int64_t n = std::min(rows_per_tile, N - n0);
+    const int64_t t0 = n0 / kT, nt = (n + kT - 1) / kT;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < nt; ++i) {
+      const int64_t rows = std::min(kT, n - i * kT);
+      if (dt == DType::f32) {
+        dequantize_tile(w, t0 + i, rows, reinterpret_cast<float*>(tile) + i * kT * K, K);
+      } else {
+        float* f = worker_scratch(kT * K);  // [16][K]
+        dequantize_tile(w, t0 + i, rows, f, K);
+        uint16_t* dst = reinterpret_cast<uint16_t*>(tile) + i * kT * K;
+        for (int64_t e = 0; e < rows * K; ++e) dst[e] = f32_to_bf16(f[e]);
+      }
+    }
+    const Tensor wt = Tensor::from_blob(tile, {n, K}, dt);
+    GemmOptions g;
+    g.trans_b = true;
+    if (n == N) {  // one tile: straight into y
+      g.beta = out.beta;
+      ops::gemm(xp, wt, y, g);
+      return;
+    }
+    Tensor pt = Tensor::from_blob(part, {M, n}, DType::f32);
+    ops::gemm(xp, wt, pt, g);
+    copy_columns(part, M, n0, n, out);
+  }
+}
+
+// M > 16, bf16: ops::gemm on W itself, x rounded to bf16 first when it is f32.
+void prefill_bf16(const Tensor& x, const PackedLinear& w, Tensor& y, const Output& out) {
+  const int64_t M = x.size(0), K = x.size(1);
+  Tensor xb = x;
+  if (x.dtype() == DType::f32) {
+    uint16_t* dst = call_scratch<uint16_t>(kSlotX, M * K);  // [M][K]
+    const float* src = x.data_as<const float>();
+    for (int64_t i = 0; i < M * K; ++i) dst[i] = f32_to_bf16(src[i]);
+    xb = Tensor::from_blob(dst, {M, K}, DType::bf16);
+  }
+  GemmOptions g;
+  g.trans_b = true;
+  g.beta = out.beta;
+  ops::gemm(xb, w.data, y, g);
+}
+
+}  // namespace
+
+void packed_linear(const Tensor& x, const PackedLinear& w, Tensor& y,
+                   const PackedLinearOptions& opt) {
+  const int64_t M = x.size(0);
+  if (M == 0 || w.rows == 0) return;
+  Output out;
+  out.y = y.data();
+  out.bf16 = y.dtype() == DType::bf16;
+  out.beta = opt.beta;
+  out.N = w.rows;
+  if (w.format == WeightFormat::bf16) {
+    if (M > kMaxM)
+      prefill_bf16(x, w, y, out);
+    else
+      decode_bf16(x, w, out);
+  } else if (M > kMaxM) {
+    prefill_int(x, w, y, out);
+  } else if (opt.exact) {
+    decode_int_exact(x, w, out);
+  } else {
+    decode_int(x, w, out);
+  }
+}
+
+const char* qlinear_isa() {
+  return kernels().name;
+}
+
+std::vector<std::string> qlinear_isas() {
+  std::vector<std::string> names;
+  for (const Kernels& k : kernel_table()) names.push_back(k.name);
+  return names;
+}
+
+void qlinear_force_isa(const char* name) {
+  if (!name) {
+    forced.store(nullptr);
+    return;
+  }
+  for (const Kernels& k : kernel_table())
+    if (std::string(k.name) == name) {
+      forced.store(&k);
+      return;
+    }
+  ORIGAMI_FAIL("packed_linear: instruction set '", name, "' is not available on this CPU");
+}
+
+}  // namespace origami::ops::cpu
+
+#else  // ---- kernels of one instruction set
+       // -------------------------------------------------------
+
+namespace origami::ops::cpu::qlinear_detail::ORIGAMI_ATTENTION_ISA {
+
+// Every variant stores its results through the same scalar Output::store; the results of a tile of
+// the int kernels are res [MB][16] (rows of x, then the tile's 16 rows).
+
+#if ORIGAMI_ISA_AVX512
+
+// acc + the sums over 4-byte groups of unsigned w times signed x (vpdpbusd; exact, no
+// saturation). small: every byte of w is at most 15.
+template <bool small>
+inline __m512i dot_u8s8(__m512i acc, __m512i w, __m512i x) {
+#if ORIGAMI_ISA_BF16_VNNI
+  (void)small;
+  return _mm512_dpbusd_epi32(acc, w, x);
+#else
+  // vpmaddubsw saturates at 16 bits: fine for levels up to 15 (2 * 15 * 128), so int8 levels are
+  // split in nibbles, the high one weighted 16 by vpmaddwd.
+  const __m512i ones = _mm512_set1_epi16(1);
+  if constexpr (small) {
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(w, x), ones));
+  } else {
+    const __m512i low4 = _mm512_set1_epi8(0x0F);
+    const __m512i lo = _mm512_and_si512(w, low4);
+    const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), low4);
+    acc = _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(lo, x), ones));
+    return _mm512_add_epi32(acc,
+                            _mm512_madd_epi16(_mm512_maddubs_epi16(hi, x), _mm512_set1_epi16(16)));
+  }
+#endif
+}
+
+// acc + w . x over pairs of bf16 (vdpbf16ps; without it, as two f32 FMAs per vector).
+inline __m512 dot_bf16(__m512 acc, __m512i w, __m512i x) {
+#if ORIGAMI_ISA_BF16_VNNI
+  return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)x);
+#else
+  const __m512i high = _mm512_set1_epi32(int(0xFFFF0000u));
+  acc = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(w, 16)),
+                        _mm512_castsi512_ps(_mm512_slli_epi32(x, 16)), acc);
+  return _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(w, high)),
+                         _mm512_castsi512_ps(_mm512_and_si512(x, high)), acc);
+#endif
+}
+
+inline __m512i broadcast4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm512_set1_epi32(v);
+}
+
+// res [MB][16] = one tile against rows [m0, m0 + MB) of x.
+template <int MB, bool int4>
+void int_tile(const IntProblem& P, int64_t t, int64_t m0, float* res) {
+  const int64_t K = P.K, nb = K / kB, blocks_per_group = P.group / kB;
+  const uint8_t* wt = P.data + t * tile_bytes(int4, K);
+  const float* st = P.scales + t * P.G * kT;
+  const float* zt = P.zeros + t * P.G * kT;
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  __m512 acc[MB];
+#pragma GCC unroll 8
+  for (int m = 0; m < MB; ++m) acc[m] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < P.G; ++g) {
+    const __m512 s = _mm512_loadu_ps(st + g * kT), z = _mm512_loadu_ps(zt + g * kT);
+    for (int64_t b = g * blocks_per_group; b < (g + 1) * blocks_per_group; ++b) {
+      __m512i w[8];
+      if constexpr (int4) {
+        const uint8_t* p = wt + b * kB * kT / 2;
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+          const __m512i v = _mm512_loadu_si512(p + 64 * j);
+          w[j] = _mm512_and_si512(v, low4);
+          w[j + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+        }
+      } else {
+        const uint8_t* p = wt + b * kB * kT;
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; ++j) w[j] = _mm512_loadu_si512(p + 64 * j);
+      }
+#pragma GCC unroll 8
+      for (int m = 0; m < MB; ++m) {
+        const int64_t row = m0 + m;
+        const int8_t* xb = P.xq + row * K + b * kB;
+        __m512i d0 = _mm512_setzero_si512(), d1 = _mm512_setzero_si512();
+#pragma GCC unroll 4
+        for (int j = 0; j < 8; j += 2) {
+          d0 = dot_u8s8<int4>(d0, w[j], broadcast4(xb + 4 * j));
+          d1 = dot_u8s8<int4>(d1, w[j + 1], broadcast4(xb + 4 * j + 4));
+        }
+        const __m512 d = _mm512_cvtepi32_ps(_mm512_add_epi32(d0, d1));
+        const __m512 exact = _mm512_fnmadd_ps(z, _mm512_set1_ps(P.xsum[row * nb + b]), d);
+        acc[m] =
+            _mm512_fmadd_ps(_mm512_mul_ps(exact, _mm512_set1_ps(P.xs[row * nb + b])), s, acc[m]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MB; ++m) _mm512_storeu_ps(res + m * kT, acc[m]);
+}
+
+// res [R][MB] = rows [n, n + R) of W against rows [m0, m0 + MB) of x, U vectors of columns per
+// step: R * MB * U independent accumulators. A single row of x goes with one row of W at a time
+// (R = 1, U = 8): each thread then reads W as one sequential stream, which measured at 95-120% of a
+// streaming read where four rows at once (four streams) gave 70-85%. With more rows of x the
+// loads of x dominate, and four rows of W share each (R = 4: twice as fast at M = 8).
+template <int R, int MB, int U>
+void bf16_block(const Bf16Problem& P, int64_t n, int64_t m0, float* res) {
+  const int64_t K = P.K;
+  const uint16_t* w = P.w + n * K;
+  const uint16_t* x = P.x + m0 * P.Kp;
+  __m512 acc[R][MB][U];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int m = 0; m < MB; ++m)
+#pragma GCC unroll 8
+      for (int u = 0; u < U; ++u) acc[r][m][u] = _mm512_setzero_ps();
+  auto step = [&](int64_t k, int u, __mmask32 mask) {
+    __m512i wv[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) wv[r] = _mm512_maskz_loadu_epi16(mask, w + r * K + k);
+#pragma GCC unroll 4
+    for (int m = 0; m < MB; ++m) {
+      const __m512i xv = _mm512_loadu_si512(x + m * P.Kp + k);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) acc[r][m][u] = dot_bf16(acc[r][m][u], wv[r], xv);
+    }
+  };
+  int64_t k = 0;
+  for (; k + U * kB <= K; k += U * kB)
+#pragma GCC unroll 8
+    for (int u = 0; u < U; ++u) step(k + u * kB, u, __mmask32(~0u));
+  for (; k < K; k += kB)  // x is zero past K, W is not read there
+    step(k, 0, K - k >= kB ? __mmask32(~0u) : __mmask32((1u << (K - k)) - 1));
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int m = 0; m < MB; ++m) {
+      __m512 sum = acc[r][m][0];
+#pragma GCC unroll 8
+      for (int u = 1; u < U; ++u) sum = _mm512_add_ps(sum, acc[r][m][u]);
+      res[r * MB + m] = _mm512_reduce_add_ps(sum);
+    }
+}
+
+void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* xq, float* xs, float* xsum) {
+  const int64_t nb = K / kB;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t b = 0; b < nb; ++b) {
+      const float* p = x + m * K + b * kB;
+      const __m512 v0 = _mm512_loadu_ps(p), v1 = _mm512_loadu_ps(p + 16);
+      const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+      const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+      const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(inv)));
+      const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(inv)));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(xq + m * K + b * kB), _mm512_cvtepi32_epi8(q0));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(xq + m * K + b * kB + 16),
+                       _mm512_cvtepi32_epi8(q1));
+      xs[m * nb + b] = amax / 127.0f;
+      xsum[m * nb + b] = float(_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)));
+    }
+}
+
+#else  // portable C++ (vectorized by the compiler for the variant's target)
+
+template <int MB, bool int4>
+void int_tile(const IntProblem& P, int64_t t, int64_t m0, float* res) {
+  const int64_t K = P.K, nb = K / kB, blocks_per_group = P.group / kB;
+  const uint8_t* wt = P.data + t * tile_bytes(int4, K);
+  const float* st = P.scales + t * P.G * kT;
+  const float* zt = P.zeros + t * P.G * kT;
+  for (int64_t i = 0; i < MB * kT; ++i) res[i] = 0.0f;
+  uint8_t w[kB][kT];  // the block's levels, [column][row]
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t g = b / blocks_per_group;
+    for (int64_t c = 0; c < kB; ++c)
+      for (int64_t r = 0; r < kT; ++r) {
+        if constexpr (int4) {
+          const int64_t lo = c % 16;
+          const uint8_t byte = wt[b * kB * kT / 2 + ((lo / 4) * kT + r) * 4 + lo % 4];
+          w[c][r] = c < 16 ? byte & 15 : byte >> 4;
+        } else {
+          w[c][r] = wt[b * kB * kT + ((c / 4) * kT + r) * 4 + c % 4];
+        }
+      }
+    for (int m = 0; m < MB; ++m) {
+      const int64_t row = m0 + m;
+      const int8_t* xb = P.xq + row * K + b * kB;
+      int32_t d[kT] = {};
+      for (int64_t c = 0; c < kB; ++c)
+        for (int64_t r = 0; r < kT; ++r) d[r] += int32_t(w[c][r]) * xb[c];
+      const float xsum = P.xsum[row * nb + b], xs = P.xs[row * nb + b];
+      for (int64_t r = 0; r < kT; ++r) {
+        const float exact = float(d[r]) - zt[g * kT + r] * xsum;
+        res[m * kT + r] += exact * xs * st[g * kT + r];
+      }
+    }
+  }
+}
+
+template <int R, int MB, int U>
+void bf16_block(const Bf16Problem& P, int64_t n, int64_t m0, float* res) {
+  const int64_t K = P.K;
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MB; ++m) {
+      const uint16_t* w = P.w + (n + r) * K;
+      const uint16_t* x = P.x + (m0 + m) * P.Kp;
+      float lanes[16] = {};  // independent partial sums (vectorizable)
+      int64_t k = 0;
+      for (; k + 16 <= K; k += 16)
+        for (int l = 0; l < 16; ++l) lanes[l] += bf16_to_f32(w[k + l]) * bf16_to_f32(x[k + l]);
+      for (; k < K; ++k) lanes[0] += bf16_to_f32(w[k]) * bf16_to_f32(x[k]);
+      float s = 0.0f;
+      for (float v : lanes) s += v;
+      res[r * MB + m] = s;
+    }
+}
+
+void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* xq, float* xs, float* xsum) {
+  const int64_t nb = K / kB;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t b = 0; b < nb; ++b) {
+      const float* p = x + m * K + b * kB;
+      float amax = 0.0f;
+      for (int64_t c = 0; c < kB; ++c) amax = std::max(amax, std::fabs(p[c]));
+      const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+      int32_t sum = 0;
+      for (int64_t c = 0; c < kB; ++c) {
+        const float v = p[c] * inv;
+        const int32_t q = v == v ? int32_t(std::nearbyint(v)) : 0;
+        xq[m * K + b * kB + c] = int8_t(q);
+        sum += q;
+      }
+      xs[m * nb + b] = amax / 127.0f;
+      xsum[m * nb + b] = float(sum);
+    }
+}
+
+#endif  // ORIGAMI_ISA_AVX512
+
+template <bool int4, size_t... I>
+constexpr auto int_tile_table(std::index_sequence<I...>) {
+  return std::array<void (*)(const IntProblem&, int64_t, int64_t, float*), sizeof...(I)>{
+      &int_tile<int(I) + 1, int4>...};
+}
+
+// Tiles [t0, t1) against every row of x, results stored.
+void int_tiles(const IntProblem& P, int64_t t0, int64_t t1) {
+  static constexpr auto table8 = int_tile_table<false>(std::make_index_sequence<kIntRowsX>());
+  static constexpr auto table4 = int_tile_table<true>(std::make_index_sequence<kIntRowsX>());
+  const auto& table = P.int4 ? table4 : table8;
+  alignas(64) float res[kMaxM * kT];  // [M][16]
+  for (int64_t t = t0; t < t1; ++t) {
+    for (int64_t m0 = 0; m0 < P.M; m0 += kIntRowsX)
+      table[size_t(std::min<int64_t>(kIntRowsX, P.M - m0) - 1)](P, t, m0, res + m0 * kT);
+    const int64_t rows = std::min(kT, P.N - t * kT);
+    for (int64_t m = 0; m < P.M; ++m)
+      for (int64_t r = 0; r < rows; ++r) P.out.store(m, t * kT + r, res[m * kT + r]);
+  }
+}
+
+using Bf16BlockFn = void (*)(const Bf16Problem&, int64_t, int64_t, float*);
+template <int R, size_t... I>
+constexpr std::array<Bf16BlockFn, sizeof...(I)> bf16_block_table(std::index_sequence<I...>) {
+  // One row of W: 8 accumulator vectors per row of x at most 4 rows, 16 in all; four rows of W:
+  // R * MB accumulators.
+  return {&bf16_block < R, int(I) + 1, R == 1 ? (I == 0 ? 8 : I == 1 ? 4 : 2) : 1 > ...};
+}
+
+// Rows [n0, n1) of W against every row of x, results stored.
+void bf16_rows(const Bf16Problem& P, int64_t n0, int64_t n1) {
+  static constexpr auto one = bf16_block_table<1>(std::make_index_sequence<kBf16RowsX>());
+  static constexpr auto four = bf16_block_table<4>(std::make_index_sequence<kBf16RowsX>());
+  float res[4 * kBf16RowsX];  // [R][MB]
+  for (int64_t n = n0; n < n1;) {
+    const int64_t R = P.M > 1 && n1 - n >= 4 ? 4 : 1;
+    for (int64_t m0 = 0; m0 < P.M; m0 += kBf16RowsX) {
+      const int64_t MB = std::min<int64_t>(kBf16RowsX, P.M - m0);
+      (R == 4 ? four : one)[size_t(MB - 1)](P, n, m0, res);
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t m = 0; m < MB; ++m) P.out.store(m0 + m, n + r, res[r * MB + m]);
+    }
+    n += R;
+  }
+}
+
+}  // namespace origami::ops::cpu::qlinear_detail::ORIGAMI_ATTENTION_ISA
+
+#endif  // ORIGAMI_ATTENTION_ISA
