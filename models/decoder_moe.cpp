@@ -129,7 +129,7 @@ void Decoder::moe_forward(int64_t l, LayerActivations& a) {
   // Unpermute: x_{l+1}[tok] += y (the k copies of a token add up)
   if (N > 0) ops::scatter_add_rows(y, tok, out);
 
-  if (w.s_gate.defined()) {
+  if (w.s_gate.defined() || pk.s_gate) {  // (held packed in inference, or dense)
     // Shared expert: x_{l+1} += sigmoid(hn2 . wg) * (silu(hn2 Wg^T) * hn2 Wu^T) Wd^T
     project(hn2, w.s_gate, pk.s_gate, a.s_gate);
     project(hn2, w.s_up, pk.s_up, a.s_up);

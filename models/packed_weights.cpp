@@ -96,14 +96,61 @@ void PackedWeights::set_dense(const std::string& name, int64_t expert, const Ten
                             q.groups(), q.g_idx.data(), device_);
 }
 
+namespace {
+// The same weights with every group split into groups of 32 columns (the kernels need groups of
+// one size; AutoGPTQ leaves a smaller last group when the group size does not divide the width).
+// Each new group keeps its parent's scale and zero, so nothing changes numerically.
+QuantizedLinear split_groups(const QuantizedLinear& q, const std::string& name) {
+  const int64_t G = q.groups();
+  std::vector<int64_t> count(size_t(G), 0);
+  for (int32_t g : q.g_idx) ++count[size_t(g)];
+  std::vector<int64_t> first(size_t(G), 0);  // first new group of each old one
+  int64_t total = 0;
+  for (int64_t g = 0; g < G; ++g) {
+    ORIGAMI_CHECK(count[size_t(g)] % 32 == 0, name, ": group ", g, " holds ", count[size_t(g)],
+                  " columns; the int kernels need groups of a multiple of 32 columns");
+    first[size_t(g)] = total;
+    total += count[size_t(g)] / 32;
+  }
+  QuantizedLinear out = q;
+  out.group_size = 32;
+  out.scales.assign(size_t(total * q.rows), 0.0f);
+  out.zeros.assign(size_t(total * q.rows), 0);
+  std::vector<int64_t> seen(size_t(G), 0);
+  for (int64_t c = 0; c < q.cols; ++c) {
+    const int64_t g = q.g_idx[size_t(c)];
+    out.g_idx[size_t(c)] = int32_t(first[size_t(g)] + seen[size_t(g)]++ / 32);
+  }
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t s = 0; s < count[size_t(g)] / 32; ++s)
+      for (int64_t r = 0; r < q.rows; ++r) {
+        out.scales[size_t((first[size_t(g)] + s) * q.rows + r)] = q.scales[size_t(g * q.rows + r)];
+        out.zeros[size_t((first[size_t(g)] + s) * q.rows + r)] = q.zeros[size_t(g * q.rows + r)];
+      }
+  return out;
+}
+
+// Whether every group of q holds the same number of columns.
+bool even_groups(const QuantizedLinear& q) {
+  const int64_t G = q.groups();
+  if (G <= 0 || q.cols % G != 0) return false;
+  std::vector<int64_t> count(size_t(G), 0);
+  for (int32_t g : q.g_idx) ++count[size_t(g)];
+  for (int64_t c : count)
+    if (c != q.cols / G) return false;
+  return true;
+}
+}  // namespace
+
 void PackedWeights::set_dense_entry(const std::string& name, const Tensor& slice) {
   if (!layout_->entry(name).is_expert()) return set_dense(name, -1, slice);
   for (int64_t x = 0; x < slice.size(0); ++x) set_dense(name, x, slice.select(0, x));
 }
 
 void PackedWeights::set_quantized(const std::string& name, int64_t expert,
-                                  const QuantizedLinear& whole) {
+                                  const QuantizedLinear& stored) {
   ops::PackedLinear& dst = slot(name, expert);
+  const QuantizedLinear whole = even_groups(stored) ? stored : split_groups(stored, name);
   const ParamEntry& e = layout_->entry(name);
   const size_t d0 = e.is_expert() ? 1 : 0;  // the [out, in] dims of the entry
   const int64_t gr = e.global_shape[d0], gc = e.global_shape[d0 + 1];

@@ -67,7 +67,8 @@ class PackedWeights {
   // The same for a whole entry's slice: [N,K], or [local experts, N, K] for stacked experts.
   void set_dense_entry(const std::string& name, const Tensor& slice);
   // From a checkpoint's quantized linear (the whole tensor, [out, in] of the global shape): this
-  // rank's slice, packed. Errors name the tensor.
+  // rank's slice, packed. Groups of unequal size (a smaller last group) are split into groups
+  // of 32 columns with their parent's scale and zero. Errors name the tensor.
   void set_quantized(const std::string& name, int64_t expert, const QuantizedLinear& whole);
 
   // Slots not yet filled, as "NAME" or "NAME (expert e)".

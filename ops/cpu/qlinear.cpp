@@ -101,6 +101,7 @@ struct Bf16Problem {
   const uint16_t* w = nullptr;  // [N][K]
   const uint16_t* x = nullptr;  // [M][Kp] x rounded to bf16, zero past K
   int64_t N = 0, K = 0, Kp = 0, M = 0;
+  bool invariant = false;  // every dot product summed the same way whatever M (batch invariance)
   Output out;
 };
 
@@ -238,8 +239,9 @@ const float* f32_packed_rows(const Tensor& x, const PackedLinear& w) {
   return dst;
 }
 
-void decode_bf16(const Tensor& x, const PackedLinear& w, const Output& out) {
+void decode_bf16(const Tensor& x, const PackedLinear& w, const Output& out, bool invariant) {
   Bf16Problem P;
+  P.invariant = invariant;
   P.N = w.rows;
   P.K = w.cols;
   P.Kp = (P.K + kB - 1) / kB * kB;
@@ -399,11 +401,20 @@ void packed_linear(const Tensor& x, const PackedLinear& w, Tensor& y,
   out.bf16 = y.dtype() == DType::bf16;
   out.beta = opt.beta;
   out.N = w.rows;
+  if (opt.batch_invariant && M > kMaxM) {
+    // The decode kernels on every kMaxM rows: a row's result is the same in any M.
+    for (int64_t m = 0; m < M; m += kMaxM) {
+      const int64_t n = std::min(kMaxM, M - m);
+      Tensor ym = y.narrow(0, m, n);
+      cpu::packed_linear(x.narrow(0, m, n), w, ym, opt);
+    }
+    return;
+  }
   if (w.format == WeightFormat::bf16) {
     if (M > kMaxM)
       prefill_bf16(x, w, y, out);
     else
-      decode_bf16(x, w, out);
+      decode_bf16(x, w, out, opt.batch_invariant);
   } else if (M > kMaxM) {
     prefill_int(x, w, y, out);
   } else if (opt.exact) {
@@ -709,16 +720,25 @@ constexpr std::array<Bf16BlockFn, sizeof...(I)> bf16_block_table(std::index_sequ
   return {&bf16_block < R, int(I) + 1, R == 1 ? (I == 0 ? 8 : I == 1 ? 4 : 2) : 1 > ...};
 }
 
+// Batch-invariant: one row of W at a time and 2 accumulator vectors per dot whatever the rows of
+// x, so that a dot product is summed in the same order in any M (2 independent chains already
+// keep a core's dpbf16 ahead of memory).
+template <size_t... I>
+constexpr std::array<Bf16BlockFn, sizeof...(I)> bf16_invariant_table(std::index_sequence<I...>) {
+  return {&bf16_block<1, int(I) + 1, 2>...};
+}
+
 // Rows [n0, n1) of W against every row of x, results stored.
 void bf16_rows(const Bf16Problem& P, int64_t n0, int64_t n1) {
   static constexpr auto one = bf16_block_table<1>(std::make_index_sequence<kBf16RowsX>());
   static constexpr auto four = bf16_block_table<4>(std::make_index_sequence<kBf16RowsX>());
+  static constexpr auto inv = bf16_invariant_table(std::make_index_sequence<kBf16RowsX>());
   float res[4 * kBf16RowsX];  // [R][MB]
   for (int64_t n = n0; n < n1;) {
-    const int64_t R = P.M > 1 && n1 - n >= 4 ? 4 : 1;
+    const int64_t R = P.M > 1 && n1 - n >= 4 && !P.invariant ? 4 : 1;
     for (int64_t m0 = 0; m0 < P.M; m0 += kBf16RowsX) {
       const int64_t MB = std::min<int64_t>(kBf16RowsX, P.M - m0);
-      (R == 4 ? four : one)[size_t(MB - 1)](P, n, m0, res);
+      (P.invariant ? inv : R == 4 ? four : one)[size_t(MB - 1)](P, n, m0, res);
       for (int64_t r = 0; r < R; ++r)
         for (int64_t m = 0; m < MB; ++m) P.out.store(m0 + m, n + r, res[r * MB + m]);
     }

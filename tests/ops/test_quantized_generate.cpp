@@ -126,9 +126,11 @@ void check_against_dequantized(const ModelSpec& spec, WeightMode mode, int64_t g
     Generator q(spec, params, qo);
     ref.reset();
     const Err err = compare_steps(q, ref, spec.vocab);
-    // exact: f32 rounding only. int8 activations (blocks of 32, max|x|/127): each product is off
-    // by up to half a step of the activation's block, a few 1e-3 of the logits after two layers.
-    const double tol = exact ? 1e-4 : 3e-2;
+    // exact: f32 rounding only. int8 activations (blocks of 32, max|x|/127, as llama.cpp's
+    // q8_0): every input is off by up to half a step of its block (0.4% of the block's largest),
+    // which these random layers (weights of std 0.2) amplify to a few % of the largest logit;
+    // the kernels' int8 arithmetic itself is checked exactly in test_qlinear.cpp.
+    const double tol = exact ? 1e-4 : 1e-1;
     EXPECT_LE(err.rel(), tol) << spec.str() << " " << models::weight_mode_name(mode) << " g"
                               << group << (exact ? " exact" : " int8 activations");
     std::printf("[ quantized ] %s %s g%lld %s: logits vs dequantized dense, rel err %.2e\n",
@@ -280,10 +282,10 @@ TEST_F(QuantizedGenerateGolden, GptqCheckpointsGiveTheLogitsOfTheirDequantizedWe
       err.add(got, std::vector<float>(ref.data.begin(), ref.data.end()));
       ASSERT_EQ(int64_t(got.size()), 2 * S * V);
       // exact: f32 against float64 (1e-4 of the largest logit); int8 activations as above.
-      EXPECT_LE(err.rel(), exact ? 1e-4 : 3e-2) << name << (exact ? " exact" : " int8 acts");
+      EXPECT_LE(err.rel(), exact ? 1e-4 : 3e-2) << name << (exact ? " exact" : " default kernels");
       std::printf("[ gptq ] %s %s: logits vs transformers on the dequantized weights, rel err "
                   "%.2e\n",
-                  name.c_str(), exact ? "exact" : "int8 activations", err.rel());
+                  name.c_str(), exact ? "exact" : "default kernels", err.rel());
     }
   }
 }
