@@ -499,6 +499,7 @@ void Decoder::attention_forward(int64_t l, LayerActivations& a) {
     ops::rmsnorm_forward(x, w.ln1, float(spec_.rms_eps), a.hn1, a.rstd1);
   }
   // q [T,Hq*D], k, v [T,Hkv*D] = hn1 W^T (+ b)
+  if (observer_) observe(l, LinearSite::qkv, a.hn1);
   linear(a.hn1, w.wq, a.q);
   linear(a.hn1, w.wk, a.k);
   linear(a.hn1, w.wv, a.v);
@@ -514,6 +515,7 @@ void Decoder::attention_forward(int64_t l, LayerActivations& a) {
   // attn [B,S,Hq,D] = softmax(q k^T * scale, causal / window) v;  lse [B,Hq,S]
   if (inf_) {  // inference: keys and values to the paged cache, queries against it
     attention_paged(l, a);
+    if (observer_) observe(l, LinearSite::o, a.attn);
     row_parallel_residual(opt_.parallel.tp, sp_, a.attn, w.wo, x, s_->partial, a.x_mid);
     return;
   }
@@ -527,6 +529,7 @@ void Decoder::attention_forward(int64_t l, LayerActivations& a) {
     ops::attention_forward(a.q.view({B, S, Hq, D}), a.k.view({B, S, Hkv, D}),
                            a.v.view({B, S, Hkv, D}), p, attn4, a.lse);
   // x_mid [Tl,H] = x + attn Wo^T (summed over TP)
+  if (observer_) observe(l, LinearSite::o, a.attn);
   row_parallel_residual(opt_.parallel.tp, sp_, a.attn, w.wo, x, s_->partial, a.x_mid);
 }
 
@@ -588,10 +591,12 @@ void Decoder::mlp_forward(int64_t l, LayerActivations& a) {
     ops::rmsnorm_forward(a.x_mid, w.ln2, float(spec_.rms_eps), a.hn2, a.rstd2);
   }
   // gate, up [T,F] = hn2 W^T;  act [T,F] = silu(gate) * up  (this rank's F/tp columns)
+  if (observer_) observe(l, LinearSite::gate_up, a.hn2);
   linear(a.hn2, w.gate, a.gate);
   linear(a.hn2, w.up, a.up);
   ops::swiglu_forward(a.gate, a.up, a.act);
   // x_{l+1} [Tl,H] = x_mid + act Wdown^T (summed over TP)
+  if (observer_) observe(l, LinearSite::down, a.act);
   row_parallel_residual(opt_.parallel.tp, sp_, a.act, w.down, a.x_mid, s_->partial, out);
 }
 
