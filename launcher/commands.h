@@ -8,5 +8,6 @@ int train(int argc, char** argv);
 int generate(int argc, char** argv);
 int serve(int argc, char** argv);
 int launch(int argc, char** argv);
+int quantize(int argc, char** argv);
 
 }  // namespace origami::cli

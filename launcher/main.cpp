@@ -21,6 +21,7 @@ void print_help() {
       "  train       train a model from a config file (configs/*.pbtxt)\n"
       "  generate    generate text from a prompt (Hugging Face folder or training checkpoint)\n"
       "  serve       serve a model over an OpenAI-compatible HTTP API (see docs/serving.md)\n"
+      "  quantize    quantize a model to GPTQ (Hugging Face format; see docs/quantization.md)\n"
       "  doctor      print devices, library versions and a quick compute check\n"
       "\n"
       "options:\n"
@@ -64,6 +65,7 @@ int main(int argc, char** argv) {
     if (cmd == "generate") return origami::cli::generate(argc - 1, argv + 1);
     if (cmd == "serve") return origami::cli::serve(argc - 1, argv + 1);
     if (cmd == "launch") return origami::cli::launch(argc - 1, argv + 1);
+    if (cmd == "quantize") return origami::cli::quantize(argc - 1, argv + 1);
   } catch (const origami::Error& e) {
     std::fprintf(stderr, "origami %s: error: %s\n", cmd.c_str(), e.what());
     return 1;
