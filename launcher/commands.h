@@ -9,5 +9,6 @@ int generate(int argc, char** argv);
 int serve(int argc, char** argv);
 int launch(int argc, char** argv);
 int perplexity(int argc, char** argv);
+int quantize(int argc, char** argv);
 
 }  // namespace origami::cli

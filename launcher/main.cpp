@@ -22,6 +22,7 @@ void print_help() {
       "  generate    generate text from a prompt (Hugging Face folder or training checkpoint)\n"
       "  serve       serve a model over an OpenAI-compatible HTTP API (see docs/serving.md)\n"
       "  perplexity  perplexity of a model on a text (dense, int8/int4 or GPTQ weights)\n"
+      "  quantize    quantize a model to GPTQ (Hugging Face format; see docs/quantization.md)\n"
       "  doctor      print devices, library versions and a quick compute check\n"
       "\n"
       "options:\n"
@@ -66,6 +67,7 @@ int main(int argc, char** argv) {
     if (cmd == "serve") return origami::cli::serve(argc - 1, argv + 1);
     if (cmd == "launch") return origami::cli::launch(argc - 1, argv + 1);
     if (cmd == "perplexity") return origami::cli::perplexity(argc - 1, argv + 1);
+    if (cmd == "quantize") return origami::cli::quantize(argc - 1, argv + 1);
   } catch (const origami::Error& e) {
     std::fprintf(stderr, "origami %s: error: %s\n", cmd.c_str(), e.what());
     return 1;

@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <optional>
 
 #include "models/hf_import.h"
@@ -58,6 +59,17 @@ ModelSource resolve_model_source(const std::string& model_dir, const Flags& flag
                   src.model_dir, "' has no config.json: it is not a Hugging Face model folder");
     src.spec = models::spec_from_hf_config(src.model_dir);
     src.gptq_linears = models::gptq_quantized_names(src.model_dir, src.spec);
+    // A folder of a byte-tokenizer model names it in origami_tokenizer.txt (origami quantize).
+    const fs::path note = fs::path(src.model_dir) / "origami_tokenizer.txt";
+    if (src.tokenizer_path.empty() && !fs::exists(fs::path(src.model_dir) / "tokenizer.json") &&
+        fs::exists(note)) {
+      std::ifstream in(note);
+      std::string first;
+      std::getline(in, first);
+      ORIGAMI_CHECK(first == "byte", note.string(), ": expected 'byte' on its first line, got '",
+                    first, "'");
+      src.tokenizer_path = "byte";
+    }
     if (src.tokenizer_path.empty()) {
       ORIGAMI_CHECK(fs::exists(fs::path(src.model_dir) / "tokenizer.json") ||
                         fs::exists(fs::path(src.model_dir) / "tokenizer.model"),

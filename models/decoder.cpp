@@ -505,6 +505,7 @@ void Decoder::attention_forward(int64_t l, LayerActivations& a) {
   }
   // q [T,Hq*D], k, v [T,Hkv*D] = hn1 W^T (+ b)
   const LayerPacked& pk = pw_[size_t(l - Lb_)];
+  if (observer_) observe(l, LinearSite::qkv, a.hn1);
   project(a.hn1, w.wq, pk.q, a.q);
   project(a.hn1, w.wk, pk.k, a.k);
   project(a.hn1, w.wv, pk.v, a.v);
@@ -520,6 +521,7 @@ void Decoder::attention_forward(int64_t l, LayerActivations& a) {
   // attn [B,S,Hq,D] = softmax(q k^T * scale, causal / window) v;  lse [B,Hq,S]
   if (inf_) {  // inference: keys and values to the paged cache, queries against it
     attention_paged(l, a);
+    if (observer_) observe(l, LinearSite::o, a.attn);
     const ops::PackedLinearOptions po = packed_options();
     row_parallel_residual(opt_.parallel.tp, sp_, a.attn, w.wo, x, s_->partial, a.x_mid, pk.o, &po);
     return;
@@ -534,6 +536,7 @@ void Decoder::attention_forward(int64_t l, LayerActivations& a) {
     ops::attention_forward(a.q.view({B, S, Hq, D}), a.k.view({B, S, Hkv, D}),
                            a.v.view({B, S, Hkv, D}), p, attn4, a.lse);
   // x_mid [Tl,H] = x + attn Wo^T (summed over TP)
+  if (observer_) observe(l, LinearSite::o, a.attn);
   row_parallel_residual(opt_.parallel.tp, sp_, a.attn, w.wo, x, s_->partial, a.x_mid);
 }
 
@@ -596,10 +599,12 @@ void Decoder::mlp_forward(int64_t l, LayerActivations& a) {
   }
   // gate, up [T,F] = hn2 W^T;  act [T,F] = silu(gate) * up  (this rank's F/tp columns)
   const LayerPacked& pk = pw_[size_t(l - Lb_)];
+  if (observer_) observe(l, LinearSite::gate_up, a.hn2);
   project(a.hn2, w.gate, pk.gate, a.gate);
   project(a.hn2, w.up, pk.up, a.up);
   ops::swiglu_forward(a.gate, a.up, a.act);
   // x_{l+1} [Tl,H] = x_mid + act Wdown^T (summed over TP)
+  if (observer_) observe(l, LinearSite::down, a.act);
   const ops::PackedLinearOptions po = packed_options();
   row_parallel_residual(opt_.parallel.tp, sp_, a.act, w.down, a.x_mid, s_->partial, out, pk.down,
                         &po);

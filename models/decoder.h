@@ -34,6 +34,7 @@
 #include <iosfwd>
 #include <map>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "models/model_spec.h"
@@ -120,6 +121,7 @@ struct LossInfo {
   int64_t tokens = 0;  // targets counted by the cross-entropy
 };
 
+class LinearObserver;
 struct LayerWeights;
 struct LayerPacked;
 struct LayerActivations;
@@ -214,6 +216,10 @@ class Decoder {
   void update_expert_bias();
   std::vector<float>& expert_bias(int64_t moe_layer) { return expert_bias_[size_t(moe_layer)]; }
 
+  // Calibration: `observer` is handed the input rows of every linear layer as the forward runs
+  // (models/linear_observer.h); nullptr turns it off. Not owned.
+  void set_linear_observer(LinearObserver* observer) { observer_ = observer; }
+
  private:
   LossInfo finish_loss(Microbatch& b);
   int64_t z_tokens() const;
@@ -241,6 +247,20 @@ class Decoder {
                float beta = 0.0f) const;
   ops::PackedLinearOptions packed_options(float beta = 0.0f) const;
   void build_packed_views();  // inference: pw_ and head_packed_ from packed_ and dense_views_
+  // The linear observer's calls (decoder_observe.cpp): x is the input of the linears at `site` of
+  // layer l; for experts, x holds rows[e] rows of each local expert e in turn.
+  enum class LinearSite {
+    qkv,
+    o,
+    gate_up,
+    down,
+    shared_gate_up,
+    shared_down,
+    expert_gate_up,
+    expert_down
+  };
+  void observe(int64_t l, LinearSite site, const Tensor& x);
+  void observe_experts(int64_t l, LinearSite site, std::span<const int64_t> rows, const Tensor& x);
 
   ModelSpec spec_;
   DecoderOptions opt_;
@@ -277,6 +297,8 @@ class Decoder {
   std::vector<double> aux_prob_sums_;  // [E] sum over MoE layers and tokens of aux_probs
   bool recomputing_ = false;           // layer forward re-run inside backward
   double z_total_ = 0;
+
+  LinearObserver* observer_ = nullptr;  // calibration hook (null: off)
 };
 
 }  // namespace origami::models

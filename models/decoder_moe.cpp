@@ -119,18 +119,24 @@ void Decoder::moe_forward(int64_t l, LayerActivations& a) {
     dispatcher_->dispatch(xg, pw, r.group_rows, st, a.xe, a.pe);
     const int64_t n = st.expert_rows;
     Tensor ye = rows_of(s.d_ye, n);
+    if (observer_ && n > 0)
+      observe_experts(l, LinearSite::expert_gate_up, st.rows_per_expert, a.xe);
     if (n > 0)
       experts_forward(w, pk, po, st.rows_per_expert, rows_of(a.xe, n), rows_of(a.pe, n), a, ye,
                       invariant);
+    if (observer_ && n > 0) observe_experts(l, LinearSite::expert_down, st.rows_per_expert, a.ea);
     dispatcher_->combine(ye, st, y);
   } else if (N > 0) {
+    if (observer_) observe_experts(l, LinearSite::expert_gate_up, rows, xg);
     experts_forward(w, pk, po, rows, xg, pw, a, y, invariant);
+    if (observer_) observe_experts(l, LinearSite::expert_down, rows, a.ea);
   }
   // Unpermute: x_{l+1}[tok] += y (the k copies of a token add up)
   if (N > 0) ops::scatter_add_rows(y, tok, out);
 
   if (w.s_gate.defined() || pk.s_gate) {  // (held packed in inference, or dense)
     // Shared expert: x_{l+1} += sigmoid(hn2 . wg) * (silu(hn2 Wg^T) * hn2 Wu^T) Wd^T
+    if (observer_) observe(l, LinearSite::shared_gate_up, hn2);
     project(hn2, w.s_gate, pk.s_gate, a.s_gate);
     project(hn2, w.s_up, pk.s_up, a.s_up);
     Tensor scale;
@@ -143,6 +149,7 @@ void Decoder::moe_forward(int64_t l, LayerActivations& a) {
       scale = a.s_scale;
     }
     ops::swiglu_forward(a.s_gate, a.s_up, a.s_act, scale);
+    if (observer_) observe(l, LinearSite::shared_down, a.s_act);
     project(a.s_act, w.s_down, pk.s_down, out, 1.0f);
   }
 }

@@ -115,6 +115,8 @@ class Generator {
   const BlockManager& kv_blocks() const { return blocks_; }
   // What rank 0 prints: the layout (on many ranks) and this rank's plan.
   std::string describe() const;
+  // Calibration: every linear layer's input rows go to `observer` as steps run (nullptr: off).
+  void set_linear_observer(LinearObserver* observer) { decoder_->set_linear_observer(observer); }
   // Selection bias of a sigmoid router with expert bias (as trained; zero by default).
   void set_expert_bias(int64_t moe_layer, std::span<const float> bias);
 

@@ -215,10 +215,7 @@ std::string hf_config_json(const ModelSpec& s, DType dtype) {
   return j.dump(2) + "\n";
 }
 
-namespace {
-
-// "a.experts.w1.weight" -> "a.experts.{e}.w1.weight"
-std::string expert_name(const std::string& stacked, int64_t e) {
+std::string hf_expert_name(const std::string& stacked, int64_t e) {
   const std::string key = ".experts.";
   const size_t p = stacked.find(key);
   ORIGAMI_CHECK(p != std::string::npos,
@@ -226,6 +223,8 @@ std::string expert_name(const std::string& stacked, int64_t e) {
   return stacked.substr(0, p + key.size()) + std::to_string(e) + "." +
          stacked.substr(p + key.size());
 }
+
+namespace {
 
 // Where each Hugging Face name goes: a parameter, and an expert index (-1: the whole tensor).
 struct Target {
@@ -239,7 +238,7 @@ std::map<std::string, Target> hf_targets(const ParameterLayout& layout) {
       m[e.name] = {&e, -1};
     else
       for (int64_t x = 0; x < e.experts; ++x)  // expert x of this rank: global slice_offset[0] + x
-        m[expert_name(e.name, e.slice_offset.empty() ? x : e.slice_offset[0] + x)] = {&e, x};
+        m[hf_expert_name(e.name, e.slice_offset.empty() ? x : e.slice_offset[0] + x)] = {&e, x};
   }
   return m;
 }
@@ -271,7 +270,7 @@ NamedTensors to_hf_tensors(const ParameterBuffer& params) {
       out.emplace_back(e.name, t);
     else
       for (int64_t x = 0; x < e.experts; ++x)
-        out.emplace_back(expert_name(e.name, x), t.select(0, x));
+        out.emplace_back(hf_expert_name(e.name, x), t.select(0, x));
   }
   return out;
 }

@@ -28,6 +28,10 @@ ModelSpec spec_from_hf_config_text(const std::string& json_text, const std::stri
 // torch_dtype names `dtype`.
 std::string hf_config_json(const ModelSpec& spec, DType dtype = DType::f32);
 
+// The Hugging Face name of expert e of a stacked expert weight:
+// "model.layers.0.mlp.experts.up_proj.weight" -> "model.layers.0.mlp.experts.{e}.up_proj.weight".
+std::string hf_expert_name(const std::string& stacked, int64_t e);
+
 // The Hugging Face tensors of a parameter buffer, in layout order: views (no copies); stacked
 // experts become one [F,H] / [H,F] view per expert. Works for a gradient buffer the same way.
 NamedTensors to_hf_tensors(const ParameterBuffer& params);

@@ -1,6 +1,7 @@
 """PyTorch references (float64) for weight quantization: GPTQ, round-to-nearest (RTN), and the
 Hugging Face GPTQ tensor layout (AutoGPTQ / Optimum), written from the algorithm and layout
-descriptions in models/gptq.h.
+descriptions in models/gptq.h and runtime/gptq_format.h (3-bit words as AutoGPTQ's packer lays
+them out).
 
 Ops (inputs float64 / int64, as tests/golden/torch_ops.py hands them):
   gptq_quantize  W [rows, cols], X [tokens, cols]   -> q, scales, zeros, g_idx, err
@@ -153,18 +154,59 @@ def _to_int32(u):
     return torch.where(u >= 2**31, u - 2**32, u)
 
 
+# 3 bits: 32 values in 3 words, two of them across a word boundary (AutoGPTQ's layout):
+#   word 0: values 0-9 at bits 3i, value 10's low 2 bits at bits 30-31
+#   word 1: value 10's high bit at bit 0, values 11-20 at bits 3(i-11)+1, value 21's low bit at 31
+#   word 2: value 21's high 2 bits at bits 0-1, values 22-31 at bits 3(i-22)+2
+def _pack3(v):
+    """v [..., 32k] values (int64) -> [..., 3k] words, packed along the last dim."""
+    v = v.reshape(*v.shape[:-1], -1, 32)
+    w0 = sum(v[..., i] << (3 * i) for i in range(10)) | ((v[..., 10] & 3) << 30)
+    w1 = (v[..., 10] >> 2) | sum(v[..., i] << (3 * (i - 11) + 1) for i in range(11, 21)) | \
+        ((v[..., 21] & 1) << 31)
+    w2 = (v[..., 21] >> 1) | sum(v[..., i] << (3 * (i - 22) + 2) for i in range(22, 32))
+    return torch.stack([w0, w1, w2], dim=-1).reshape(*v.shape[:-2], -1)
+
+
+def _unpack3(w):
+    """The inverse: [..., 3k] words -> [..., 32k] values."""
+    w = w.reshape(*w.shape[:-1], -1, 3)
+    w0, w1, w2 = w[..., 0], w[..., 1], w[..., 2]
+    vals = [(w0 >> (3 * i)) & 7 for i in range(10)]
+    vals.append(((w0 >> 30) & 3) | ((w1 & 1) << 2))
+    vals += [(w1 >> (3 * (i - 11) + 1)) & 7 for i in range(11, 21)]
+    vals.append(((w1 >> 31) & 1) | ((w2 & 3) << 1))
+    vals += [(w2 >> (3 * (i - 22) + 2)) & 7 for i in range(22, 32)]
+    return torch.stack(vals, dim=-1).reshape(*w.shape[:-2], -1)
+
+
+def _pack_last(v, bits):
+    """Values (int64, 0..2^bits-1) packed along the last dim into unsigned 32-bit words."""
+    if bits == 3:
+        return _pack3(v)
+    per = 32 // bits
+    shifts = torch.arange(per, dtype=torch.int64) * bits
+    return (v.reshape(*v.shape[:-1], -1, per) << shifts).sum(dim=-1)
+
+
+def _unpack_last(w, bits):
+    if bits == 3:
+        return _unpack3(w)
+    per, mask = 32 // bits, 2**bits - 1
+    shifts = torch.arange(per, dtype=torch.int64) * bits
+    return ((w[..., None] >> shifts) & mask).reshape(*w.shape[:-1], -1)
+
+
 def gptq_pack(inputs, params):
     bits = int(params["bits"])
-    assert bits in (2, 4, 8)
-    per, mask = 32 // bits, 2**bits - 1
+    assert bits in (2, 3, 4, 8)
+    mask = 2**bits - 1
     q = inputs["q"].to(torch.int64)  # [out, in]
-    out_f, in_f = q.shape
-    shifts = torch.arange(per, dtype=torch.int64) * bits
-    # qweight[r, o] holds inputs r*per .. r*per+per-1 of output o, the first in the lowest bits.
-    qweight = (q.T.reshape(in_f // per, per, out_f) << shifts[None, :, None]).sum(dim=1)
+    # qweight[r, o]: input rows of output o packed along dim 0, the first in the lowest bits.
+    qweight = _pack_last(q, bits).T
     z = inputs["zeros"].to(torch.int64)  # [G, out]
     stored = z if bool(params["v2"]) else (z - 1) & mask
-    qzeros = (stored.reshape(z.shape[0], out_f // per, per) << shifts[None, None, :]).sum(dim=2)
+    qzeros = _pack_last(stored, bits)
     return {
         "qweight": _to_int32(qweight),
         "qzeros": _to_int32(qzeros),
@@ -175,14 +217,9 @@ def gptq_pack(inputs, params):
 
 def gptq_unpack(inputs, params):
     bits = int(params["bits"])
-    per, mask = 32 // bits, 2**bits - 1
-    shifts = torch.arange(per, dtype=torch.int64) * bits
-    qweight = inputs["qweight"] & 0xFFFFFFFF
-    rows_packed, out_f = qweight.shape
-    q = ((qweight[:, None, :] >> shifts[None, :, None]) & mask).reshape(rows_packed * per, out_f).T
-    qzeros = inputs["qzeros"] & 0xFFFFFFFF
-    groups = qzeros.shape[0]
-    z = ((qzeros[:, :, None] >> shifts[None, None, :]) & mask).reshape(groups, out_f)
+    mask = 2**bits - 1
+    q = _unpack_last((inputs["qweight"] & 0xFFFFFFFF).T, bits)  # [out, in]
+    z = _unpack_last(inputs["qzeros"] & 0xFFFFFFFF, bits)
     if not bool(params["v2"]):
         z = (z + 1) & mask
     return {"q": q, "zeros": z, "scales": inputs["scales"], "g_idx": inputs["g_idx"]}

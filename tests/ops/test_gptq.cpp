@@ -2,7 +2,8 @@
 // the linear algebra, the Hessian, the quantizer's edge cases and the packing; and golden tests
 // against tests/golden/ref_gptq.py (PyTorch, float64): the same levels, scales, zeros and g_idx
 // for 3/4/8 bits, group size 128 / 32 / -1, act-order and symmetric on and off; GPTQ's layer
-// reconstruction error below RTN's; packing by C++ read back by Python and the reverse.
+// reconstruction error below RTN's; packing (2, 3, 4, 8 bits) by C++ read back by Python and the
+// reverse.
 #include <gtest/gtest.h>
 
 #include <omp.h>
@@ -317,7 +318,7 @@ TEST(Gptq, DeadColumnsAndBadInputs) {
 
 TEST(Gptq, PackRoundTrip) {
   const Layer l = make_layer(32, 128, 16, 3);
-  for (int bits : {2, 4, 8})
+  for (int bits : {2, 3, 4, 8})
     for (bool v2 : {false, true}) {
       QuantConfig c;
       c.bits = bits;
@@ -346,9 +347,14 @@ TEST(Gptq, PackRoundTrip) {
 TEST(Gptq, PackErrorsNameTheTensor) {
   const Layer l = make_layer(32, 128, 16, 4);
   QuantConfig c;
+  c.bits = 5;
+  const QuantizedLinear q5 = models::rtn_quantize(l.w.data(), l.rows, l.cols, c);
+  test::expect_error([&] { models::pack_gptq(q5); }, {"2, 3, 4 and 8", "got 5"});
+  // 3 bits pack 32 values into 3 words: 16 columns do not fill a unit.
   c.bits = 3;
-  const QuantizedLinear q3 = models::rtn_quantize(l.w.data(), l.rows, l.cols, c);
-  test::expect_error([&] { models::pack_gptq(q3); }, {"2, 4 and 8", "3-bit"});
+  const Layer narrow = make_layer(32, 48, 16, 4);
+  const QuantizedLinear q3 = models::rtn_quantize(narrow.w.data(), narrow.rows, narrow.cols, c);
+  test::expect_error([&] { models::pack_gptq(q3); }, {"in_features 48", "multiple of 32"});
   c.bits = 4;
   const QuantizedLinear q = models::rtn_quantize(l.w.data(), l.rows, l.cols, c);
   const GptqTensors t = models::pack_gptq(q);
@@ -374,8 +380,12 @@ TEST(Gptq, PackErrorsNameTheTensor) {
       },
       {n + ".g_idx", "[128]", "[64]"});
   test::expect_error(
+      [&] { models::unpack_gptq(t.qweight, t.qzeros, t.scales, t.g_idx, 5, 128, false, n); },
+      {"2, 3, 4 and 8", "got 5"});
+  // As 3-bit words, 16 rows are no whole number of 3-word units.
+  test::expect_error(
       [&] { models::unpack_gptq(t.qweight, t.qzeros, t.scales, t.g_idx, 3, 128, false, n); },
-      {"3-bit"});
+      {n + ".qweight", "16 rows", "3-bit"});
 }
 
 TEST(Gptq, QuantizationConfig) {
@@ -522,7 +532,8 @@ TEST(GptqGolden, PackingMatchesPyTorch) {
     int64_t group;
   };
   const std::vector<PackCase> pcs = {{4, false, 128}, {4, true, 128}, {2, false, 64},
-                                     {8, false, -1},  {8, true, 128}, {4, false, -1}};
+                                     {8, false, -1},  {8, true, 128}, {4, false, -1},
+                                     {3, false, 128}, {3, true, 32},  {3, false, -1}};
   std::vector<QuantizedLinear> qs;
   std::vector<GptqTensors> packed;
   std::vector<test::TorchCase> cases;

@@ -5,8 +5,10 @@ transformers; `origami perplexity MODEL --tokenizer byte --text FILE --seq-len S
 perplexity transformers computes over the same non-overlapping windows (each predicting its
 tokens 2..S) within 1e-5 relative (f32 logits, log-sum-exp in double on both sides). With
 --weights int8 the result must stay within 2% (round-to-nearest weights, int8 activations) and
-differ from the dense one (the weights really are quantized). Bad input exits non-zero and names
-the problem.
+differ from the dense one (the weights really are quantized). A GPTQ folder written by
+`origami quantize` (4 bits, groups of 32, act-order) loads back with its packed kernels and, with
+f32 activations, gives the perplexity of its --dequantized fp32 copy within 1e-5. Bad input exits
+non-zero and names the problem.
 """
 import math
 import os
@@ -67,6 +69,18 @@ def main():
     q = value(origami(*common, "--weights", "int8"))
     print("perplexity int8: %.6f" % q)
     assert abs(q - want) <= 0.02 * want and q != got, (q, want)
+    # origami quantize -> GPTQ folder -> packed kernels, against the dequantized dense copy.
+    qdir, ddir = os.path.join(tmp, "gptq"), os.path.join(tmp, "dequantized")
+    run = subprocess.run([BIN, "quantize", os.path.join(tmp, "model"), qdir, "--tokenizer", "byte",
+                          "--bits", "4", "--group-size", "32", "--act-order", "--calibration",
+                          os.path.join(tmp, "text.txt"), "--samples", "8", "--seq-len", str(S),
+                          "--dequantized", ddir], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    rest = common[1:]
+    packed = value(origami(qdir, *rest, "--exact-activations"))
+    dense = value(origami(ddir, *rest))
+    print("perplexity GPTQ 4-bit: packed %.6f, dequantized dense %.6f" % (packed, dense))
+    assert abs(packed - dense) <= 1e-5 * dense, (packed, dense)
     p = origami(*common[:3], "--text", os.path.join(tmp, "missing.txt"), ok=False)
     assert p.returncode != 0 and "missing.txt" in p.stderr, p.stderr
     p = origami(*common, "--weights", "int3", ok=False)
