@@ -195,7 +195,10 @@ int main(int argc, char** argv) {
   omp_set_num_threads(threads);
   const char* wait = std::getenv("OMP_WAIT_POLICY");
   const double wake = wakeup_seconds(threads);
-  const double bw = read_bandwidth(threads);
+  // The read bandwidth swings with what else the machine runs: measured before and after, the
+  // larger of the two is the bound (the stream column, interleaved with each contender, is the
+  // bound of that very moment).
+  const double bw_before = read_bandwidth(threads);
   char load[64] = "?";
   if (FILE* f = std::fopen("/proc/loadavg", "r")) {
     if (!std::fgets(load, sizeof load, f)) std::strcpy(load, "?");
@@ -205,13 +208,19 @@ int main(int argc, char** argv) {
   std::printf(
       "threads %d, kernels %s, OMP_WAIT_POLICY=%s, load average %s\n"
       "parallel-region wake-up %.1f us (median of empty regions)\n"
-      "read bandwidth %.1f GB/s (1 GiB streaming sum): the bound of every row below\n"
-      "x bf16, y f32; figures are medians of %d calls, W read from memory on every call\n\n",
-      threads, ops::cpu::qlinear_isa(), wait ? wait : "(unset)", load, wake * 1e6, bw / 1e9,
+      "read bandwidth %.1f GB/s (1 GiB streaming sum; measured again at the end)\n"
+      "x bf16, y f32; figures are medians of %d calls, W read from memory on every call\n"
+      "bound: GB/s over the read bandwidth; stream: a sum over the same bytes, timed in turn with\n"
+      "each contender, over the contender's time\n",
+      threads, ops::cpu::qlinear_isa(), wait ? wait : "(unset)", load, wake * 1e6, bw_before / 1e9,
       repeats);
-  std::printf("%-11s %3s %-10s %9s %10s %8s %8s\n", "K x N", "M", "format", "MB", "us/call", "GB/s",
-              "bound");
 
+  struct Row {
+    int64_t K, N, M;
+    std::string name;
+    double bytes, seconds, stream_seconds;
+  };
+  std::vector<Row> rows;
   // Rotating copies totalling at least this much: 8 times the last-level cache of most servers.
   const double rotate_bytes = 256e6;
   for (const std::string& shape : shapes_s) {
@@ -262,15 +271,22 @@ int main(int argc, char** argv) {
             c.t.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
           }
         const double bytes = double(w0.bytes()), stream_s = median(cs.back().t);
-        for (const Contender& c : cs) {
-          const double s = median(c.t);
-          std::printf("%5lldx%-5lld %3lld %-10s %9.2f %10.1f %8.1f %7.0f%% %7.0f%%\n", (long long)K,
-                      (long long)N, (long long)M, c.name, bytes / 1e6, s * 1e6, bytes / s / 1e9,
-                      100.0 * bytes / s / bw, 100.0 * stream_s / s);
-        }
-        std::fflush(stdout);
+        for (const Contender& c : cs)
+          rows.push_back({K, N, M, c.name, bytes, median(c.t), stream_s});
+        std::fprintf(stderr, ".");
       }
     }
   }
+  const double bw_after = read_bandwidth(threads), bw = std::max(bw_before, bw_after);
+  std::fprintf(stderr, "\n");
+  std::printf("read bandwidth at the end %.1f GB/s; the bound is the larger: %.1f GB/s\n\n",
+              bw_after / 1e9, bw / 1e9);
+  std::printf("%-11s %3s %-10s %9s %10s %8s %8s %8s\n", "K x N", "M", "format", "MB", "us/call",
+              "GB/s", "bound", "stream");
+  for (const Row& r : rows)
+    std::printf("%5lldx%-5lld %3lld %-10s %9.2f %10.1f %8.1f %7.0f%% %7.0f%%\n", (long long)r.K,
+                (long long)r.N, (long long)r.M, r.name.c_str(), r.bytes / 1e6, r.seconds * 1e6,
+                r.bytes / r.seconds / 1e9, 100.0 * r.bytes / r.seconds / bw,
+                100.0 * r.stream_seconds / r.seconds);
   return 0;
 }

@@ -17,6 +17,13 @@
 // `exact` asks for f32 activations (slower, exact up to f32 rounding: golden tests). Larger M
 // dequantizes W in tiles and runs the tiles through ops::gemm (oneDNN). The work is split over N
 // across the OpenMP threads. CUDA: w8a16 / w4a16 kernels on the same packed data.
+//
+// Numerics, exactly: a block of x is 32 consecutive packed columns (W's columns permuted by `perm`)
+// of one row; in f32 arithmetic sx = max|x| / 127, xq = round-half-to-even(x * (127 / max|x|))
+// (0 when max|x| is 0), and y = sum over blocks of scale * (sum q*xq - zero * sum xq) * sx, the
+// integer part exact. M > 16 (and CUDA at any M) uses x's own values, with W^ rounded to x's dtype
+// where a GEMM multiplies it (M > 16); `exact` changes nothing there. Packed layouts: the top of
+// ops/cpu/qlinear.cpp.
 #pragma once
 
 #include <cstdint>
@@ -38,8 +45,9 @@ struct PackedLinear {
   int64_t group_size = 0;  // int formats: columns per scale and zero (divides K); bf16: 0
   int bits = 16;           // bits of the levels (int4 holds 2, 3 or 4)
   // The packed tensors, in the kernel's own order (ops/cpu/qlinear.cpp documents it). bf16: data
-  // is W [N,K] bf16, possibly a view of a bigger buffer (nothing copied). int: data u8, scales and
-  // zeros f32; perm i32 [K] or undefined.
+  // is W [N,K] bf16, possibly a view of a bigger buffer (nothing copied). int: data u8 [Nt, 16K]
+  // (int8) or [Nt, 8K] (int4), Nt = ceil(N/16) tiles of 16 rows; scales and zeros f32 [Nt,G,16];
+  // perm i32 [K] (packed column j is W's column perm[j]) or undefined.
   Tensor data, scales, zeros, perm;
 
   bool defined() const { return data.defined(); }
@@ -52,9 +60,13 @@ PackedLinear pack_bf16(const Tensor& w);
 
 // Packs quantized levels (the models::QuantizedLinear layout, any 1 <= bits <= 8):
 //   q       [N*K] levels in 0..2^bits-1, row-major in W's own column order
-//   scales  [G*N] f32, group g of row n at g*N + n;  zeros [G*N] the level of w = 0, same order
-//   g_idx   [K] the group of each column; every group must hold K/G columns (a multiple of 32)
-// bits <= 4 -> int4, else int8. The result lives on `device`. Errors name the bad argument.
+//   scales  [G*N] f32, group g of row n at g*N + n;  zeros [G*N] the level of w = 0 (a level
+//           too), same order
+//   g_idx   [K] the group of each column; every group must hold K/G columns (a multiple of 32);
+//           null: column k is in group k / (K/G)
+// bits <= 4 -> int4, else int8. The packed column order is group 0's columns, then group 1's, ...,
+// each group in W's order (perm undefined when that is W's own order). K must be a multiple of 32.
+// The result lives on `device`. Errors name the bad argument.
 PackedLinear pack_quantized(int bits, int64_t rows, int64_t cols, const int32_t* q,
                             const float* scales, const int32_t* zeros, int64_t groups,
                             const int32_t* g_idx, Device device = Device::cpu());

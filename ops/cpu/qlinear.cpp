@@ -169,9 +169,11 @@ const Kernels& kernels() {
   return f ? *f : kernel_table().front();
 }
 
-// Below this many bytes of W a call runs on the calling thread alone: waking the other threads
-// costs more than they save (bench_qlinear prints the wake-up cost).
-constexpr int64_t kMinParallelBytes = int64_t(256) << 10;
+// Below this many bytes of W a call runs on the calling thread alone: one core reads 512 KiB in
+// about 30 us, a few times what waking the other threads costs (bench_qlinear prints it: about
+// 10 us with passive waiting), and on a busy machine a woken thread may start much later (a 0.3 MB
+// layer measured 18 us on one thread, 58 us on two).
+constexpr int64_t kMinParallelBytes = int64_t(512) << 10;
 
 // fn(u0, u1) over contiguous, equal shares of `units` on the OpenMP threads.
 template <typename Fn>

@@ -153,7 +153,7 @@ Expected reference(const std::vector<double>& w, int64_t N, int64_t K, const std
   return ::testing::AssertionSuccess();
 }
 
-struct Run {
+struct Call {
   int64_t M;
   DType x_dtype, y_dtype;
   float beta;
@@ -164,8 +164,8 @@ struct Run {
   }
 };
 
-std::vector<Run> all_runs(const std::vector<int64_t>& rows) {
-  std::vector<Run> runs;
+std::vector<Call> all_runs(const std::vector<int64_t>& rows) {
+  std::vector<Call> runs;
   const std::pair<DType, DType> dtypes[] = {
       {DType::f32, DType::f32}, {DType::bf16, DType::f32}, {DType::bf16, DType::bf16}};
   for (int64_t M : rows)
@@ -187,7 +187,7 @@ Tensor output_for(const Tensor& y0, float beta, Device device) {
 }
 
 // y from packed_linear on `device` against the reference, inputs from `seed`.
-void expect_int_matches(const RawQuant& r, const ops::PackedLinear& w, const Run& run,
+void expect_int_matches(const RawQuant& r, const ops::PackedLinear& w, const Call& run,
                         Device device, uint64_t seed) {
   const int64_t M = run.M, N = r.N, K = r.K;
   const Tensor x = test::random_tensor({M, K}, run.x_dtype, seed, -2.0, 2.0);
@@ -226,7 +226,7 @@ void expect_cases_match(Device device, const std::vector<QuantCase>& cases,
     SCOPED_TRACE(c.name);
     const RawQuant r = make_raw(c, seed++);
     const ops::PackedLinear w = pack(r, device);
-    for (const Run& run : all_runs(rows)) expect_int_matches(r, w, run, device, seed += 7);
+    for (const Call& run : all_runs(rows)) expect_int_matches(r, w, run, device, seed += 7);
   }
 }
 
@@ -239,6 +239,18 @@ TEST(PackedLinear, IntFormatsMatchReference) {
 TEST(PackedLinear, CudaIntFormatsMatchReference) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device on this machine";
   expect_cases_match(Device::cuda(), kCases, {1, 3, 8, 16, 17, 64}, 200);
+}
+
+// A layer wide enough that the prefill path dequantizes W in several tiles of rows (CPU: about
+// 4 MiB of W^ per tile) and copies each tile's columns into y.
+TEST(PackedLinear, PrefillInTilesOfRows) {
+  ORIGAMI_REQUIRE_TEST_DEVICE();
+  const QuantCase c{"int4_g128_act_N1600_K1408", 1600, 1408, 128, 4, true};
+  const RawQuant r = make_raw(c, 250);
+  const ops::PackedLinear w = pack(r, test::test_device());
+  uint64_t seed = 251;
+  for (const Call& run : all_runs({17}))
+    if (!run.exact) expect_int_matches(r, w, run, test::test_device(), seed += 3);
 }
 
 TEST(PackedLinear, PackedMetadataAndDequantize) {
@@ -306,7 +318,7 @@ void expect_bf16_matches(Device device, uint64_t seed) {
       EXPECT_EQ(w.bytes(), c.N * c.K * 2);
       std::vector<double> wr;  // W rounded to bf16
       for (float v : w32.to_float_vector()) wr.push_back(round_bf16(v));
-      for (const Run& run : all_runs({1, 3, 8, 16, 17, 64})) {
+      for (const Call& run : all_runs({1, 3, 8, 16, 17, 64})) {
         if (run.exact) continue;  // no meaning for bf16
         const int64_t M = run.M;
         const Tensor x = test::random_tensor({M, c.K}, DType::f32, seed += 3, -2.0, 2.0);
