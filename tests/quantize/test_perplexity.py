@@ -41,7 +41,7 @@ def main():
     cfg = transformers.LlamaConfig(vocab_size=264, hidden_size=64, intermediate_size=96,
                                    num_hidden_layers=2, num_attention_heads=4,
                                    num_key_value_heads=2, max_position_embeddings=64,
-                                   initializer_range=0.2, tie_word_embeddings=False)
+                                   initializer_range=0.05, tie_word_embeddings=False)
     model = transformers.LlamaForCausalLM(cfg).float()
     model.save_pretrained(os.path.join(tmp, "model"), safe_serialization=True)
     text = ("It is a truth universally acknowledged, that a single man in possession of a good "
@@ -74,7 +74,8 @@ def main():
     run = subprocess.run([BIN, "quantize", os.path.join(tmp, "model"), qdir, "--tokenizer", "byte",
                           "--bits", "4", "--group-size", "32", "--act-order", "--calibration",
                           os.path.join(tmp, "text.txt"), "--samples", "8", "--seq-len", str(S),
-                          "--dequantized", ddir], capture_output=True, text=True)
+                          "--dtype", "f32", "--dequantized", ddir],
+                         capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     rest = common[1:]
     packed = value(origami(qdir, *rest, "--exact-activations"))
