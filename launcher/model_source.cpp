@@ -58,7 +58,11 @@ ModelSource resolve_model_source(const std::string& model_dir, const Flags& flag
     ORIGAMI_CHECK(fs::exists(fs::path(src.model_dir) / "config.json"), "model folder '",
                   src.model_dir, "' has no config.json: it is not a Hugging Face model folder");
     src.spec = models::spec_from_hf_config(src.model_dir);
-    src.gptq_linears = models::gptq_quantized_names(src.model_dir, src.spec);
+    // (Weights missing is reported when they load; the linears stored GPTQ-quantized are needed
+    // before, to build the model.)
+    const fs::path dir(src.model_dir);
+    if (fs::exists(dir / "model.safetensors") || fs::exists(dir / "model.safetensors.index.json"))
+      src.gptq_linears = models::gptq_quantized_names(src.model_dir, src.spec);
     // A folder of a byte-tokenizer model names it in origami_tokenizer.txt (origami quantize).
     const fs::path note = fs::path(src.model_dir) / "origami_tokenizer.txt";
     if (src.tokenizer_path.empty() && !fs::exists(fs::path(src.model_dir) / "tokenizer.json") &&
