@@ -3,7 +3,8 @@
 //   bound (tokens/s) = batch * read bandwidth / (weight bytes + batch * context * KV bytes/token)
 // with the read bandwidth of a streaming sum over a buffer many times the last-level cache
 // (independent accumulators, the same threads). Each configuration prefills `batch` sequences to
-// `context` tokens, then times decode steps (median over repeats).
+// `context` tokens once, then times `repeats` runs of decode steps (the median; the context grows
+// by `steps` tokens a run).
 //
 //   bench_decode [--dtype bf16|f32] [--threads N] [--steps N] [--repeats N] [--batches 1,8,32]
 //                [--contexts 128,2048] [--hidden 512 --layers 4 --vocab 32000 --ffn 1408]
@@ -163,7 +164,7 @@ int main(int argc, char** argv) {
     vocab = spec.vocab;
     ffn = spec.is_moe() ? spec.moe.expert_ffn : spec.ffn;
   }
-  spec.max_seq_len = std::max(spec.max_seq_len, max_ctx + steps + 1);
+  spec.max_seq_len = std::max(spec.max_seq_len, max_ctx + repeats * steps + 1);
   const DType dt = dtype_from_name(dtype);
   const double esize = dt == DType::f32 ? 4.0 : 2.0;
   models::LinearWeights lw;
@@ -179,7 +180,7 @@ int main(int argc, char** argv) {
   const auto make = [&](int64_t B) {
     models::GeneratorOptions go;
     go.max_batch = B;
-    go.max_seq = max_ctx + steps + 1;
+    go.max_seq = max_ctx + repeats * steps + 1;
     go.max_step_tokens = std::max<int64_t>(B, 512);
     go.compute = dt;
     go.weights = lw;
@@ -225,23 +226,24 @@ int main(int argc, char** argv) {
   for (int64_t B : batches) {
     for (int64_t ctx : contexts) {
       std::vector<double> times;
+      // Prefill every sequence to ctx tokens once (chunks of at most 512 tokens per step), then
+      // `repeats` timed runs of steps - 1 decode steps each (the context grows by steps a run).
+      gen.reset();
+      std::vector<std::vector<int64_t>> prompt(static_cast<size_t>(B));
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t t = 0; t < ctx; ++t) prompt[size_t(b)].push_back((b * 31 + t * 7) % vocab);
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t t = 0; t < ctx; t += 512) {
+          const int64_t n = std::min<int64_t>(512, ctx - t);
+          std::vector<models::SequenceChunk> c = {
+              {b, std::span<const int64_t>(prompt[size_t(b)].data() + t, size_t(n))}};
+          gen.step(c);
+        }
+      std::vector<int64_t> next(static_cast<size_t>(B), 1);
+      std::vector<models::SequenceChunk> chunks;
+      for (int64_t b = 0; b < B; ++b)
+        chunks.push_back({b, std::span<const int64_t>(&next[size_t(b)], 1)});
       for (int r = 0; r < repeats; ++r) {
-        gen.reset();
-        // Prefill every sequence to ctx tokens, in chunks of at most 512 tokens per step.
-        std::vector<std::vector<int64_t>> prompt(static_cast<size_t>(B));
-        for (int64_t b = 0; b < B; ++b)
-          for (int64_t t = 0; t < ctx; ++t) prompt[size_t(b)].push_back((b * 31 + t * 7) % vocab);
-        for (int64_t b = 0; b < B; ++b)
-          for (int64_t t = 0; t < ctx; t += 512) {
-            const int64_t n = std::min<int64_t>(512, ctx - t);
-            std::vector<models::SequenceChunk> c = {
-                {b, std::span<const int64_t>(prompt[size_t(b)].data() + t, size_t(n))}};
-            gen.step(c);
-          }
-        std::vector<int64_t> next(static_cast<size_t>(B), 1);
-        std::vector<models::SequenceChunk> chunks;
-        for (int64_t b = 0; b < B; ++b)
-          chunks.push_back({b, std::span<const int64_t>(&next[size_t(b)], 1)});
         gen.step(chunks);  // warm-up
         const auto t0 = Clock::now();
         for (int s = 0; s < steps - 1; ++s) gen.step(chunks);

@@ -31,7 +31,9 @@ mkdir -p "$models" "$logs"
 for f in "$bin/bench_decode" "$llama/llama-batched-bench" "$llama/llama-quantize" "$py"; do
   [ -x "$f" ] || { echo "bench_decode_peer.sh: $f is missing (scripts/setup_bench.sh, build)" >&2; exit 1; }
 done
-export OMP_WAIT_POLICY=passive
+# Spinning OpenMP workers (as llama.cpp's thread pool spins): on an otherwise idle machine a step
+# wakes its threads in about a microsecond instead of tens (passive waiting).
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-active}"
 
 make_model() {  # NAME -> .bench/models/decode-NAME with its GGUF files
   local name="$1" dir="$models/decode-$1"

@@ -9,6 +9,10 @@ Before the converter is imported this:
     (torch.float8_e4m3fn, torch.float8_e5m2; only Float8 checkpoints would use them);
   - stands in for mistral_common (imported at the top of the converter, used only for Mistral's
     own checkpoint format) when it is not installed;
+  - drops "model.layers.{bid}.block_sparse_moe.gate" from the FFN_GATE names of gguf-py's
+    tensor map when it is also an FFN_GATE_INP name (this llama.cpp lists it under both, for
+    SmallThinker, and the later entry wins: a Mixtral router became ffn_gate and the GGUF failed to
+    load with "missing tensor 'blk.0.ffn_gate_inp.weight'");
 and, if the BPE tokenizer's pre-tokenizer hash is unknown to the converter (a tokenizer trained
 for a test, say), converts with the pre-tokenizer NAME (default llama-bpe: the Llama-3 regex)
 instead of stopping. Pick the NAME whose split regex the tokenizer really uses.
@@ -82,6 +86,13 @@ def main():
     conv = importlib.util.module_from_spec(spec)
     sys.modules["convert_hf_to_gguf"] = conv
     spec.loader.exec_module(conv)  # puts LLAMA_CPP_DIR/gguf-py on sys.path itself
+
+    import gguf  # the converter's own gguf-py
+    block = gguf.tensor_mapping.TensorNameMap.block_mappings_cfg
+    router = "model.layers.{bid}.block_sparse_moe.gate"
+    gate, gate_inp = gguf.MODEL_TENSOR.FFN_GATE, gguf.MODEL_TENSOR.FFN_GATE_INP
+    if router in block.get(gate, ()) and router in block.get(gate_inp, ()):
+        block[gate] = tuple(n for n in block[gate] if n != router)
 
     original = conv.TextModel.get_vocab_base_pre
 
