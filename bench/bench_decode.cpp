@@ -218,8 +218,8 @@ int main(int argc, char** argv) {
       "bound = batch x bandwidth / (weights + batch x context x %.0f B of KV per token)\n\n",
       (long long)hidden, (long long)layers, (long long)spec.heads, (long long)spec.kv_heads,
       (long long)ffn, (long long)vocab,
-      double(models::ParameterLayout(spec).parameter_count()) / 1e6, dtype.c_str(),
-      weights.c_str(), weight_bytes / 1e6, bw / 1e9, threads, load, kv_per_token);
+      double(models::ParameterLayout(spec).parameter_count()) / 1e6, dtype.c_str(), weights.c_str(),
+      weight_bytes / 1e6, bw / 1e9, threads, load, kv_per_token);
   std::printf("%6s %8s %12s %12s %8s %10s\n", "batch", "context", "tokens/s", "bound", "ratio",
               "ms/step");
   models::Generator& gen = *g;
@@ -260,15 +260,16 @@ int main(int argc, char** argv) {
     // Memory while decoding: the weights as held (packed + the dense buffer) plus the KV cache
     // and activations of the memory plan, against the resident set.
     const MemoryPlan& plan = gen.plan();
-    const double held = double(gen.packed_weights().bytes()) +
-                        double(gen.decoder().layout().total_numel()) * esize;
+    const double held =
+        double(gen.packed_weights().bytes()) + double(gen.decoder().layout().total_numel()) * esize;
     const double rest = double(plan.total_bytes()) - double(plan.arena_bytes("compute weights"));
     const double rss = resident_bytes();
-    std::printf("  memory after batch %lld: resident %.1f MB - %.1f MB at start-up = %.1f MB; weights "
-                "held %.1f MB + KV cache and activations %.1f MB = %.1f MB; resident / that = "
-                "%.3f\n",
-                (long long)B, rss / 1e6, baseline / 1e6, (rss - baseline) / 1e6, held / 1e6,
-                rest / 1e6, (held + rest) / 1e6, (rss - baseline) / (held + rest));
+    std::printf(
+        "  memory after batch %lld: resident %.1f MB - %.1f MB at start-up = %.1f MB; weights "
+        "held %.1f MB + KV cache and activations %.1f MB = %.1f MB; resident / that = "
+        "%.3f\n",
+        (long long)B, rss / 1e6, baseline / 1e6, (rss - baseline) / 1e6, held / 1e6, rest / 1e6,
+        (held + rest) / 1e6, (rss - baseline) / (held + rest));
   }
   return 0;
 }

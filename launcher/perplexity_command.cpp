@@ -51,7 +51,8 @@ std::string read_text(const std::string& path) {
 }  // namespace
 
 int perplexity(int argc, char** argv) {
-  Flags flags("perplexity", "(MODEL_DIR | --config CONFIG [--checkpoint DIR]) --text FILE [options]",
+  Flags flags("perplexity",
+              "(MODEL_DIR | --config CONFIG [--checkpoint DIR]) --text FILE [options]",
               "Perplexity of a model on a text: the text is tokenized (no special tokens) and cut\n"
               "into windows of --seq-len tokens; each window predicts its tokens 2..S from the\n"
               "ones before; perplexity = exp(mean negative log-likelihood). The model runs as\n"

@@ -38,8 +38,8 @@
 #include <vector>
 
 #include "models/model_spec.h"
-#include "models/packed_weights.h"
 #include "models/moe_router.h"
+#include "models/packed_weights.h"
 #include "models/parameters.h"
 #include "ops/optimizer.h"
 #include "runtime/arena.h"
@@ -154,7 +154,7 @@ class Decoder {
   // Inference: the packed linear weights (ParamEntry::packed entries; empty when none), filled
   // by the loaders alongside params().
   PackedWeights& packed_weights() { return packed_; }
-  ParameterBuffer& grads() { return grads_; }    // f32 gradients (accumulated by backward)
+  ParameterBuffer& grads() { return grads_; }  // f32 gradients (accumulated by backward)
   ParameterBuffer& optimizer_m() { return adam_m_; }
   ParameterBuffer& optimizer_v() { return adam_v_; }
   // The compute copy's flat buffer (bf16), or an undefined tensor in f32 (the master is used).
@@ -268,7 +268,7 @@ class Decoder {
   MemoryPlan plan_;
   std::vector<std::unique_ptr<Arena>> arenas_;
   ParameterBuffer master_, grads_, compute_, adam_m_, adam_v_;
-  std::vector<LayerWeights> w_, g_;               // compute weights, f32 gradients: views per layer
+  std::vector<LayerWeights> w_, g_;  // compute weights, f32 gradients: views per layer
   // Inference: the packed form of each layer's linears (null: ops::gemm on w_), the head's, the
   // packed weights themselves and the bf16 views of dense ones.
   std::vector<LayerPacked> pw_;

@@ -344,7 +344,8 @@ MemoryPlan Decoder::memory_plan(const ModelSpec& spec, const DecoderOptions& opt
   return plan;
 }
 
-ParameterLayout decoder_layout(const ModelSpec& sp, const DecoderOptions& o, const ShardSpec& shard) {
+ParameterLayout decoder_layout(const ModelSpec& sp, const DecoderOptions& o,
+                               const ShardSpec& shard) {
   ParameterLayout layout(sp, shard);
   if (o.inference && o.infer.weights.packs())
     layout.set_packed(packed_weight_names(layout, o.infer.weights));

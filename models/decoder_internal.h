@@ -226,7 +226,8 @@ struct InferenceBuffers {
 ShardSpec shard_of(const DecoderOptions& o);
 // The parameters a decoder with these options holds: inference leaves its packed linears out of
 // the buffer (DecoderOptions::infer.weights).
-ParameterLayout decoder_layout(const ModelSpec& sp, const DecoderOptions& o, const ShardSpec& shard);
+ParameterLayout decoder_layout(const ModelSpec& sp, const DecoderOptions& o,
+                               const ShardSpec& shard);
 // The spec a decoder runs: inference routes MoE tokens dropless, whatever capacity it trained with.
 ModelSpec effective_spec(const ModelSpec& spec, const DecoderOptions& o);
 

@@ -14,9 +14,9 @@
 namespace origami::models {
 
 struct PerplexityResult {
-  double nll = 0;          // mean negative log-likelihood (nats per token)
-  double perplexity = 0;   // exp(nll)
-  int64_t tokens = 0;      // predicted tokens
+  double nll = 0;         // mean negative log-likelihood (nats per token)
+  double perplexity = 0;  // exp(nll)
+  int64_t tokens = 0;     // predicted tokens
   int64_t windows = 0;
 };
 

@@ -183,10 +183,10 @@ void Generator::print_plan(std::ostream& os, bool detail) const {
   if (lw.packs()) {
     PackedWeights& pw = decoder_->packed_weights();
     os << "linear weights: " << pw.count() << " packed ("
-       << (lw.mode == WeightMode::dense ? std::string("as quantized in the checkpoint")
-                                        : std::string(weight_mode_name(lw.mode)) +
-                                              " round-to-nearest, groups of " +
-                                              std::to_string(lw.group_size))
+       << (lw.mode == WeightMode::dense
+               ? std::string("as quantized in the checkpoint")
+               : std::string(weight_mode_name(lw.mode)) + " round-to-nearest, groups of " +
+                     std::to_string(lw.group_size))
        << (lw.quantized.empty() ? "" : "; GPTQ from the checkpoint")
        << "), the rest in the memory plan\n";
   }

@@ -7,8 +7,8 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <optional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -346,10 +346,9 @@ void load_hf_weights(const std::string& path, ParameterBuffer& params, PackedWei
       ORIGAMI_CHECK(index.has(stem + ".qzeros") && index.has(stem + ".scales"), path, ": ", name,
                     " has no ", stem, ".qzeros or ", stem, ".scales");
       const Tensor g_idx = index.has(stem + ".g_idx") ? index.tensor(stem + ".g_idx") : Tensor();
-      const QuantizedLinear q =
-          unpack_gptq(index.tensor(name), index.tensor(stem + ".qzeros"),
-                      index.tensor(stem + ".scales"), g_idx, gptq->bits, gptq->group_size,
-                      gptq->v2, stem);
+      const QuantizedLinear q = unpack_gptq(index.tensor(name), index.tensor(stem + ".qzeros"),
+                                            index.tensor(stem + ".scales"), g_idx, gptq->bits,
+                                            gptq->group_size, gptq->v2, stem);
       packed->set_quantized(tg.entry->name, tg.expert, q);
       loaded.insert(base);
       continue;

@@ -154,8 +154,9 @@ void PackedWeights::set_quantized(const std::string& name, int64_t expert,
   const ParamEntry& e = layout_->entry(name);
   const size_t d0 = e.is_expert() ? 1 : 0;  // the [out, in] dims of the entry
   const int64_t gr = e.global_shape[d0], gc = e.global_shape[d0 + 1];
-  ORIGAMI_CHECK(whole.rows == gr && whole.cols == gc, name, ": the checkpoint's quantized weight is [",
-                whole.rows, ", ", whole.cols, "], the model expects [", gr, ", ", gc, "]");
+  ORIGAMI_CHECK(whole.rows == gr && whole.cols == gc, name,
+                ": the checkpoint's quantized weight is [", whole.rows, ", ", whole.cols,
+                "], the model expects [", gr, ", ", gc, "]");
   const int64_t r0 = e.slice_offset.empty() ? 0 : e.slice_offset[d0];
   const int64_t c0 = e.slice_offset.empty() ? 0 : e.slice_offset[d0 + 1];
   const int64_t rows = e.shape[d0], cols = e.shape[d0 + 1];

@@ -29,7 +29,8 @@
 #define ORIGAMI_ATTENTION_LANES 16
 #define ORIGAMI_ISA_BF16_VNNI 1
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx512vnni,avx2,fma,f16c,bmi,bmi2")
+#pragma GCC target( \
+    "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx512vnni,avx2,fma,f16c,bmi,bmi2")
 #include ORIGAMI_ISA_KERNEL_FILE
 #pragma GCC pop_options
 #undef ORIGAMI_ATTENTION_ISA

@@ -114,8 +114,8 @@ void write_gptq_folder(const std::string& dir, const models::ModelSpec& spec,
   f.sym = false;
   std::string config = models::hf_config_json(spec);
   const size_t brace = config.rfind('}');
-  config = config.substr(0, brace) + ",\n  \"quantization_config\": " +
-           models::gptq_quantization_config_json(f) + "\n}\n";
+  config = config.substr(0, brace) +
+           ",\n  \"quantization_config\": " + models::gptq_quantization_config_json(f) + "\n}\n";
   std::ofstream(dir + "/config.json") << config;
 }
 
@@ -295,7 +295,8 @@ TEST(ParallelGenerate, TP2FoldedWithEP2Int8FromHuggingFaceFolder) {
   run_case({"tp2_ep2_int8_hf", 2, 2, 1, 2, 1, true, 4, 0, 0, "hf", models::WeightMode::int8});
 }
 TEST(ParallelGenerate, PP2Int4FromCheckpoint) {
-  run_case({"pp2_int4_ckpt", 2, 1, 2, 1, 0, false, 4, 0, 2, "checkpoint", models::WeightMode::int4});
+  run_case(
+      {"pp2_int4_ckpt", 2, 1, 2, 1, 0, false, 4, 0, 2, "checkpoint", models::WeightMode::int4});
 }
 TEST(ParallelGenerate, TP2xPP2GptqFolder) {
   run_case({"tp2_pp2_gptq", 4, 2, 2, 1, 0, false, 4, 0, 3, "gptq"});

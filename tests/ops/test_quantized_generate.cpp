@@ -29,8 +29,8 @@
 namespace origami {
 namespace {
 
-using models::GeneratorOptions;
 using models::Generator;
+using models::GeneratorOptions;
 using models::LinearWeights;
 using models::ModelSpec;
 using models::ParameterBuffer;
@@ -259,7 +259,7 @@ TEST_F(QuantizedGenerateGolden, GptqCheckpointsGiveTheLogitsOfTheirDequantizedWe
     p = q + 1;
     const std::string root = dir_ + "/" + name, model = root + "/model";
     const ModelSpec spec = models::spec_from_hf_config(model);
-    const test::HostArray ids = test::read_npy(root + "/ids.npy");    // [2,S]
+    const test::HostArray ids = test::read_npy(root + "/ids.npy");     // [2,S]
     const test::HostArray ref = test::read_npy(root + "/logits.npy");  // [2,S,V]
     const int64_t S = ids.shape[1], V = spec.vocab;
     for (bool exact : {true, false}) {
@@ -283,9 +283,10 @@ TEST_F(QuantizedGenerateGolden, GptqCheckpointsGiveTheLogitsOfTheirDequantizedWe
       ASSERT_EQ(int64_t(got.size()), 2 * S * V);
       // exact: f32 against float64 (1e-4 of the largest logit); int8 activations as above.
       EXPECT_LE(err.rel(), exact ? 1e-4 : 3e-2) << name << (exact ? " exact" : " default kernels");
-      std::printf("[ gptq ] %s %s: logits vs transformers on the dequantized weights, rel err "
-                  "%.2e\n",
-                  name.c_str(), exact ? "exact" : "default kernels", err.rel());
+      std::printf(
+          "[ gptq ] %s %s: logits vs transformers on the dequantized weights, rel err "
+          "%.2e\n",
+          name.c_str(), exact ? "exact" : "default kernels", err.rel());
     }
   }
 }
