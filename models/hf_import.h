@@ -43,9 +43,9 @@ NamedTensors to_hf_tensors(const ParameterBuffer& params);
 //
 // With `packed`, the entries the layout marks packed go there instead: a dense tensor is
 // quantized at load (PackedWeights::set_dense), and a GPTQ-quantized one (NAME.qweight, qzeros,
-// scales, g_idx; config.json's quantization_config, the layout in runtime/gptq_format.h) is unpacked,
-// cut to this rank's slice and packed. A GPTQ tensor whose entry is not packed is an error that
-// says so (the model must be built with its gptq_quantized_names).
+// scales, g_idx; config.json's quantization_config, the layout in runtime/gptq_format.h) is
+// unpacked, cut to this rank's slice and packed. A GPTQ tensor whose entry is not packed is an
+// error that says so (the model must be built with its gptq_quantized_names).
 void load_hf_weights(const std::string& path, ParameterBuffer& params,
                      PackedWeights* packed = nullptr);
 
