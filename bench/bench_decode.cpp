@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/read_bandwidth.h"
 #include "models/generator.h"
 #include "models/hf_import.h"
 #include "models/packed_weights.h"
@@ -36,6 +37,7 @@
 
 using namespace origami;
 using Clock = std::chrono::steady_clock;
+using origami::bench::read_bandwidth;
 
 namespace {
 
@@ -49,41 +51,6 @@ std::vector<int64_t> parse_list(const std::string& s) {
     i = j + 1;
   }
   return out;
-}
-
-// Streaming-read bandwidth (bytes read per second): sums a 1 GiB buffer with 8 independent
-// vector accumulators per thread; the median of 5 passes.
-double read_bandwidth(int threads) {
-  const size_t n = (size_t(1) << 30) / sizeof(float);
-  std::vector<float> buf(n);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (size_t i = 0; i < n; ++i) buf[i] = float(i % 7);
-  typedef float v16 __attribute__((vector_size(64)));
-  std::vector<double> times;
-  volatile float sink = 0;
-  for (int pass = 0; pass < 5; ++pass) {
-    const auto t0 = Clock::now();
-    float total = 0;
-#pragma omp parallel num_threads(threads) reduction(+ : total)
-    {
-      const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-      const size_t per = n / size_t(nt) / 128 * 128;
-      const float* p = buf.data() + size_t(t) * per;
-      v16 a[8] = {};
-      for (size_t i = 0; i < per; i += 128)
-        for (int k = 0; k < 8; ++k) {
-          v16 x;
-          std::memcpy(&x, p + i + size_t(k) * 16, sizeof x);
-          a[k] += x;
-        }
-      v16 s = a[0] + a[1] + a[2] + a[3] + a[4] + a[5] + a[6] + a[7];
-      for (int k = 0; k < 16; ++k) total += s[k];
-    }
-    sink = sink + total;
-    times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
-  }
-  std::sort(times.begin(), times.end());
-  return double(n * sizeof(float)) / times[times.size() / 2];
 }
 
 // The process's resident set in bytes (VmRSS), or 0.
