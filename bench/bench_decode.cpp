@@ -171,12 +171,7 @@ int main(int argc, char** argv) {
   const double kv_per_token = double(2 * layers * spec.kv_heads * spec.head_dim) * esize;
 
   const double bw = read_bandwidth(threads);
-  char load[64] = "?";
-  if (FILE* f = std::fopen("/proc/loadavg", "r")) {
-    if (!std::fgets(load, sizeof load, f)) std::strcpy(load, "?");
-    std::fclose(f);
-    load[std::strcspn(load, "\n")] = 0;
-  }
+  const std::string load = bench::load_average();
   std::printf(
       "model: hidden %lld, %lld layers, %lld heads (%lld KV), ffn %lld, vocab %lld: %.1f M "
       "parameters, %s, weights %s, %.1f MB of weights read per step (all but the embedding "
@@ -186,7 +181,7 @@ int main(int argc, char** argv) {
       (long long)hidden, (long long)layers, (long long)spec.heads, (long long)spec.kv_heads,
       (long long)ffn, (long long)vocab,
       double(models::ParameterLayout(spec).parameter_count()) / 1e6, dtype.c_str(), weights.c_str(),
-      weight_bytes / 1e6, bw / 1e9, threads, load, kv_per_token);
+      weight_bytes / 1e6, bw / 1e9, threads, load.c_str(), kv_per_token);
   std::printf("%6s %8s %12s %12s %8s %10s\n", "batch", "context", "tokens/s", "bound", "ratio",
               "ms/step");
   models::Generator& gen = *g;

@@ -103,26 +103,11 @@ volatile float stream_sink = 0;  // keeps the sums
 // Sums every byte of w's packed tensors as read_bandwidth does (the same threads, each a
 // contiguous share): what reading w costs with nothing else to do.
 void stream_sum(const ops::PackedLinear& w, int threads) {
-  typedef float v16 __attribute__((vector_size(64)));
   float total = 0;
   for (const Tensor* t : {&w.data, &w.scales, &w.zeros}) {
     const size_t n = t->nbytes() / sizeof(float);
-    const float* buf = static_cast<const float*>(t->data());
-#pragma omp parallel num_threads(threads) reduction(+ : total) if (n >= (size_t(1) << 16))
-    {
-      const int nt = omp_get_num_threads(), i = omp_get_thread_num();
-      const size_t per = n / size_t(nt) / 128 * 128;
-      const float* p = buf + size_t(i) * per;
-      v16 a[8] = {};
-      for (size_t j = 0; j < per; j += 128)
-        for (int k = 0; k < 8; ++k) {
-          v16 v;
-          std::memcpy(&v, p + j + size_t(k) * 16, sizeof v);
-          a[k] += v;
-        }
-      v16 s = a[0] + a[1] + a[2] + a[3] + a[4] + a[5] + a[6] + a[7];
-      for (int k = 0; k < 16; ++k) total += s[k];
-    }
+    total += bench::streaming_sum(static_cast<const float*>(t->data()), n,
+                                  n >= (size_t(1) << 16) ? threads : 1);
   }
   stream_sink = stream_sink + total;
 }
@@ -166,12 +151,7 @@ int main(int argc, char** argv) {
   // larger of the two is the bound (the stream column, interleaved with each contender, is the
   // bound of that very moment).
   const double bw_before = read_bandwidth(threads);
-  char load[64] = "?";
-  if (FILE* f = std::fopen("/proc/loadavg", "r")) {
-    if (!std::fgets(load, sizeof load, f)) std::strcpy(load, "?");
-    std::fclose(f);
-    load[std::strcspn(load, "\n")] = 0;
-  }
+  const std::string load = bench::load_average();
   std::printf(
       "threads %d, kernels %s, OMP_WAIT_POLICY=%s, load average %s\n"
       "parallel-region wake-up %.1f us (median of empty regions)\n"
@@ -179,8 +159,8 @@ int main(int argc, char** argv) {
       "x bf16, y f32; figures are medians of %d calls, W read from memory on every call\n"
       "bound: GB/s over the read bandwidth; stream: a sum over the same bytes, timed in turn with\n"
       "each contender, over the contender's time\n",
-      threads, ops::cpu::qlinear_isa(), wait ? wait : "(unset)", load, wake * 1e6, bw_before / 1e9,
-      repeats);
+      threads, ops::cpu::qlinear_isa(), wait ? wait : "(unset)", load.c_str(), wake * 1e6,
+      bw_before / 1e9, repeats);
 
   struct Row {
     int64_t K, N, M;
