@@ -134,7 +134,7 @@ void Decoder::moe_forward(int64_t l, LayerActivations& a) {
   // Unpermute: x_{l+1}[tok] += y (the k copies of a token add up)
   if (N > 0) ops::scatter_add_rows(y, tok, out);
 
-  if (w.s_gate.defined() || pk.s_gate) {  // (held packed in inference, or dense)
+  if (spec_.moe.shared_expert_ffn > 0) {  // (its weights dense, or packed in inference)
     // Shared expert: x_{l+1} += sigmoid(hn2 . wg) * (silu(hn2 Wg^T) * hn2 Wu^T) Wd^T
     if (observer_) observe(l, LinearSite::shared_gate_up, hn2);
     project(hn2, w.s_gate, pk.s_gate, a.s_gate);
@@ -203,7 +203,7 @@ void Decoder::moe_backward(int64_t l, LayerActivations& a) {
   linear_dw(dl, hn2, g.router);
   linear_dx(dl, w.router, s.dh, 1.0f);
 
-  if (w.s_gate.defined()) {
+  if (spec_.moe.shared_expert_ffn > 0) {
     const int64_t Fs = spec_.moe.shared_expert_ffn;
     Tensor dact = front(s.dact, T, Fs), dgate = front(s.dgate, T, Fs), dup = front(s.dup, T, Fs);
     // dact [T,Fs] = dout Wd;  dWd [H,Fs] += dout^T act
