@@ -18,7 +18,7 @@
 // points, as origami serve uses by default), for its cost against the adaptive split.
 //
 // Usage: bench_paged_attention [--quick] [--threads N] [--repeats R] [--batch B] [--context C]
-//                              [--batch-invariant]
+//                              [--kv-heads H] [--batch-invariant]   (32 query heads, H kv heads: 8)
 #include <omp.h>
 
 #include <algorithm>
@@ -96,7 +96,8 @@ Seconds read_bandwidth(int threads) {
 }
 
 constexpr int64_t kBlockSize = 16;
-constexpr int64_t kHq = 32, kHkv = 8;
+constexpr int64_t kHq = 32;
+int64_t kHkv = 8;  // --kv-heads: 8 (groups of 4) or 4 (groups of 8, as the 1.1B bench model)
 
 // The cache of one dtype and head dim: K and V pools of at least 1 GiB together (several times the
 // last-level cache), so that successive calls, each given fresh blocks, read from memory as a
@@ -210,12 +211,14 @@ int main(int argc, char** argv) {
       only_batch = std::atoll(argv[++i]);
     else if (a == "--context" && i + 1 < argc)
       only_context = std::atoll(argv[++i]);
+    else if (a == "--kv-heads" && i + 1 < argc)
+      kHkv = std::atoll(argv[++i]);
     else if (a == "--batch-invariant")
       g_batch_invariant = true;
     else {
       std::fprintf(stderr,
                    "usage: %s [--quick] [--threads N] [--repeats R] [--batch B] [--context C] "
-                   "[--batch-invariant]\n",
+                   "[--kv-heads 8|4|...] [--batch-invariant]\n",
                    argv[0]);
       return 2;
     }
@@ -230,8 +233,8 @@ int main(int argc, char** argv) {
       "threads); load average %s\n",
       static_cast<long long>(kBlockSize), static_cast<long long>(kHq), static_cast<long long>(kHkv),
       ops::cpu::attention_isa(), threads, repeats,
-      g_batch_invariant ? "batch-invariant (fixed)" : "adaptive", bw.wall * 1e-9, bw.cpu * 1e-9, threads,
-      load_average().c_str());
+      g_batch_invariant ? "batch-invariant (fixed)" : "adaptive", bw.wall * 1e-9, bw.cpu * 1e-9,
+      threads, load_average().c_str());
   std::printf("%5s %7s %4s %5s | %8s | %9s %7s %8s | %9s %7s %8s\n", "batch", "context", "D",
               "dtype", "KV MB", "us/call", "GB/s", "of bound", "cpu us", "cpu GB/s", "of bound");
   std::vector<int64_t> batches =
