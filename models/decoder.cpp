@@ -506,9 +506,7 @@ void Decoder::attention_forward(int64_t l, LayerActivations& a) {
   // q [T,Hq*D], k, v [T,Hkv*D] = hn1 W^T (+ b)
   const LayerPacked& pk = pw_[size_t(l - Lb_)];
   if (observer_) observe(l, LinearSite::qkv, a.hn1);
-  project(a.hn1, w.wq, pk.q, a.q);
-  project(a.hn1, w.wk, pk.k, a.k);
-  project(a.hn1, w.wv, pk.v, a.v);
+  project_group(a.hn1, {{w.wq, pk.q, a.q}, {w.wk, pk.k, a.k}, {w.wv, pk.v, a.v}});
   if (w.bq.defined()) {
     add_bias(s.ones, w.bq, a.q);
     add_bias(s.ones, w.bk, a.k);
@@ -600,8 +598,7 @@ void Decoder::mlp_forward(int64_t l, LayerActivations& a) {
   // gate, up [T,F] = hn2 W^T;  act [T,F] = silu(gate) * up  (this rank's F/tp columns)
   const LayerPacked& pk = pw_[size_t(l - Lb_)];
   if (observer_) observe(l, LinearSite::gate_up, a.hn2);
-  project(a.hn2, w.gate, pk.gate, a.gate);
-  project(a.hn2, w.up, pk.up, a.up);
+  project_group(a.hn2, {{w.gate, pk.gate, a.gate}, {w.up, pk.up, a.up}});
   ops::swiglu_forward(a.gate, a.up, a.act);
   // x_{l+1} [Tl,H] = x_mid + act Wdown^T (summed over TP)
   if (observer_) observe(l, LinearSite::down, a.act);

@@ -31,6 +31,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <iosfwd>
 #include <map>
 #include <memory>
@@ -245,6 +246,14 @@ class Decoder {
   // ops::gemm on w.
   void project(const Tensor& x, const Tensor& w, const ops::PackedLinear* packed, Tensor y,
                float beta = 0.0f) const;
+  // project() of several linears that read the same x (q, k, v; gate, up): one
+  // ops::packed_linear_group call when all of them are packed.
+  struct Projection {
+    const Tensor& w;
+    const ops::PackedLinear* packed;
+    Tensor& y;
+  };
+  void project_group(const Tensor& x, std::initializer_list<Projection> linears) const;
   ops::PackedLinearOptions packed_options(float beta = 0.0f) const;
   void build_packed_views();  // inference: pw_ and head_packed_ from packed_ and dense_views_
   // The linear observer's calls (decoder_observe.cpp): x is the input of the linears at `site` of

@@ -56,6 +56,21 @@ void Decoder::project(const Tensor& x, const Tensor& w, const ops::PackedLinear*
   ops::packed_linear(x, *packed, y, packed_options(beta));
 }
 
+void Decoder::project_group(const Tensor& x, std::initializer_list<Projection> linears) const {
+  const ops::PackedLinear* w[ops::kMaxPackedGroup];
+  Tensor* y[ops::kMaxPackedGroup];
+  size_t n = 0;
+  for (const Projection& p : linears) {
+    if (p.packed == nullptr || n == std::size(w)) {  // not packed: one by one
+      for (const Projection& q : linears) project(x, q.w, q.packed, q.y);
+      return;
+    }
+    w[n] = p.packed;
+    y[n++] = &p.y;
+  }
+  ops::packed_linear_group(x, {w, n}, {y, n}, packed_options());
+}
+
 void Decoder::build_packed_views() {
   // bf16 compute: every dense linear is also viewed as a bf16 PackedLinear (no copy).
   if (opt_.compute == DType::bf16)

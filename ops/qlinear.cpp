@@ -161,9 +161,10 @@ Tensor dequantize(const PackedLinear& w) {
   return cpu::dequantize(packed_on(w, Device::cpu())).to(device);
 }
 
-void packed_linear(const Tensor& x, const PackedLinear& w, Tensor& y,
-                   const PackedLinearOptions& opt) {
-  const char* op = "packed_linear";
+namespace {
+
+// The checks of one linear of a call; returns the device it runs on.
+Device check_linear(const char* op, const Tensor& x, const PackedLinear& w, const Tensor& y) {
   check_packed(op, w);
   check_dim(op, "x", x, 2);
   check_dtype(op, "x", x, {DType::f32, DType::bf16});
@@ -182,14 +183,38 @@ void packed_linear(const Tensor& x, const PackedLinear& w, Tensor& y,
       op,
       {{"w.data", &w.data}, {"w.scales", &w.scales}, {"w.zeros", &w.zeros}, {"w.perm", &w.perm}});
   if (device.is_cuda()) {
-#if ORIGAMI_CUDA
-    cuda::packed_linear(x, w, y, opt);
-#else
+#if !ORIGAMI_CUDA
     fail_no_cuda(op);
 #endif
-  } else {
-    cpu::packed_linear(x, w, y, opt);
   }
+  return device;
+}
+
+}  // namespace
+
+void packed_linear(const Tensor& x, const PackedLinear& w, Tensor& y,
+                   const PackedLinearOptions& opt) {
+  if (check_linear("packed_linear", x, w, y).is_cpu()) return cpu::packed_linear(x, w, y, opt);
+#if ORIGAMI_CUDA
+  cuda::packed_linear(x, w, y, opt);
+#endif
+}
+
+void packed_linear_group(const Tensor& x, std::span<const PackedLinear* const> w,
+                         std::span<Tensor* const> y, const PackedLinearOptions& opt) {
+  const char* op = "packed_linear_group";
+  ORIGAMI_CHECK(w.size() == y.size(), op, ": ", w.size(), " weights but ", y.size(), " outputs");
+  ORIGAMI_CHECK(w.size() >= 1 && w.size() <= kMaxPackedGroup, op, ": 1 to ", kMaxPackedGroup,
+                " linears, got ", w.size());
+  bool cpu = true;
+  for (size_t i = 0; i < w.size(); ++i) {
+    ORIGAMI_CHECK(w[i] && y[i], op, ": linear ", i, " has no weights or no output");
+    cpu = check_linear(op, x, *w[i], *y[i]).is_cpu();
+  }
+  if (cpu) return cpu::packed_linear_group(x, w, y, opt);
+#if ORIGAMI_CUDA
+  for (size_t i = 0; i < w.size(); ++i) cuda::packed_linear(x, *w[i], *y[i], opt);
+#endif
 }
 
 }  // namespace origami::ops

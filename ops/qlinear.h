@@ -27,6 +27,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 
 #include "runtime/tensor.h"
@@ -87,5 +88,16 @@ struct PackedLinearOptions {
 // device. Errors name the tensor whose shape, dtype or device is wrong.
 void packed_linear(const Tensor& x, const PackedLinear& w, Tensor& y,
                    const PackedLinearOptions& opt = {});
+
+constexpr size_t kMaxPackedGroup = 8;  // linears in one packed_linear_group call
+
+// y_i = x @ W_i^T + beta * y_i for 1 to kMaxPackedGroup linears that read the same x (q, k and v;
+// gate and up), each checked as packed_linear checks it. The results are packed_linear's on each,
+// bit for bit. A CPU decode call (M <= 16; one format, K and column order; not `exact` int) rounds
+// or quantizes x once and runs every member in one parallel region with the threads sharing all the
+// members' rows: a small member (k, v) no longer runs on one thread while the others wait, and the
+// threads are woken once. Other calls run the members one after the other.
+void packed_linear_group(const Tensor& x, std::span<const PackedLinear* const> w,
+                         std::span<Tensor* const> y, const PackedLinearOptions& opt = {});
 
 }  // namespace origami::ops

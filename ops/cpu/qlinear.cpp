@@ -58,6 +58,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -69,6 +70,7 @@ namespace origami::ops::cpu::qlinear_detail {
 constexpr int64_t kT = kQTileRows;  // 16
 constexpr int64_t kB = kQBlock;     // 32
 constexpr int64_t kMaxM = kQDecodeMaxRows;
+constexpr size_t kMaxGroup = kQMaxGroup;
 // Rows of x per pass of the int and of the bf16 kernels (a pass reads its tile or row of W; the
 // next pass finds it in L1 or L2).
 constexpr int kIntRowsX = 8;
@@ -241,58 +243,6 @@ const float* f32_packed_rows(const Tensor& x, const PackedLinear& w) {
   return dst;
 }
 
-void decode_bf16(const Tensor& x, const PackedLinear& w, const Output& out, bool invariant) {
-  Bf16Problem P;
-  P.invariant = invariant;
-  P.N = w.rows;
-  P.K = w.cols;
-  P.Kp = (P.K + kB - 1) / kB * kB;
-  P.M = x.size(0);
-  P.w = w.data.data_as<const uint16_t>();
-  P.out = out;
-  uint16_t* xb = call_scratch<uint16_t>(kSlotX, P.M * P.Kp);  // [M][Kp]
-  for (int64_t m = 0; m < P.M; ++m) {
-    uint16_t* row = xb + m * P.Kp;
-    if (x.dtype() == DType::bf16) {
-      std::memcpy(row, x.data_as<const uint16_t>() + m * P.K, size_t(P.K) * 2);
-    } else {
-      const float* src = x.data_as<const float>() + m * P.K;
-      for (int64_t k = 0; k < P.K; ++k) row[k] = f32_to_bf16(src[k]);
-    }
-    std::fill(row + P.K, row + P.Kp, uint16_t(0));
-  }
-  P.x = xb;
-  const Kernels& Kn = kernels();
-  split_units(P.N, P.N * P.K * 2, [&](int64_t n0, int64_t n1) { Kn.bf16_rows(P, n0, n1); });
-}
-
-void decode_int(const Tensor& x, const PackedLinear& w, const Output& out) {
-  IntProblem P;
-  P.data = w.data.data_as<const uint8_t>();
-  P.scales = w.scales.data_as<const float>();
-  P.zeros = w.zeros.data_as<const float>();
-  P.N = w.rows;
-  P.K = w.cols;
-  P.G = w.cols / w.group_size;
-  P.group = w.group_size;
-  P.M = x.size(0);
-  P.int4 = w.format == WeightFormat::int4;
-  P.out = out;
-  const float* xf = f32_packed_rows(x, w);  // [M][K]
-  const int64_t nb = P.K / kB;
-  int8_t* xq = call_scratch<int8_t>(kSlotXq, P.M * P.K);   // [M][K]
-  float* xs = call_scratch<float>(kSlotXScale, P.M * nb);  // [M][K/32]
-  float* xsum = call_scratch<float>(kSlotXSum, P.M * nb);  // [M][K/32]
-  const Kernels& Kn = kernels();
-  Kn.quantize_rows(xf, P.M, P.K, xq, xs, xsum);
-  P.xq = xq;
-  P.xs = xs;
-  P.xsum = xsum;
-  const int64_t tiles = (P.N + kT - 1) / kT;
-  split_units(tiles, tiles * tile_bytes(P.int4, P.K),
-              [&](int64_t t0, int64_t t1) { Kn.int_tiles(P, t0, t1); });
-}
-
 // f32 activations: W^ tile by tile (f32), dotted with x in f32.
 void decode_int_exact(const Tensor& x, const PackedLinear& w, const Output& out) {
   const bool int4 = w.format == WeightFormat::int4;
@@ -392,17 +342,119 @@ void prefill_bf16(const Tensor& x, const PackedLinear& w, Tensor& y, const Outpu
   ops::gemm(xb, w.data, y, g);
 }
 
+// Whether the decode kernels can run the members of a group in one region over one copy of x:
+// a decode call (M <= 16, int8 activations or bf16), every member of one format, one K and one
+// column order.
+bool one_region(const Tensor& x, std::span<const PackedLinear* const> w,
+                const PackedLinearOptions& opt) {
+  const int64_t M = x.size(0);
+  if (M == 0 || M > kMaxM || (opt.exact && w[0]->format != WeightFormat::bf16)) return false;
+  for (const PackedLinear* m : w) {
+    if (m->format != w[0]->format || m->cols != w[0]->cols) return false;
+    if (m->perm.defined() != w[0]->perm.defined()) return false;
+    if (m->perm.defined() && m->perm.data() != w[0]->perm.data() &&
+        std::memcmp(m->perm.data(), w[0]->perm.data(), size_t(m->cols) * sizeof(int32_t)) != 0)
+      return false;
+  }
+  return true;
+}
+
+Output output_of(const PackedLinear& w, Tensor& y, float beta) {
+  Output out;
+  out.y = y.data();
+  out.bf16 = y.dtype() == DType::bf16;
+  out.beta = beta;
+  out.N = w.rows;
+  return out;
+}
+
+// The decode kernels over every member (one_region holds), in one parallel region.
+void decode_group(const Tensor& x, std::span<const PackedLinear* const> w,
+                  std::span<Tensor* const> y, const PackedLinearOptions& opt) {
+  const Kernels& Kn = kernels();
+  const size_t n = w.size();
+  // Each member's units (bf16: rows; int: tiles of 16 rows), one range over all of them. Members
+  // share K and the format, so a unit reads the same bytes in every member.
+  ORIGAMI_CHECK(n <= kMaxGroup, "packed_linear_group: at most ", kMaxGroup, " linears, got ", n);
+  int64_t first[kMaxGroup + 1] = {};
+  int64_t bytes = 0;
+  if (w[0]->format == WeightFormat::bf16) {
+    Bf16Problem P[kMaxGroup];
+    const int64_t K = w[0]->cols, M = x.size(0), Kp = (K + kB - 1) / kB * kB;
+    uint16_t* xb = call_scratch<uint16_t>(kSlotX, M * Kp);  // [M][Kp] x rounded to bf16
+    for (int64_t m = 0; m < M; ++m) {
+      uint16_t* row = xb + m * Kp;
+      if (x.dtype() == DType::bf16) {
+        std::memcpy(row, x.data_as<const uint16_t>() + m * K, size_t(K) * 2);
+      } else {
+        const float* src = x.data_as<const float>() + m * K;
+        for (int64_t k = 0; k < K; ++k) row[k] = f32_to_bf16(src[k]);
+      }
+      std::fill(row + K, row + Kp, uint16_t(0));
+    }
+    for (size_t i = 0; i < n; ++i) {
+      P[i].invariant = opt.batch_invariant;
+      P[i].N = w[i]->rows;
+      P[i].K = K;
+      P[i].Kp = Kp;
+      P[i].M = M;
+      P[i].w = w[i]->data.data_as<const uint16_t>();
+      P[i].x = xb;
+      P[i].out = output_of(*w[i], *y[i], opt.beta);
+      first[i + 1] = first[i] + P[i].N;
+      bytes += P[i].N * K * 2;
+    }
+    split_units(first[n], bytes, [&](int64_t u0, int64_t u1) {
+      for (size_t i = 0; i < n; ++i) {
+        const int64_t a = std::max(u0, first[i]), b = std::min(u1, first[i + 1]);
+        if (a < b) Kn.bf16_rows(P[i], a - first[i], b - first[i]);
+      }
+    });
+    return;
+  }
+  IntProblem P[kMaxGroup];
+  const int64_t K = w[0]->cols, M = x.size(0), nb = K / kB;
+  const float* xf = f32_packed_rows(x, *w[0]);           // [M][K]
+  int8_t* xq = call_scratch<int8_t>(kSlotXq, M * K);     // [M][K]
+  float* xs = call_scratch<float>(kSlotXScale, M * nb);  // [M][K/32]
+  float* xsum = call_scratch<float>(kSlotXSum, M * nb);  // [M][K/32]
+  Kn.quantize_rows(xf, M, K, xq, xs, xsum);
+  for (size_t i = 0; i < n; ++i) {
+    const PackedLinear& m = *w[i];
+    P[i].data = m.data.data_as<const uint8_t>();
+    P[i].scales = m.scales.data_as<const float>();
+    P[i].zeros = m.zeros.data_as<const float>();
+    P[i].N = m.rows;
+    P[i].K = K;
+    P[i].G = K / m.group_size;
+    P[i].group = m.group_size;
+    P[i].M = M;
+    P[i].int4 = m.format == WeightFormat::int4;
+    P[i].xq = xq;
+    P[i].xs = xs;
+    P[i].xsum = xsum;
+    P[i].out = output_of(m, *y[i], opt.beta);
+    const int64_t tiles = (m.rows + kT - 1) / kT;
+    first[i + 1] = first[i] + tiles;
+    bytes += tiles * tile_bytes(P[i].int4, K);
+  }
+  split_units(first[n], bytes, [&](int64_t u0, int64_t u1) {
+    for (size_t i = 0; i < n; ++i) {
+      const int64_t a = std::max(u0, first[i]), b = std::min(u1, first[i + 1]);
+      if (a < b) Kn.int_tiles(P[i], a - first[i], b - first[i]);
+    }
+  });
+}
+
 }  // namespace
 
 void packed_linear(const Tensor& x, const PackedLinear& w, Tensor& y,
                    const PackedLinearOptions& opt) {
   const int64_t M = x.size(0);
   if (M == 0 || w.rows == 0) return;
-  Output out;
-  out.y = y.data();
-  out.bf16 = y.dtype() == DType::bf16;
-  out.beta = opt.beta;
-  out.N = w.rows;
+  const Output out = output_of(w, y, opt.beta);
+  const PackedLinear* wp = &w;
+  Tensor* yp = &y;
   if (opt.batch_invariant && M > kMaxM) {
     // The decode kernels on every kMaxM rows: a row's result is the same in any M.
     for (int64_t m = 0; m < M; m += kMaxM) {
@@ -416,14 +468,20 @@ void packed_linear(const Tensor& x, const PackedLinear& w, Tensor& y,
     if (M > kMaxM)
       prefill_bf16(x, w, y, out);
     else
-      decode_bf16(x, w, out, opt.batch_invariant);
+      decode_group(x, {&wp, 1}, {&yp, 1}, opt);
   } else if (M > kMaxM) {
     prefill_int(x, w, y, out);
   } else if (opt.exact) {
     decode_int_exact(x, w, out);
   } else {
-    decode_int(x, w, out);
+    decode_group(x, {&wp, 1}, {&yp, 1}, opt);
   }
+}
+
+void packed_linear_group(const Tensor& x, std::span<const PackedLinear* const> w,
+                         std::span<Tensor* const> y, const PackedLinearOptions& opt) {
+  if (one_region(x, w, opt)) return decode_group(x, w, y, opt);
+  for (size_t i = 0; i < w.size(); ++i) cpu::packed_linear(x, *w[i], *y[i], opt);
 }
 
 const char* qlinear_isa() {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,7 @@ constexpr int64_t kQTileRows = 16;
 constexpr int64_t kQBlock = 32;
 // Kernels for decode take up to this many rows of x; more rows go through ops::gemm.
 constexpr int64_t kQDecodeMaxRows = 16;
+constexpr size_t kQMaxGroup = kMaxPackedGroup;
 
 // Bytes of one packed tile of 16 rows.
 constexpr int64_t qtile_bytes(bool int4, int64_t K) {
@@ -36,6 +38,8 @@ void dequantize_tile(const PackedLinear& w, int64_t t, int64_t rows, float* dst,
 // y [M,N] = x [M,K] @ W^T + beta * y, arguments checked, all on the CPU.
 void packed_linear(const Tensor& x, const PackedLinear& w, Tensor& y,
                    const PackedLinearOptions& opt);
+void packed_linear_group(const Tensor& x, std::span<const PackedLinear* const> w,
+                         std::span<Tensor* const> y, const PackedLinearOptions& opt);
 
 // The instruction set of the decode kernels: "avx512_bf16_vnni", "avx512", "avx2" or "generic".
 const char* qlinear_isa();

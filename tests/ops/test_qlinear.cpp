@@ -384,6 +384,117 @@ TEST(PackedLinear, InstructionSetsAgree) {
   EXPECT_THROW(ops::cpu::qlinear_force_isa("sse9"), Error);
 }
 
+// ---- several linears over one x (packed_linear_group)
+// ---------------------------------------------
+
+// The members of a group (q, k, v shaped: one wide, two narrow; or gate and up) give, bit for bit,
+// what packed_linear gives on each alone (which the tests above check against the reference):
+// decode calls run them in one region, others one by one. Also a group whose members differ in
+// format or column order (run one by one).
+TEST(PackedLinear, GroupEqualsEachAlone) {
+  ORIGAMI_REQUIRE_TEST_DEVICE();
+  const Device dev = test::test_device();
+  struct Group {
+    std::string name;
+    std::vector<QuantCase> members;  // bits 16: bf16
+    bool shared_order;               // act-order members given one g_idx (q, k, v of GPTQ)
+  };
+  const std::vector<Group> groups = {
+      {"int4 q,k,v act-order",
+       {{"q", 64, 352, 32, 4, true}, {"k", 16, 352, 32, 4, true}, {"v", 21, 352, 32, 4, true}},
+       true},
+      {"int8 gate,up", {{"gate", 45, 1408, 128, 8, false}, {"up", 45, 1408, 128, 8, false}}, true},
+      // over 512 KiB: split over the threads, member boundaries inside a thread's share
+      {"int4 q,k,v, threads",
+       {{"q", 512, 1408, 128, 4, true},
+        {"k", 120, 1408, 128, 4, true},
+        {"v", 136, 1408, 128, 4, true}},
+       true},
+      {"bf16 q,k,v, threads",
+       {{"q", 128, 1408, 1408, 16, false},
+        {"k", 45, 1408, 1408, 16, false},
+        {"v", 51, 1408, 1408, 16, false}},
+       true},
+      {"bf16 q,k,v",
+       {{"q", 37, 96, 96, 16, false}, {"k", 5, 96, 96, 16, false}, {"v", 16, 96, 96, 16, false}},
+       true},
+      {"int4 then int8 (one by one)",
+       {{"a", 40, 352, 32, 4, false}, {"b", 24, 352, 352, 8, false}},
+       true},
+      {"act-order, two orders (one by one)",
+       {{"a", 40, 352, 32, 4, true}, {"b", 24, 352, 32, 4, true}},
+       false},
+  };
+  uint64_t seed = 1000;
+  for (const Group& g : groups) {
+    SCOPED_TRACE(g.name);
+    std::vector<ops::PackedLinear> w;
+    std::vector<int32_t> order;
+    for (const QuantCase& c : g.members) {
+      if (c.bits == 16) {
+        w.push_back(ops::pack_bf16(
+            test::random_tensor({c.N, c.K}, DType::bf16, seed++, -0.5, 0.5).to(dev)));
+        continue;
+      }
+      RawQuant r = make_raw(c, seed++);
+      if (g.shared_order && c.act_order) {
+        if (order.empty()) order = r.g_idx;
+        r.g_idx = order;
+      }
+      w.push_back(pack(r, dev));
+    }
+    const int64_t K = g.members[0].K;
+    for (const Call& run : all_runs({1, 5, 16, 17})) {
+      const Tensor x = test::random_tensor({run.M, K}, run.x_dtype, seed += 5, -2.0, 2.0).to(dev);
+      ops::PackedLinearOptions opt;
+      opt.beta = run.beta;
+      opt.exact = run.exact;
+      std::vector<Tensor> alone, together;
+      std::vector<const ops::PackedLinear*> wp;
+      std::vector<Tensor*> yp;
+      for (size_t i = 0; i < w.size(); ++i) {
+        const Tensor y0 = test::random_tensor({run.M, w[i].rows}, run.y_dtype, seed + i);
+        alone.push_back(output_for(y0, run.beta, dev));
+        together.push_back(output_for(y0, run.beta, dev));
+        ops::packed_linear(x, w[i], alone.back(), opt);
+      }
+      for (size_t i = 0; i < w.size(); ++i) {
+        wp.push_back(&w[i]);
+        yp.push_back(&together[i]);
+      }
+      ops::packed_linear_group(x, wp, yp, opt);
+      for (size_t i = 0; i < w.size(); ++i) {
+        const std::vector<float> a = alone[i].to_float_vector(), b = together[i].to_float_vector();
+        ASSERT_EQ(a.size(), b.size());
+        for (size_t e = 0; e < a.size(); ++e)
+          ASSERT_EQ(a[e], b[e]) << g.members[i].name << " element " << e << ", " << run.str();
+      }
+    }
+  }
+}
+
+TEST(PackedLinear, GroupBadArgumentsNameTheProblem) {
+  ORIGAMI_REQUIRE_TEST_DEVICE();
+  const Device dev = test::test_device();
+  const ops::PackedLinear a = pack(make_raw({"a", 20, 96, 32, 4, false}, 1100), dev);
+  const ops::PackedLinear b = pack(make_raw({"b", 8, 64, 32, 4, false}, 1101), dev);
+  const Tensor x = Tensor::zeros({2, 96}, DType::f32, dev);
+  Tensor ya = Tensor::zeros({2, 20}, DType::f32, dev), yb = Tensor::zeros({2, 8}, DType::f32, dev);
+  const ops::PackedLinear* w2[] = {&a, &b};
+  Tensor* y2[] = {&ya, &yb};
+  test::expect_error([&] { ops::packed_linear_group(x, w2, y2); },
+                     {"packed_linear_group", "x", "K = 64"});
+  test::expect_error(
+      [&] {
+        ops::packed_linear_group(x, {w2, 1}, y2);
+      },
+      {"packed_linear_group", "1 weights but 2 outputs"});
+  std::vector<const ops::PackedLinear*> many(ops::kMaxPackedGroup + 1, &a);
+  std::vector<Tensor*> many_y(ops::kMaxPackedGroup + 1, &ya);
+  test::expect_error([&] { ops::packed_linear_group(x, many, many_y); },
+                     {"packed_linear_group", "1 to 8 linears", "9"});
+}
+
 // ---- bad arguments ------------------------------------------------------------------------------
 
 TEST(PackedLinear, BadArgumentsNameTheProblem) {
