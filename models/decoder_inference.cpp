@@ -84,6 +84,14 @@ void Decoder::build_packed_views() {
       else
         v.push_back(ops::pack_bf16(t));
     }
+  // The MoE router too (a bf16 view: a tiny product the decode kernels run on one thread, where a
+  // oneDNN call costs several times more).
+  if (opt_.compute == DType::bf16)
+    for (int64_t l = Lb_; l < Le_; ++l) {
+      const std::string& r = layout_.names().layers[size_t(l)].router;
+      if (!r.empty() && layout_.has(r) && !packed_.holds(r))
+        dense_views_[r].push_back(ops::pack_bf16(compute_.get(r)));
+    }
   const std::string& embed = layout_.names().embed;  // a tied head reads the embedding
   if (opt_.compute == DType::bf16 && spec_.tie_embeddings && layout_.has_head() &&
       layout_.has(embed))
@@ -111,6 +119,7 @@ void Decoder::build_packed_views() {
     p.s_gate = find(n.shared_gate);
     p.s_up = find(n.shared_up);
     p.s_down = find(n.shared_down);
+    p.router = find(n.router);
   }
   head_packed_ = find(spec_.tie_embeddings ? names.embed : names.lm_head);
 }

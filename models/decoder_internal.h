@@ -35,6 +35,7 @@ struct LayerPacked {
   const ops::PackedLinear *gate = nullptr, *up = nullptr, *down = nullptr;
   const ops::PackedLinear *e_gate = nullptr, *e_up = nullptr, *e_down = nullptr;  // [El]
   const ops::PackedLinear *s_gate = nullptr, *s_up = nullptr, *s_down = nullptr;
+  const ops::PackedLinear* router = nullptr;  // bf16 compute: a view of the router [E,H]
 };
 
 // Activations of one layer kept for backward (per microbatch slot, or one shared set with

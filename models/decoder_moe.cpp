@@ -21,39 +21,78 @@
 namespace origami::models {
 
 namespace {
+// Linears (x_i, W_i, y_i) run ops::kMaxPackedGroup at a time through ops::packed_linear_group: at
+// decode sizes every call is one parallel region, and a W_i's x is quantized once for all W_i that
+// read it.
+class PackedBatch {
+ public:
+  explicit PackedBatch(const ops::PackedLinearOptions& po) : po_(po) {}
+  void add(const Tensor& x, const ops::PackedLinear& w, const Tensor& y) {
+    if (n_ == ops::kMaxPackedGroup) run();
+    x_[n_] = x;
+    w_[n_] = &w;
+    y_[n_] = y;
+    ++n_;
+  }
+  void run() {
+    if (n_ == 0) return;
+    const Tensor* x[ops::kMaxPackedGroup];
+    Tensor* y[ops::kMaxPackedGroup];
+    for (size_t i = 0; i < n_; ++i) {
+      x[i] = &x_[i];
+      y[i] = &y_[i];
+    }
+    ops::packed_linear_group({x, n_}, {w_, n_}, {y, n_}, po_);
+    n_ = 0;
+  }
+
+ private:
+  ops::PackedLinearOptions po_;
+  Tensor x_[ops::kMaxPackedGroup], y_[ops::kMaxPackedGroup];
+  const ops::PackedLinear* w_[ops::kMaxPackedGroup] = {};
+  size_t n_ = 0;
+};
+
 // The experts on rows grouped by expert (rows[e] each), x [n,H] compute, p [n] f32 routing
 // weights: eg, eu [n,Fe] = x W[e]^T;  ea = silu(eg) * eu * p;  y [n,H] = ea Wdown[e]^T.
 // fixed_rows: batch-invariant GEMMs (ops::grouped_gemm). Packed experts (inference: pk.e_gate
-// set) run one packed product per expert with rows instead.
+// set) run the packed products of the experts with rows, gate and up of all of them together,
+// then the down projections together.
 void experts_forward(const LayerWeights& w, const LayerPacked& pk,
                      const ops::PackedLinearOptions& po, std::span<const int64_t> rows,
                      const Tensor& x, const Tensor& p, LayerActivations& a, Tensor& y,
                      bool fixed_rows) {
   const int64_t n = x.size(0);
   Tensor eg = rows_of(a.eg, n), eu = rows_of(a.eu, n), ea = rows_of(a.ea, n);
-  // Each expert's rows [r, r + rows[e]) through op (a packed product into out's rows).
-  const auto per_expert = [&](const ops::PackedLinear* weights, const Tensor& in, Tensor& out) {
+  // fn(e, r, m) for each expert e with rows [r, r + m), m > 0.
+  const auto each_expert = [&](const auto& fn) {
     int64_t r = 0;
     for (size_t e = 0; e < rows.size(); ++e) {
-      const int64_t m = rows[e];
-      if (m == 0) continue;
-      Tensor o = out.narrow(0, r, m);
-      ops::packed_linear(in.narrow(0, r, m), weights[e], o, po);
-      r += m;
+      if (rows[e] > 0) fn(e, r, rows[e]);
+      r += rows[e];
     }
   };
+  PackedBatch batch(po);
   if (pk.e_gate) {
-    per_expert(pk.e_gate, x, eg);
-    per_expert(pk.e_up, x, eu);
+    each_expert([&](size_t e, int64_t r, int64_t m) {
+      const Tensor xe = x.narrow(0, r, m);
+      batch.add(xe, pk.e_gate[e], eg.narrow(0, r, m));
+      batch.add(xe, pk.e_up[e], eu.narrow(0, r, m));
+    });
+    batch.run();
   } else {
     ops::grouped_gemm(x, w.e_gate, rows, eg, true, 1.0f, 0.0f, fixed_rows);
     ops::grouped_gemm(x, w.e_up, rows, eu, true, 1.0f, 0.0f, fixed_rows);
   }
   ops::swiglu_forward(eg, eu, ea, p);
-  if (pk.e_down)
-    per_expert(pk.e_down, ea, y);
-  else
+  if (pk.e_down) {
+    each_expert([&](size_t e, int64_t r, int64_t m) {
+      batch.add(ea.narrow(0, r, m), pk.e_down[e], y.narrow(0, r, m));
+    });
+    batch.run();
+  } else {
     ops::grouped_gemm(ea, w.e_down, rows, y, true, 1.0f, 0.0f, fixed_rows);
+  }
 }
 
 // Their backward: dy [n,H] -> dx [n,H], dp [n] f32; expert weight gradients added to g.
@@ -87,7 +126,10 @@ void Decoder::moe_forward(int64_t l, LayerActivations& a) {
   ops::rmsnorm_forward(a.x_mid, w.ln2, float(spec_.rms_eps), hn2, a.rstd2);
 
   // Route. router_logits [T,E] f32 = hn2 Wr^T; the routing itself runs on the host.
-  linear(hn2, w.router, a.router_logits);
+  if (pk.router)
+    ops::packed_linear(hn2, *pk.router, a.router_logits, po);
+  else
+    linear(hn2, w.router, a.router_logits);
   RouterBuffers& r = a.router;
   r.logits.copy_from(a.router_logits);
   const float* bias = spec_.moe.expert_bias ? expert_bias_[size_t(m)].data() : nullptr;
@@ -137,8 +179,7 @@ void Decoder::moe_forward(int64_t l, LayerActivations& a) {
   if (spec_.moe.shared_expert_ffn > 0) {  // (its weights dense, or packed in inference)
     // Shared expert: x_{l+1} += sigmoid(hn2 . wg) * (silu(hn2 Wg^T) * hn2 Wu^T) Wd^T
     if (observer_) observe(l, LinearSite::shared_gate_up, hn2);
-    project(hn2, w.s_gate, pk.s_gate, a.s_gate);
-    project(hn2, w.s_up, pk.s_up, a.s_up);
+    project_group(hn2, {{w.s_gate, pk.s_gate, a.s_gate}, {w.s_up, pk.s_up, a.s_up}});
     Tensor scale;
     if (w.s_expert_gate.defined()) {
       linear(hn2, w.s_expert_gate, a.sg_logit);  // [T,1] f32

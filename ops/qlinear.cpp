@@ -2,6 +2,8 @@
 // ops/cuda/qlinear.cu).
 #include "ops/qlinear.h"
 
+#include <algorithm>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -200,21 +202,31 @@ void packed_linear(const Tensor& x, const PackedLinear& w, Tensor& y,
 #endif
 }
 
-void packed_linear_group(const Tensor& x, std::span<const PackedLinear* const> w,
+void packed_linear_group(std::span<const Tensor* const> x, std::span<const PackedLinear* const> w,
                          std::span<Tensor* const> y, const PackedLinearOptions& opt) {
   const char* op = "packed_linear_group";
-  ORIGAMI_CHECK(w.size() == y.size(), op, ": ", w.size(), " weights but ", y.size(), " outputs");
+  ORIGAMI_CHECK(w.size() == y.size() && w.size() == x.size(), op, ": ", x.size(), " inputs, ",
+                w.size(), " weights and ", y.size(), " outputs; one of each per linear");
   ORIGAMI_CHECK(w.size() >= 1 && w.size() <= kMaxPackedGroup, op, ": 1 to ", kMaxPackedGroup,
                 " linears, got ", w.size());
   bool cpu = true;
   for (size_t i = 0; i < w.size(); ++i) {
-    ORIGAMI_CHECK(w[i] && y[i], op, ": linear ", i, " has no weights or no output");
-    cpu = check_linear(op, x, *w[i], *y[i]).is_cpu();
+    ORIGAMI_CHECK(x[i] && w[i] && y[i], op, ": linear ", i, " has no input, weights or output");
+    cpu = check_linear(op, *x[i], *w[i], *y[i]).is_cpu();
   }
   if (cpu) return cpu::packed_linear_group(x, w, y, opt);
 #if ORIGAMI_CUDA
-  for (size_t i = 0; i < w.size(); ++i) cuda::packed_linear(x, *w[i], *y[i], opt);
+  for (size_t i = 0; i < w.size(); ++i) cuda::packed_linear(*x[i], *w[i], *y[i], opt);
 #endif
+}
+
+void packed_linear_group(const Tensor& x, std::span<const PackedLinear* const> w,
+                         std::span<Tensor* const> y, const PackedLinearOptions& opt) {
+  ORIGAMI_CHECK(w.size() >= 1 && w.size() <= kMaxPackedGroup, "packed_linear_group: 1 to ",
+                kMaxPackedGroup, " linears, got ", w.size());
+  const Tensor* xs[kMaxPackedGroup];
+  std::fill(std::begin(xs), std::end(xs), &x);
+  packed_linear_group({xs, w.size()}, w, y, opt);
 }
 
 }  // namespace origami::ops

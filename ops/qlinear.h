@@ -99,5 +99,9 @@ constexpr size_t kMaxPackedGroup = 8;  // linears in one packed_linear_group cal
 // threads are woken once. Other calls run the members one after the other.
 void packed_linear_group(const Tensor& x, std::span<const PackedLinear* const> w,
                          std::span<Tensor* const> y, const PackedLinearOptions& opt = {});
+// The same for linears that each read their own x_i [M_i,K] (the experts of an MoE layer, each on
+// its tokens' rows); one region needs every M_i in 1..16 and the x's of one dtype.
+void packed_linear_group(std::span<const Tensor* const> x, std::span<const PackedLinear* const> w,
+                         std::span<Tensor* const> y, const PackedLinearOptions& opt = {});
 
 }  // namespace origami::ops

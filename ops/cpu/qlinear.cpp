@@ -350,18 +350,20 @@ void prefill_bf16(const Tensor& x, const PackedLinear& w, Tensor& y, const Outpu
   ops::gemm(xb, w.data, y, g);
 }
 
-// Whether the decode kernels can run the members of a group in one region over one copy of x:
-// a decode call (M <= 16, int8 activations or bf16), every member of one format, one K and one
-// column order.
-bool one_region(const Tensor& x, std::span<const PackedLinear* const> w,
+// Whether the decode kernels can run the members of a group in one region: decode calls (every x_i
+// 1 to 16 rows, int8 activations or bf16), every member of one format, one K and one column order,
+// every x of one dtype.
+bool one_region(std::span<const Tensor* const> x, std::span<const PackedLinear* const> w,
                 const PackedLinearOptions& opt) {
-  const int64_t M = x.size(0);
-  if (M == 0 || M > kMaxM || (opt.exact && w[0]->format != WeightFormat::bf16)) return false;
-  for (const PackedLinear* m : w) {
-    if (m->format != w[0]->format || m->cols != w[0]->cols) return false;
-    if (m->perm.defined() != w[0]->perm.defined()) return false;
-    if (m->perm.defined() && m->perm.data() != w[0]->perm.data() &&
-        std::memcmp(m->perm.data(), w[0]->perm.data(), size_t(m->cols) * sizeof(int32_t)) != 0)
+  const PackedLinear& w0 = *w[0];
+  if (opt.exact && w0.format != WeightFormat::bf16) return false;
+  for (size_t i = 0; i < w.size(); ++i) {
+    const PackedLinear& m = *w[i];
+    if (x[i]->size(0) < 1 || x[i]->size(0) > kMaxM || x[i]->dtype() != x[0]->dtype()) return false;
+    if (m.format != w0.format || m.cols != w0.cols) return false;
+    if (m.perm.defined() != w0.perm.defined()) return false;
+    if (m.perm.defined() && m.perm.data() != w0.perm.data() &&
+        std::memcmp(m.perm.data(), w0.perm.data(), size_t(m.cols) * sizeof(int32_t)) != 0)
       return false;
   }
   return true;
@@ -376,38 +378,57 @@ Output output_of(const PackedLinear& w, Tensor& y, float beta) {
   return out;
 }
 
+// Member i's x as the kernels read it: the first member with the same x (its data) did the work.
+int64_t first_with_x(std::span<const Tensor* const> x, size_t i) {
+  for (size_t j = 0; j < i; ++j)
+    if (x[j]->data() == x[i]->data() && x[j]->size(0) == x[i]->size(0)) return int64_t(j);
+  return int64_t(i);
+}
+
 // The decode kernels over every member (one_region holds), in one parallel region.
-void decode_group(const Tensor& x, std::span<const PackedLinear* const> w,
+void decode_group(std::span<const Tensor* const> x, std::span<const PackedLinear* const> w,
                   std::span<Tensor* const> y, const PackedLinearOptions& opt) {
   const Kernels& Kn = kernels();
   const size_t n = w.size();
+  ORIGAMI_CHECK(n <= kMaxGroup, "packed_linear_group: at most ", kMaxGroup, " linears, got ", n);
+  const int64_t K = w[0]->cols;
+  int64_t rows = 0;  // of the distinct x's
+  for (size_t i = 0; i < n; ++i)
+    if (first_with_x(x, i) == int64_t(i)) rows += x[i]->size(0);
   // Each member's units (bf16: rows; int: tiles of 16 rows), one range over all of them. Members
   // share K and the format, so a unit reads the same bytes in every member.
-  ORIGAMI_CHECK(n <= kMaxGroup, "packed_linear_group: at most ", kMaxGroup, " linears, got ", n);
   int64_t first[kMaxGroup + 1] = {};
   int64_t bytes = 0;
   if (w[0]->format == WeightFormat::bf16) {
     Bf16Problem P[kMaxGroup];
-    const int64_t K = w[0]->cols, M = x.size(0), Kp = (K + kB - 1) / kB * kB;
-    uint16_t* xb = call_scratch<uint16_t>(kSlotX, M * Kp);  // [M][Kp] x rounded to bf16
-    for (int64_t m = 0; m < M; ++m) {
-      uint16_t* row = xb + m * Kp;
-      if (x.dtype() == DType::bf16) {
-        std::memcpy(row, x.data_as<const uint16_t>() + m * K, size_t(K) * 2);
-      } else {
-        const float* src = x.data_as<const float>() + m * K;
-        for (int64_t k = 0; k < K; ++k) row[k] = f32_to_bf16(src[k]);
-      }
-      std::fill(row + K, row + Kp, uint16_t(0));
-    }
+    const int64_t Kp = (K + kB - 1) / kB * kB;
+    uint16_t* xb = call_scratch<uint16_t>(kSlotX, rows * Kp);  // the x's rounded to bf16, [Kp] rows
+    int64_t row = 0;
     for (size_t i = 0; i < n; ++i) {
+      const int64_t M = x[i]->size(0), j = first_with_x(x, i);
+      if (j == int64_t(i)) {
+        uint16_t* rounded = xb + row * Kp;
+        P[i].x = rounded;
+        row += M;
+        for (int64_t m = 0; m < M; ++m) {
+          uint16_t* dst = rounded + m * Kp;
+          if (x[i]->dtype() == DType::bf16) {
+            std::memcpy(dst, x[i]->data_as<const uint16_t>() + m * K, size_t(K) * 2);
+          } else {
+            const float* src = x[i]->data_as<const float>() + m * K;
+            for (int64_t k = 0; k < K; ++k) dst[k] = f32_to_bf16(src[k]);
+          }
+          std::fill(dst + K, dst + Kp, uint16_t(0));
+        }
+      } else {
+        P[i].x = P[j].x;
+      }
       P[i].invariant = opt.batch_invariant;
       P[i].N = w[i]->rows;
       P[i].K = K;
       P[i].Kp = Kp;
       P[i].M = M;
       P[i].w = w[i]->data.data_as<const uint16_t>();
-      P[i].x = xb;
       P[i].out = output_of(*w[i], *y[i], opt.beta);
       first[i + 1] = first[i] + P[i].N;
       bytes += P[i].N * K * 2;
@@ -421,14 +442,27 @@ void decode_group(const Tensor& x, std::span<const PackedLinear* const> w,
     return;
   }
   IntProblem P[kMaxGroup];
-  const int64_t K = w[0]->cols, M = x.size(0), nb = K / kB;
-  const float* xf = f32_packed_rows(x, *w[0]);           // [M][K]
-  int8_t* xq = call_scratch<int8_t>(kSlotXq, M * K);     // [M][K]
-  float* xs = call_scratch<float>(kSlotXScale, M * nb);  // [M][K/32]
-  float* xsum = call_scratch<float>(kSlotXSum, M * nb);  // [M][K/32]
-  Kn.quantize_rows(xf, M, K, xq, xs, xsum);
+  const int64_t nb = K / kB;
+  int8_t* xq = call_scratch<int8_t>(kSlotXq, rows * K);     // [rows][K]
+  float* xs = call_scratch<float>(kSlotXScale, rows * nb);  // [rows][K/32]
+  float* xsum = call_scratch<float>(kSlotXSum, rows * nb);  // [rows][K/32]
+  int64_t row = 0;
   for (size_t i = 0; i < n; ++i) {
     const PackedLinear& m = *w[i];
+    const int64_t M = x[i]->size(0), j = first_with_x(x, i);
+    if (j == int64_t(i)) {
+      int8_t* q = xq + row * K;
+      float *sc = xs + row * nb, *sum = xsum + row * nb;
+      row += M;
+      Kn.quantize_rows(f32_packed_rows(*x[i], m), M, K, q, sc, sum);
+      P[i].xq = q;
+      P[i].xs = sc;
+      P[i].xsum = sum;
+    } else {
+      P[i].xq = P[j].xq;
+      P[i].xs = P[j].xs;
+      P[i].xsum = P[j].xsum;
+    }
     P[i].data = m.data.data_as<const uint8_t>();
     P[i].scales = m.scales.data_as<const float>();
     P[i].zeros = m.zeros.data_as<const float>();
@@ -438,9 +472,6 @@ void decode_group(const Tensor& x, std::span<const PackedLinear* const> w,
     P[i].group = m.group_size;
     P[i].M = M;
     P[i].int4 = m.format == WeightFormat::int4;
-    P[i].xq = xq;
-    P[i].xs = xs;
-    P[i].xsum = xsum;
     P[i].out = output_of(m, *y[i], opt.beta);
     const int64_t tiles = (m.rows + kT - 1) / kT;
     first[i + 1] = first[i] + tiles;
@@ -461,6 +492,7 @@ void packed_linear(const Tensor& x, const PackedLinear& w, Tensor& y,
   const int64_t M = x.size(0);
   if (M == 0 || w.rows == 0) return;
   const Output out = output_of(w, y, opt.beta);
+  const Tensor* xp = &x;
   const PackedLinear* wp = &w;
   Tensor* yp = &y;
   if (opt.batch_invariant && M > kMaxM) {
@@ -476,20 +508,20 @@ void packed_linear(const Tensor& x, const PackedLinear& w, Tensor& y,
     if (M > kMaxM)
       prefill_bf16(x, w, y, out);
     else
-      decode_group(x, {&wp, 1}, {&yp, 1}, opt);
+      decode_group({&xp, 1}, {&wp, 1}, {&yp, 1}, opt);
   } else if (M > kMaxM) {
     prefill_int(x, w, y, out);
   } else if (opt.exact) {
     decode_int_exact(x, w, out);
   } else {
-    decode_group(x, {&wp, 1}, {&yp, 1}, opt);
+    decode_group({&xp, 1}, {&wp, 1}, {&yp, 1}, opt);
   }
 }
 
-void packed_linear_group(const Tensor& x, std::span<const PackedLinear* const> w,
+void packed_linear_group(std::span<const Tensor* const> x, std::span<const PackedLinear* const> w,
                          std::span<Tensor* const> y, const PackedLinearOptions& opt) {
   if (one_region(x, w, opt)) return decode_group(x, w, y, opt);
-  for (size_t i = 0; i < w.size(); ++i) cpu::packed_linear(x, *w[i], *y[i], opt);
+  for (size_t i = 0; i < w.size(); ++i) cpu::packed_linear(*x[i], *w[i], *y[i], opt);
 }
 
 const char* qlinear_isa() {

@@ -38,7 +38,7 @@ void dequantize_tile(const PackedLinear& w, int64_t t, int64_t rows, float* dst,
 // y [M,N] = x [M,K] @ W^T + beta * y, arguments checked, all on the CPU.
 void packed_linear(const Tensor& x, const PackedLinear& w, Tensor& y,
                    const PackedLinearOptions& opt);
-void packed_linear_group(const Tensor& x, std::span<const PackedLinear* const> w,
+void packed_linear_group(std::span<const Tensor* const> x, std::span<const PackedLinear* const> w,
                          std::span<Tensor* const> y, const PackedLinearOptions& opt);
 
 // The instruction set of the decode kernels: "avx512_bf16_vnni", "avx512", "avx2" or "generic".
