@@ -7,6 +7,7 @@
 
 #include "models/parallel_model.h"
 #include "runtime/checkpoint.h"
+#include "runtime/device.h"
 #include "runtime/error.h"
 
 namespace origami::models {
@@ -355,6 +356,7 @@ void load_training_checkpoint(const std::string& step_dir, Generator& gen) {
     if (rd.has(name)) gen.set_expert_bias(m, rd.read_full(name).to_float_vector());
     ++m;
   }
+  release_free_host_memory();  // the f32 slices of packed entries
 }
 
 // ---- the generation loop -------------------------------------------------------------------

@@ -12,6 +12,7 @@
 #include <set>
 #include <sstream>
 
+#include "runtime/device.h"
 #include "runtime/error.h"
 
 namespace origami::models {
@@ -388,7 +389,10 @@ void load_hf_weights(const std::string& path, ParameterBuffer& params, PackedWei
           return m.rfind(name + " ", 0) == 0;
         }) == mismatched.end())
       missing.push_back(name);
-  if (unexpected.empty() && missing.empty() && mismatched.empty()) return;
+  if (unexpected.empty() && missing.empty() && mismatched.empty()) {
+    release_free_host_memory();
+    return;
+  }
   std::ostringstream os;
   os << "loading Hugging Face weights from " << path << ":";
   auto list = [&](const char* what, const std::vector<std::string>& v) {

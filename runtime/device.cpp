@@ -1,5 +1,9 @@
 #include "runtime/device.h"
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -63,12 +67,20 @@ DeviceBackend& backend_for(Device d) {
   if (d.is_cpu()) return cpu;
 #if ORIGAMI_CUDA
   const int n = cuda_device_count();
-  ORIGAMI_CHECK(n > 0, "device ", d.str(), " requested but no CUDA device is usable on this machine");
+  ORIGAMI_CHECK(n > 0, "device ", d.str(),
+                " requested but no CUDA device is usable on this machine");
   ORIGAMI_CHECK(d.index >= 0 && d.index < n, "device ", d.str(), " requested but only ", n,
                 " CUDA device(s) are visible (CUDA_VISIBLE_DEVICES)");
   return detail::cuda_backend();
 #else
-  ORIGAMI_FAIL("device ", d.str(), " requested but origami was built without CUDA (ORIGAMI_CUDA=OFF)");
+  ORIGAMI_FAIL("device ", d.str(),
+               " requested but origami was built without CUDA (ORIGAMI_CUDA=OFF)");
+#endif
+}
+
+void release_free_host_memory() {
+#if defined(__GLIBC__)
+  ::malloc_trim(0);
 #endif
 }
 
@@ -112,7 +124,9 @@ void pinned_free(void* p) {
   std::free(p);
 }
 
-bool pinned_is_real() { return cuda_available(); }
+bool pinned_is_real() {
+  return cuda_available();
+}
 
 #if !ORIGAMI_CUDA
 namespace detail {

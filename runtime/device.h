@@ -47,10 +47,17 @@ class DeviceBackend {
 // The backend for a device; throws if the device kind is not available in this build / machine.
 DeviceBackend& backend_for(Device d);
 
+// Hands the host heap's free pages back to the system (glibc's malloc_trim; nothing elsewhere).
+// Called once weights are loaded: the transient buffers of loading (a tensor read from disk, its
+// f32 copy while it is quantized) are freed into the heap, where they would stay resident.
+void release_free_host_memory();
+
 // Number of usable CUDA devices: 0 when built without CUDA or when the runtime reports any error
 // (no driver, insufficient driver, no device).
 int cuda_device_count();
-inline bool cuda_available() { return cuda_device_count() > 0; }
+inline bool cuda_available() {
+  return cuda_device_count() > 0;
+}
 
 // Copies `bytes` between any two devices. With a stream, the copy is asynchronous on it (host
 // memory should then be pinned); without one it completes before returning.
