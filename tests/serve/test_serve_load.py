@@ -145,6 +145,38 @@ class Load(unittest.TestCase):
                              12 - K)
 
 
+    def test_a_flood_of_refused_requests_holds_no_memory(self):
+        # A queue of one and 2000 requests (~130-token prompts) from 64 threads at once: most are
+        # refused with 429, the rest answered. Reference: the server's resident set before the
+        # flood, after a warm-up of the same kind (what a request leaves behind, admitted or not,
+        # is freed with its answer).
+        with serve_lib.Server(MODEL, ["--max-queue", "1", "--max-num-seqs", "1"]) as s:
+            def rss_kb():
+                with open("/proc/%d/status" % s.proc.pid) as f:
+                    return int(next(l for l in f if l.startswith("VmRSS:")).split()[1])
+            prompt = "origami " * 32
+
+            def one(i):
+                return serve_lib.post(s.url + "/v1/completions",
+                                      {"prompt": prompt + str(i), "max_tokens": 2},
+                                      timeout=60)[0]
+            with cf.ThreadPoolExecutor(64) as ex:
+                warm = list(ex.map(one, range(500)))
+                before = rss_kb()
+                t0 = time.time()
+                flood = list(ex.map(one, range(2000)))
+                seconds = time.time() - t0
+                after = rss_kb()
+        self.assertLessEqual(set(warm + flood), {200, 429})
+        self.assertGreater(flood.count(429), 400)  # a flood of refusals (about half, here)
+        self.assertLess(seconds, 60.0)
+        # 0.6 MB of request bodies went through; allow 8 MB of allocator slack.
+        self.assertLess(after - before, 8 * 1024,
+                        "resident set grew from %d to %d kB" % (before, after))
+        print("flood: %d refused, %d answered in %.2f s; resident %d -> %d kB" %
+              (flood.count(429), flood.count(200), seconds, before, after))
+
+
 class Drain(unittest.TestCase):
     def drain(self, timeout_s):
         # One sequence at a time, so that the requests are still running when the signal comes.
