@@ -16,8 +16,11 @@
 #            same process and prints the bound and the resident set)
 #   llama.cpp: llama-batched-bench -npp 128 -ntg 32 -npl 1,8,16 (S_TG: decode tokens/s)
 # Needs scripts/setup_bench.sh (llama.cpp tools, the GGUF venv) and a build with
-# ORIGAMI_BUILD_BENCH=ON. Logs: .bench/logs/decode-*. THREADS (default 2) and STEPS (default 32)
-# from the environment. The two programs run one after the other, never together.
+# ORIGAMI_BUILD_BENCH=ON. Logs: .bench/logs/decode-*. From the environment: THREADS (default 2),
+# STEPS (default 32), BATCHES (default 1,8,16) and ROUNDS (default 1: with more, each pair runs
+# origami and llama.cpp in turn ROUNDS times, a line per round, then the medians of the figures
+# and of the per-round ratios; the machine's bandwidth drifts between runs, and alternating
+# short runs is what keeps a ratio honest there). The two programs never run together.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bin="${ORIGAMI_BUILD_DIR:-$here/build}/bin"
@@ -26,6 +29,8 @@ models="$here/.bench/models"
 logs="$here/.bench/logs"
 threads="${THREADS:-2}"
 steps="${STEPS:-32}"
+batches="${BATCHES:-1,8,16}"
+rounds="${ROUNDS:-1}"
 py="$here/.venv/bin/python"
 mkdir -p "$models" "$logs"
 for f in "$bin/bench_decode" "$llama/llama-batched-bench" "$llama/llama-quantize" "$py"; do
@@ -59,20 +64,23 @@ make_model() {  # NAME -> .bench/models/decode-NAME with its GGUF files
 origami_run() {  # DIR WEIGHTS -> "tok/s at 1 8 16 | bound at 1 | resident ratio"
   local log="$logs/decode-$(basename "$1")-origami-$2.log"
   "$bin/bench_decode" --model "$1" --weights "$2" --dtype bf16 --threads "$threads" \
-    --batches 1,8,16 --contexts 128 --steps "$steps" --repeats 3 >"$log" 2>&1
+    --batches "$batches" --contexts 128 --steps "$steps" --repeats 3 >"$log" 2>&1
   awk '$2 == 128 && $1 ~ /^[0-9]+$/ { tps[$1] = $3; if ($1 == 1) { bound = $4; pct = $5 } }
        /read bandwidth/ { bw = $3 }
        /resident \/ that/ { ratio = $NF }
-       END { printf "%s %s %s %s %s %s %s", tps[1], tps[8], tps[16], bound, pct, bw, ratio }' "$log"
+       function v(x) { return x == "" ? "-" : x }
+       END { printf "%s %s %s %s %s %s %s", v(tps[1]), v(tps[8]), v(tps[16]), v(bound), v(pct),
+             v(bw), v(ratio) }' "$log"
 }
 
 llama_run() {  # GGUF -> "tok/s at 1 8 16"
   local log="$logs/decode-$(basename "$(dirname "$1")")-llama-$(basename "$1" .gguf).log"
   "$llama/llama-batched-bench" -m "$1" -t "$threads" -tb "$threads" -npp 128 -ntg "$steps" \
-    -npl 1,8,16 -c 4096 -b 2048 -ub 512 >"$log" 2>&1
+    -npl "$batches" -c 4096 -b 2048 -ub 512 >"$log" 2>&1
   # | PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s |
   awk -F'|' 'NF > 10 && $4 + 0 > 0 { gsub(/ /, "", $4); gsub(/ /, "", $9); tg[$4] = $9 }
-       END { printf "%s %s %s", tg[1], tg[8], tg[16] }' "$log"
+       function v(x) { return x == "" ? "-" : x }
+       END { printf "%s %s %s", v(tg[1]), v(tg[8]), v(tg[16]) }' "$log"
 }
 
 names=("$@")
@@ -80,17 +88,38 @@ names=("$@")
 echo "decode, context 128, $threads threads, $(date -u +%F' '%H:%M) UTC, load $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-6s %-10s %9s %9s %9s | %9s %9s %9s | %7s %7s %7s | %8s %6s %6s\n' model pair \
   "o b1" "o b8" "o b16" "l b1" "l b8" "l b16" "r b1" "r b8" "r b16" "bound b1" "of bd" rss
+median() { tr ' ' '\n' | { grep -v '^$' || true; } | sort -g | awk '{ v[NR] = $1 } END {
+  if (NR == 0) { print "-"; exit }
+  m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+  printf(m >= 100 ? "%.1f\n" : m >= 10 ? "%.2f\n" : "%.3f\n", m) }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "-" && b != "-" && b > 0) printf "%.2f", a / b; else print "-" }'; }
+row() { printf '%-6s %-10s %9s %9s %9s | %9s %9s %9s | %7s %7s %7s | %8s %6s %6s\n' "$@"; }
 for name in "${names[@]}"; do
   make_model "$name"
   dir="$models/decode-$name"
   for pair in "dense bf16" "int8 q8_0" "int4 q4_0"; do
     set -- $pair
-    read -r o1 o8 o16 bound pct bw rss <<<"$(origami_run "$dir" "$1")"
-    read -r l1 l8 l16 <<<"$(llama_run "$dir/$2.gguf")"
-    r() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "?" }'; }
-    printf '%-6s %-10s %9s %9s %9s | %9s %9s %9s | %7s %7s %7s | %8s %6s %6s\n' "$name" \
-      "$1/$2" "$o1" "$o8" "$o16" "$l1" "$l8" "$l16" "$(r "$o1" "$l1")" "$(r "$o8" "$l8")" \
-      "$(r "$o16" "$l16")" "$bound" "$pct" "$rss"
+    declare -A col=()
+    for ((r = 1; r <= rounds; ++r)); do
+      read -r o1 o8 o16 bound pct bw rss <<<"$(origami_run "$dir" "$1")"
+      read -r l1 l8 l16 <<<"$(llama_run "$dir/$2.gguf")"
+      r1="$(ratio "$o1" "$l1")" r8="$(ratio "$o8" "$l8")" r16="$(ratio "$o16" "$l16")"
+      tag="$1/$2"
+      [ "$rounds" -gt 1 ] && tag="$tag #$r"
+      row "$name" "$tag" "$o1" "$o8" "$o16" "$l1" "$l8" "$l16" "$r1" "$r8" "$r16" "$bound" "$pct" "$rss"
+      i=0
+      for v in "$o1" "$o8" "$o16" "$l1" "$l8" "$l16" "$r1" "$r8" "$r16" "$bound" "${pct%\%}" "$rss"; do
+        col[$i]="${col[$i]:-} ${v/-/}"
+        i=$((i + 1))
+      done
+    done
+    if [ "$rounds" -gt 1 ]; then
+      m=()
+      for ((i = 0; i < 12; ++i)); do m+=("$(median <<<"${col[$i]}")"); done
+      m[10]="${m[10]}%"
+      row "$name" "$1/$2 med" "${m[@]}"
+    fi
+    unset col
   done
 done
 echo "o: origami tokens/s, l: llama.cpp, r: origami / llama.cpp; bound: read bandwidth ($bw GB/s" \
