@@ -16,7 +16,6 @@
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
-#include <regex>
 #include <set>
 #include <sstream>
 
@@ -521,10 +520,23 @@ std::vector<std::string> write_safetensors_sharded(
   const fs::path root(dir);
   // Shard names from an earlier save into this folder, removed once the new checkpoint is
   // complete so the folder holds exactly one checkpoint.
-  const std::regex shard_re(R"(model-\d{5}-of-\d{5}\.safetensors)");
+  // model-NNNNN-of-NNNNN.safetensors (checked by hand: std::regex trips GCC 12's
+  // -Wmaybe-uninitialized inside libstdc++ under the sanitizers).
+  const auto is_shard_name = [](const std::string& f) {
+    const std::string pre = "model-", mid = "-of-", post = ".safetensors";
+    if (f.size() != pre.size() + 5 + mid.size() + 5 + post.size()) return false;
+    const auto digits = [&](size_t at) {
+      for (size_t i = at; i < at + 5; ++i)
+        if (f[i] < '0' || f[i] > '9') return false;
+      return true;
+    };
+    return f.compare(0, pre.size(), pre) == 0 && digits(pre.size()) &&
+           f.compare(pre.size() + 5, mid.size(), mid) == 0 && digits(pre.size() + 5 + mid.size()) &&
+           f.compare(f.size() - post.size(), post.size(), post) == 0;
+  };
   std::vector<fs::path> stale;
   for (const auto& e : fs::directory_iterator(root, ec))
-    if (std::regex_match(e.path().filename().string(), shard_re)) stale.push_back(e.path());
+    if (is_shard_name(e.path().filename().string())) stale.push_back(e.path());
 
   std::vector<std::string> written;
   if (shards.size() == 1) {
