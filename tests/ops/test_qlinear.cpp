@@ -48,7 +48,8 @@ struct QuantCase {
   bool act_order;  // g_idx a random permutation of the groups' columns
 };
 
-RawQuant make_raw(const QuantCase& c, uint64_t seed) {
+// order: W's column groups to use (g_idx) instead of drawing them.
+RawQuant make_raw(const QuantCase& c, uint64_t seed, const std::vector<int32_t>* order = nullptr) {
   RawQuant r;
   r.bits = c.bits;
   r.N = c.N;
@@ -68,6 +69,7 @@ RawQuant make_raw(const QuantCase& c, uint64_t seed) {
   r.g_idx.resize(size_t(r.K));
   for (int64_t k = 0; k < r.K; ++k) r.g_idx[size_t(k)] = int32_t(k / c.group);
   if (c.act_order) std::shuffle(r.g_idx.begin(), r.g_idx.end(), rng);
+  if (order) r.g_idx = *order;
   for (int64_t g = 0; g < r.G; ++g)
     for (int64_t k = 0; k < r.K; ++k)
       if (r.g_idx[size_t(k)] == g) r.packed.push_back(k);
@@ -385,10 +387,49 @@ TEST(PackedLinear, InstructionSetsAgree) {
 }
 
 // ---- several linears over one x (packed_linear_group)
+
+// One linear of the group tests, with what its reference needs: the raw levels (int) or W as
+// doubles (bf16).
+struct Member {
+  ops::PackedLinear w;
+  RawQuant raw;                // int formats
+  std::vector<double> w_bf16;  // bf16: W's values
+  bool bf16() const { return w.format == ops::WeightFormat::bf16; }
+};
+
+Member make_member(const QuantCase& c, uint64_t seed, Device dev,
+                   const std::vector<int32_t>* order = nullptr) {
+  Member m;
+  if (c.bits == 16) {
+    const Tensor w = test::random_tensor({c.N, c.K}, DType::bf16, seed, -0.5, 0.5);
+    for (float v : w.to_float_vector()) m.w_bf16.push_back(v);
+    m.w = ops::pack_bf16(w.to(dev));
+  } else {
+    m.raw = make_raw(c, seed, order);
+    m.w = pack(m.raw, dev);
+  }
+  return m;
+}
+
+// y of a decode call (x: 1 to 16 rows, int8 activations) against the double-precision reference.
+void expect_decode_matches(const Member& m, const Tensor& x, const Tensor& y, float beta,
+                           const Tensor& y0) {
+  const int64_t M = x.size(0), N = m.w.rows, K = m.w.cols;
+  const std::vector<float> xf = x.to(Device::cpu()).to_float_vector();
+  const test::HostArray y0h = test::to_host_array(y0);
+  std::vector<double> a, s;
+  if (m.bf16()) {
+    for (float v : xf) a.push_back(round_bf16(v));
+  } else {
+    quantize_like_kernels(xf, M, m.raw, a, s);
+  }
+  const Expected e = reference(m.bf16() ? m.w_bf16 : m.raw.w, N, K, a, s, M, beta, &y0h);
+  EXPECT_TRUE(close_enough(y, e, 1e-5));
+}
 // ---------------------------------------------
 
 // The members of a group (q, k, v shaped: one wide, two narrow; or gate and up) give, bit for bit,
-// what packed_linear gives on each alone (which the tests above check against the reference):
+// what packed_linear gives on each alone, and decode calls match the double-precision reference:
 // decode calls run them in one region, others one by one. Also a group whose members differ in
 // format or column order (run one by one).
 TEST(PackedLinear, GroupEqualsEachAlone) {
@@ -428,20 +469,10 @@ TEST(PackedLinear, GroupEqualsEachAlone) {
   uint64_t seed = 1000;
   for (const Group& g : groups) {
     SCOPED_TRACE(g.name);
-    std::vector<ops::PackedLinear> w;
-    std::vector<int32_t> order;
+    std::vector<Member> w;
     for (const QuantCase& c : g.members) {
-      if (c.bits == 16) {
-        w.push_back(ops::pack_bf16(
-            test::random_tensor({c.N, c.K}, DType::bf16, seed++, -0.5, 0.5).to(dev)));
-        continue;
-      }
-      RawQuant r = make_raw(c, seed++);
-      if (g.shared_order && c.act_order) {
-        if (order.empty()) order = r.g_idx;
-        r.g_idx = order;
-      }
-      w.push_back(pack(r, dev));
+      const bool shared = g.shared_order && c.act_order && !w.empty() && !w[0].bf16();
+      w.push_back(make_member(c, seed++, dev, shared ? &w[0].raw.g_idx : nullptr));
     }
     const int64_t K = g.members[0].K;
     for (const Call& run : all_runs({1, 5, 16, 17})) {
@@ -449,33 +480,36 @@ TEST(PackedLinear, GroupEqualsEachAlone) {
       ops::PackedLinearOptions opt;
       opt.beta = run.beta;
       opt.exact = run.exact;
-      std::vector<Tensor> alone, together;
+      std::vector<Tensor> y0, alone, together;
       std::vector<const ops::PackedLinear*> wp;
       std::vector<Tensor*> yp;
       for (size_t i = 0; i < w.size(); ++i) {
-        const Tensor y0 = test::random_tensor({run.M, w[i].rows}, run.y_dtype, seed + i);
-        alone.push_back(output_for(y0, run.beta, dev));
-        together.push_back(output_for(y0, run.beta, dev));
-        ops::packed_linear(x, w[i], alone.back(), opt);
+        y0.push_back(test::random_tensor({run.M, w[i].w.rows}, run.y_dtype, seed + i));
+        alone.push_back(output_for(y0.back(), run.beta, dev));
+        together.push_back(output_for(y0.back(), run.beta, dev));
+        ops::packed_linear(x, w[i].w, alone.back(), opt);
       }
       for (size_t i = 0; i < w.size(); ++i) {
-        wp.push_back(&w[i]);
+        wp.push_back(&w[i].w);
         yp.push_back(&together[i]);
       }
       ops::packed_linear_group(x, wp, yp, opt);
       for (size_t i = 0; i < w.size(); ++i) {
+        SCOPED_TRACE(g.members[i].name + ", " + run.str());
         const std::vector<float> a = alone[i].to_float_vector(), b = together[i].to_float_vector();
         ASSERT_EQ(a.size(), b.size());
-        for (size_t e = 0; e < a.size(); ++e)
-          ASSERT_EQ(a[e], b[e]) << g.members[i].name << " element " << e << ", " << run.str();
+        for (size_t e = 0; e < a.size(); ++e) ASSERT_EQ(a[e], b[e]) << "element " << e;
+        // The one-region path against the double-precision reference too.
+        if (dev.is_cpu() && run.M <= ops::cpu::kQDecodeMaxRows && (!run.exact || w[i].bf16()))
+          expect_decode_matches(w[i], x, together[i], run.beta, y0[i]);
       }
     }
   }
 }
 
 // Members each with their own x (the experts of an MoE layer: gate and up of an expert share its
-// rows; experts differ in rows and count), bit for bit what packed_linear gives on each alone. A
-// member with 17 rows makes the call run one by one.
+// rows; experts differ in rows and count), bit for bit what packed_linear gives on each alone and
+// within the reference's tolerance. A member with 17 rows makes the call run one by one.
 TEST(PackedLinear, GroupWithOwnInputsEqualsEachAlone) {
   ORIGAMI_REQUIRE_TEST_DEVICE();
   const Device dev = test::test_device();
@@ -486,17 +520,12 @@ TEST(PackedLinear, GroupWithOwnInputsEqualsEachAlone) {
       SCOPED_TRACE("bits " + std::to_string(bits) + ", " + std::to_string(rows.size()) +
                    " experts, rows of the first " + std::to_string(rows[0]));
       const int64_t K = 704, F = 352;  // gate/up [F,K] of every expert over 256 KiB together
-      std::vector<ops::PackedLinear> w;
+      std::vector<Member> w;
       std::vector<Tensor> x;
       for (size_t e = 0; e < rows.size(); ++e) {
         x.push_back(test::random_tensor({rows[e], K}, DType::bf16, seed++, -2.0, 2.0).to(dev));
-        for (int gu = 0; gu < 2; ++gu) {
-          if (bits == 16)
-            w.push_back(ops::pack_bf16(
-                test::random_tensor({F, K}, DType::bf16, seed++, -0.5, 0.5).to(dev)));
-          else
-            w.push_back(pack(make_raw({"expert", F, K, 64, bits, false}, seed++), dev));
-        }
+        for (int gu = 0; gu < 2; ++gu)
+          w.push_back(make_member({"expert", F, K, 64, bits, false}, seed++, dev));
       }
       std::vector<const Tensor*> xp;
       std::vector<const ops::PackedLinear*> wp;
@@ -505,9 +534,9 @@ TEST(PackedLinear, GroupWithOwnInputsEqualsEachAlone) {
         const Tensor& xi = x[i / 2];
         alone.push_back(Tensor::zeros({xi.size(0), F}, DType::f32, dev));
         together.push_back(Tensor::zeros({xi.size(0), F}, DType::f32, dev));
-        ops::packed_linear(xi, w[i], alone.back());
+        ops::packed_linear(xi, w[i].w, alone.back());
         xp.push_back(&xi);
-        wp.push_back(&w[i]);
+        wp.push_back(&w[i].w);
       }
       std::vector<Tensor*> yp;
       for (Tensor& t : together) yp.push_back(&t);
@@ -515,6 +544,8 @@ TEST(PackedLinear, GroupWithOwnInputsEqualsEachAlone) {
       for (size_t i = 0; i < w.size(); ++i) {
         const std::vector<float> a = alone[i].to_float_vector(), b = together[i].to_float_vector();
         for (size_t e = 0; e < a.size(); ++e) ASSERT_EQ(a[e], b[e]) << "linear " << i << ", " << e;
+        if (dev.is_cpu() && x[i / 2].size(0) <= ops::cpu::kQDecodeMaxRows)
+          expect_decode_matches(w[i], x[i / 2], together[i], 0.0f, together[i]);
       }
     }
 }
