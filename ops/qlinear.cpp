@@ -209,12 +209,15 @@ void packed_linear_group(std::span<const Tensor* const> x, std::span<const Packe
                 w.size(), " weights and ", y.size(), " outputs; one of each per linear");
   ORIGAMI_CHECK(w.size() >= 1 && w.size() <= kMaxPackedGroup, op, ": 1 to ", kMaxPackedGroup,
                 " linears, got ", w.size());
-  bool cpu = true;
+  Device device;
   for (size_t i = 0; i < w.size(); ++i) {
     ORIGAMI_CHECK(x[i] && w[i] && y[i], op, ": linear ", i, " has no input, weights or output");
-    cpu = check_linear(op, *x[i], *w[i], *y[i]).is_cpu();
+    const Device d = check_linear(op, *x[i], *w[i], *y[i]);
+    ORIGAMI_CHECK(i == 0 || d == device, op, ": linear ", i, " is on ", d.str(), ", linear 0 on ",
+                  device.str(), "; a group runs on one device");
+    device = d;
   }
-  if (cpu) return cpu::packed_linear_group(x, w, y, opt);
+  if (device.is_cpu()) return cpu::packed_linear_group(x, w, y, opt);
 #if ORIGAMI_CUDA
   for (size_t i = 0; i < w.size(); ++i) cuda::packed_linear(*x[i], *w[i], *y[i], opt);
 #endif
