@@ -3,7 +3,9 @@
 // 5632, vocab 32000). With a few rows of x, reading W is the whole cost, so each format's speed is
 // given as GB/s of packed bytes read (PackedLinear::bytes) and as a share of the read bandwidth (a
 // streaming sum of a 1 GiB buffer, 8 independent accumulators per thread, the same threads).
-// ops::gemm on bf16 W (oneDNN) runs the same shapes as the peer.
+// ops::gemm on bf16 W (oneDNN) runs the same shapes as the peer. "invariant" is the
+// batch-invariant call (PackedLinearOptions::batch_invariant, as the server
+// runs by default): its cost over the plain call is the cost of batch invariance.
 //
 //   bench_qlinear [--threads 2] [--repeats 100] [--rows 1,8,16] [--formats bf16,int8,int4g128,...]
 //                 [--shapes 2048x2048,...] (KxN)
@@ -202,6 +204,10 @@ int main(int argc, char** argv) {
         };
         std::vector<Contender> cs;
         cs.push_back({f.name.c_str(), [&](int c) { ops::packed_linear(x, ws[size_t(c)], y); }, {}});
+        ops::PackedLinearOptions inv;
+        inv.batch_invariant = true;
+        cs.push_back(
+            {"invariant", [&, inv](int c) { ops::packed_linear(x, ws[size_t(c)], y, inv); }, {}});
         if (f.bits == 16) {
           ops::GemmOptions g;
           g.trans_b = true;
@@ -209,12 +215,16 @@ int main(int argc, char** argv) {
               {"gemm bf16", [&, g](int c) { ops::gemm(x, ws[size_t(c)].data, y, g); }, {}});
         }
         cs.push_back({"stream", [&](int c) { stream_sum(ws[size_t(c)], threads); }, {}});
+        // Each call reads its own copy (contender i of repeat r: copy r * contenders + i), so that
+        // none finds W in the cache where the one before it left it.
+        const int nc = int(cs.size());
         for (int r = 0; r < std::min(copies, 20); ++r)
           for (Contender& c : cs) c.call(r);  // warm-up
         for (int r = 0; r < repeats; ++r)
-          for (Contender& c : cs) {
+          for (int i = 0; i < nc; ++i) {
+            Contender& c = cs[size_t(i)];
             const auto t0 = Clock::now();
-            c.call(r % copies);
+            c.call((r * nc + i) % copies);
             c.t.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
           }
         const double bytes = double(w0.bytes()), stream_s = median(cs.back().t);

@@ -15,8 +15,9 @@
 // variants picked at run time, a baseline elsewhere); bf16 rounds x to bf16, int8 and int4 quantize
 // x to int8 per block of 32 columns (symmetric, scale max|x|/127, as llama.cpp's q8_0) unless
 // `exact` asks for f32 activations (slower, exact up to f32 rounding: golden tests). Larger M
-// dequantizes W in tiles and runs the tiles through ops::gemm (oneDNN). The work is split over N
-// across the OpenMP threads. CUDA: w8a16 / w4a16 kernels on the same packed data.
+// dequantizes W in tiles and runs the tiles through ops::gemm (oneDNN), except batch-invariant
+// calls, which run the small-batch kernels on every row at any M. The work is split over N across
+// the OpenMP threads. CUDA: w8a16 / w4a16 kernels on the same packed data.
 //
 // Numerics, exactly: a block of x is 32 consecutive packed columns (W's columns permuted by `perm`)
 // of one row; in f32 arithmetic sx = max|x| / 127, xq = round-half-to-even(x * (127 / max|x|))
@@ -78,8 +79,8 @@ Tensor dequantize(const PackedLinear& w);
 struct PackedLinearOptions {
   float beta = 0.0f;   // y = x W^T + beta * y
   bool exact = false;  // int formats: f32 activations (not int8 blocks)
-  // Every row computed by the small-batch kernels whatever M (in chunks of at most 16 rows), so
-  // that a row's result does not depend on how many rows share the call (batch-invariant
+  // Every row computed by the small-batch kernels whatever M (all rows in one parallel region),
+  // so that a row's result does not depend on how many rows share the call (batch-invariant
   // inference; without it larger M takes the dequantize + oneDNN path, rounded differently).
   bool batch_invariant = false;
 };
@@ -93,14 +94,16 @@ constexpr size_t kMaxPackedGroup = 8;  // linears in one packed_linear_group cal
 
 // y_i = x @ W_i^T + beta * y_i for 1 to kMaxPackedGroup linears that read the same x (q, k and v;
 // gate and up), each checked as packed_linear checks it. The results are packed_linear's on each,
-// bit for bit. A CPU decode call (M <= 16; one format, K and column order; not `exact` int) rounds
+// bit for bit. A CPU decode call (M <= 16, or any M batch-invariant; one format, K and column
+// order; not `exact` int) rounds
 // or quantizes x once and runs every member in one parallel region with the threads sharing all the
 // members' rows: a small member (k, v) no longer runs on one thread while the others wait, and the
 // threads are woken once. Other calls run the members one after the other.
 void packed_linear_group(const Tensor& x, std::span<const PackedLinear* const> w,
                          std::span<Tensor* const> y, const PackedLinearOptions& opt = {});
 // The same for linears that each read their own x_i [M_i,K] (the experts of an MoE layer, each on
-// its tokens' rows); one region needs every M_i in 1..16 and the x's of one dtype.
+// its tokens' rows); one region needs every M_i in 1..16 (any M_i batch-invariant) and the x's of
+// one dtype.
 void packed_linear_group(std::span<const Tensor* const> x, std::span<const PackedLinear* const> w,
                          std::span<Tensor* const> y, const PackedLinearOptions& opt = {});
 

@@ -550,6 +550,41 @@ TEST(PackedLinear, GroupWithOwnInputsEqualsEachAlone) {
     }
 }
 
+// Batch invariance (PackedLinearOptions::batch_invariant): a row's result is the same bit for bit
+// whatever the rows around it. 40 rows in one call (past the 16-row decode limit: one parallel
+// region over all rows), every row alone, and chunks of 5 and of 17; the calls split W's rows over
+// the threads differently (a single row of these layers runs on one thread, 40 rows on all), and
+// R-row blocks end at different rows. Batch-invariant calls run the decode kernels at any M, so
+// every row also matches the decode reference (x rounded to bf16, or quantized per block).
+TEST(PackedLinear, BatchInvariantRowsDoNotDependOnM) {
+  const Device dev = Device::cpu();
+  const int64_t M = 40;
+  uint64_t seed = 1300;
+  for (const QuantCase& c : {QuantCase{"bf16_N301_K688", 301, 688, 688, 16, false},
+                             QuantCase{"int4_g32_act_N150_K352", 150, 352, 32, 4, true},
+                             QuantCase{"int8_g128_N100_K1408", 100, 1408, 128, 8, false}}) {
+    SCOPED_TRACE(c.name);
+    const Member m = make_member(c, seed++, dev);
+    const Tensor x = test::random_tensor({M, c.K}, DType::f32, seed++, -2.0, 2.0);
+    ops::PackedLinearOptions opt;
+    opt.batch_invariant = true;
+    Tensor all = Tensor::zeros({M, c.N}, DType::f32);
+    ops::packed_linear(x, m.w, all, opt);
+    expect_decode_matches(m, x, all, 0.0f, all);
+    const std::vector<float> a = all.to_float_vector();
+    for (int64_t chunk : {1, 5, 17})
+      for (int64_t m0 = 0; m0 < M; m0 += chunk) {
+        const int64_t n = std::min(chunk, M - m0);
+        Tensor part = Tensor::zeros({n, c.N}, DType::f32);
+        ops::packed_linear(x.narrow(0, m0, n), m.w, part, opt);
+        const std::vector<float> b = part.to_float_vector();
+        for (int64_t i = 0; i < n * c.N; ++i)
+          ASSERT_EQ(a[size_t(m0 * c.N + i)], b[size_t(i)])
+              << "chunks of " << chunk << ", row " << m0 + i / c.N << ", column " << i % c.N;
+      }
+  }
+}
+
 TEST(PackedLinear, GroupBadArgumentsNameTheProblem) {
   ORIGAMI_REQUIRE_TEST_DEVICE();
   const Device dev = test::test_device();
