@@ -17,7 +17,8 @@
 #   llama.cpp: llama-batched-bench -npp 128 -ntg 32 -npl 1,8,16 (S_TG: decode tokens/s)
 # Needs scripts/setup_bench.sh (llama.cpp tools, the GGUF venv) and a build with
 # ORIGAMI_BUILD_BENCH=ON. Logs: .bench/logs/decode-*. From the environment: THREADS (default 2),
-# STEPS (default 32), BATCHES (default 1,8,16) and ROUNDS (default 1: with more, each pair runs
+# STEPS (default 32), BATCHES (default 1,8,16), PAIRS (default bf16,int8,int4: origami's side of
+# the pairs to run) and ROUNDS (default 1: with more, each pair runs
 # origami and llama.cpp in turn ROUNDS times, a line per round, then the medians of the figures
 # and of the per-round ratios; the machine's bandwidth drifts between runs, and alternating
 # short runs is what keeps a ratio honest there). The two programs never run together.
@@ -99,6 +100,7 @@ for name in "${names[@]}"; do
   dir="$models/decode-$name"
   for pair in "dense bf16" "int8 q8_0" "int4 q4_0"; do
     set -- $pair
+    [[ ",${PAIRS:-bf16,int8,int4}," == *",${1/dense/bf16},"* ]] || continue
     declare -A col=()
     for ((r = 1; r <= rounds; ++r)); do
       read -r o1 o8 o16 bound pct bw rss <<<"$(origami_run "$dir" "$1")"
