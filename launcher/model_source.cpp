@@ -3,6 +3,7 @@
 #include <mpi.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -154,13 +155,16 @@ int run_on_ranks(const char* command, int argc, char** argv,
   try {
     return body(true);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "origami %s: rank %d: error: %s\n", command, env.rank.value_or(-1),
-                 e.what());
-    std::fflush(stdout);
-    std::fflush(stderr);
-    MPI_Abort(MPI_COMM_WORLD, 1);
+    end_job(command, env.rank.value_or(-1), e.what());
   }
-  return 1;
+}
+
+void end_job(const char* command, int rank, const char* what) {
+  std::fprintf(stderr, "origami %s: rank %d: error: %s\n", command, rank, what);
+  std::fflush(stdout);
+  std::fflush(stderr);
+  MPI_Abort(MPI_COMM_WORLD, 1);
+  std::abort();  // MPI_Abort does not return
 }
 
 }  // namespace origami::cli

@@ -50,4 +50,9 @@ ParallelLayout inference_layout(const Flags& flags);
 int run_on_ranks(const char* command, int argc, char** argv,
                  const std::function<int(bool multi_rank)>& body);
 
+// Inside run_on_ranks' MPI session: prints "origami COMMAND: rank R: error: WHAT" and ends every
+// rank now (MPI_Abort), before any destructor runs. For errors after which unwinding could wait
+// forever: freeing a communicator is collective, and a stuck or dead peer never joins it.
+[[noreturn]] void end_job(const char* command, int rank, const char* what);
+
 }  // namespace origami::cli

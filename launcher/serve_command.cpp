@@ -182,6 +182,9 @@ int64_t kv_blocks_for_fraction(double fraction, const models::ModelSpec& spec,
   return int64_t(fraction * double(available)) / per_block;
 }
 
+// How long a server whose engine failed keeps answering 503 before it exits.
+constexpr std::chrono::milliseconds kFailedEngineGrace{2000};
+
 int run_serve(const Flags& flags, bool multi_rank) {
   const Milliseconds timeout{int64_t(flags.get_double("collective-timeout") * 1000)};
   ORIGAMI_CHECK(timeout.count() > 0, "--collective-timeout must be > 0 seconds");
@@ -290,7 +293,11 @@ int run_serve(const Flags& flags, bool multi_rank) {
   for (int sig : {SIGTERM, SIGINT, SIGUSR1}) sigaction(sig, &sa, nullptr);
   models::ParallelRunner runner(*gen, *world);
   if (!root) {
-    runner.follow();  // until rank 0 stops
+    try {
+      runner.follow();  // until rank 0 stops
+    } catch (const std::exception& e) {
+      end_job("serve", world->rank(), e.what());
+    }
     return 0;
   }
   serve::Engine engine(runner);
@@ -339,6 +346,15 @@ int run_serve(const Flags& flags, bool multi_rank) {
     engine_done = true;
     watcher.join();
     std::fprintf(stderr, "origami serve: rank 0: error: the engine failed: %s\n", e.what());
+    // The front end stays up a moment answering /health and new requests with 503, so that a
+    // load balancer or client polling it sees the failure; then the job ends (on several ranks
+    // by MPI_Abort at once: unwinding would free the communicators, which waits for every rank,
+    // and a stuck one never comes).
+    std::fprintf(stderr, "origami serve: /health answers 503 for %.0f s, then the job ends\n",
+                 double(kFailedEngineGrace.count()) / 1000.0);
+    std::fflush(stderr);
+    std::this_thread::sleep_for(kFailedEngineGrace);
+    if (multi_rank) end_job("serve", 0, e.what());
     throw;
   }
   engine_done = true;

@@ -1,15 +1,19 @@
 """origami serve on several ranks (mpirun) answers as on one rank: greedy completions and chat
 for TP2, EP2 folded with attention TP2 (a MoE model) and PP2, each compared with the same
 requests on one rank and with transformers' greedy tokens (float64, up to the first near-tie).
-A rank that dies ends the job, naming it.
+A rank that dies ends the job, naming it; a rank that hangs makes the engine fail at the collective
+timeout: the request gets a 500 naming the rank, /health answers 503, and the job ends.
 """
 
 import os
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
+import urllib.error
+import urllib.request
 
 import serve_lib
 
@@ -62,19 +66,62 @@ class Ranks(unittest.TestCase):
     def test_pp2(self):
         self.check("llama", 2, ["--pp", "2"])
 
+    def rank_pids(self, server):
+        """{rank: pid} of the rank processes (mpirun's children)."""
+        children = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True,
+                                  text=True).stdout.split()
+        self.assertEqual(len(children), 2, children)
+        ranks = {}
+        for pid in children:
+            with open("/proc/%s/environ" % pid, "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+            ranks[int(env[b"OMPI_COMM_WORLD_RANK"])] = int(pid)
+        return ranks
+
+    def test_a_rank_that_hangs_fails_the_engine(self):
+        model = serve_lib.make_model(CACHE, "llama")
+        s = serve_lib.Server(model, ["--tp", "2", "--collective-timeout", "3"], ranks=2)
+        with s:
+            stuck = self.rank_pids(s)[1]
+            os.kill(stuck, signal.SIGSTOP)  # alive, but never reaches its next collective
+            try:
+                answer = {}
+                request = threading.Thread(target=lambda: answer.update(r=serve_lib.post(
+                    s.url + "/v1/completions", {"prompt": "hello", "max_tokens": 3})))
+                request.start()
+                health = []  # (status, body) of /health until the server is gone
+                deadline = time.time() + 60
+                while s.proc.poll() is None and time.time() < deadline:
+                    try:
+                        with urllib.request.urlopen(s.url + "/health", timeout=2) as r:
+                            health.append((r.status, r.read().decode()))
+                    except urllib.error.HTTPError as e:
+                        health.append((e.code, e.read().decode()))
+                    except OSError:
+                        pass  # closed: the job is ending
+                    time.sleep(0.1)
+                rc = s.proc.wait(30)
+                request.join(30)
+            finally:
+                for sig in (signal.SIGCONT, signal.SIGKILL):
+                    try:
+                        os.kill(stuck, sig)
+                    except ProcessLookupError:
+                        pass
+            self.assertNotEqual(rc, 0)
+            status, _, body = answer["r"]
+            self.assertEqual(status, 500, body)
+            self.assertEqual(body["error"]["code"], "engine_failed", body)
+            self.assertIn("global rank 1", body["error"]["message"])
+            self.assertIn((503, '{"status":"engine failed"}'), health, health[-5:])
+            self.assertRegex(s.stderr(), r"rank 0: error: the engine failed: .*global rank 1")
+
     def test_a_rank_that_dies_ends_the_job(self):
         model = serve_lib.make_model(CACHE, "llama")
         s = serve_lib.Server(model, ["--tp", "2", "--collective-timeout", "10"], ranks=2)
         with s:
             # The rank processes are mpirun's children; kill the one that is not rank 0.
-            children = subprocess.run(["pgrep", "-P", str(s.proc.pid)], capture_output=True,
-                                      text=True).stdout.split()
-            self.assertEqual(len(children), 2, children)
-            ranks = {}
-            for pid in children:
-                with open("/proc/%s/environ" % pid, "rb") as f:
-                    env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
-                ranks[int(env[b"OMPI_COMM_WORLD_RANK"])] = int(pid)
+            ranks = self.rank_pids(s)
             os.kill(ranks[1], signal.SIGKILL)
             t0 = time.time()
             rc = s.proc.wait(60)
