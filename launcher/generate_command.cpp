@@ -215,7 +215,15 @@ int run_generate(const Flags& flags, bool multi_rank) {
       printed = text.size();
     }
   };
-  const std::vector<models::GenerationResult> results = gen->generate(ids, gc, on_token);
+  std::vector<models::GenerationResult> results;
+  try {
+    results = gen->generate(ids, gc, on_token);
+  } catch (const std::exception& e) {
+    // A collective that failed (a stuck or dead rank): end the job now, since unwinding would
+    // free the communicators, which waits for every rank.
+    if (multi_rank) end_job("generate", world->rank(), e.what());
+    throw;
+  }
   const auto t_end = Clock::now();
 
   for (size_t i = 0; i < results.size() && root; ++i) {
