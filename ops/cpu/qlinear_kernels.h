@@ -109,14 +109,13 @@ void int_tile(const IntProblem& P, int64_t t, int64_t m0, float* res) {
   for (int m = 0; m < MB; ++m) _mm512_storeu_ps(res + m * kT, acc[m]);
 }
 
-// res[i] = _mm512_reduce_add_ps(v[i]) for i < n (at most 8; the others read as zeros), bit for
-// bit, eight at once: the same tree of additions (lanes j + (j + 8), then j + (j + 4), j + (j + 2),
-// j + (j + 1)) with the vectors' lanes transposed on the way, about a third of the instructions of
-// eight reductions one by one. Small K is where it counts: a dot over 256 columns is 8 vdpbf16ps.
+// res[i] = _mm512_reduce_add_ps(v[i]) for i < n, eight at once (v holds 8 vectors, those past n
+// zeros), bit for bit: the same tree of additions with the vectors' lanes transposed on the way,
+// lanes j and j + 8 first, then j and j + 4, j and j + 2, j and j + 1. About a third of the
+// instructions of eight reductions one by one; small K is where it counts (a dot over 256
+// columns is 8 vdpbf16ps).
 inline void reduce_add8(const __m512* v, int n, float* res) {
-  __m512 a[8];
-#pragma GCC unroll 8
-  for (int i = 0; i < 8; ++i) a[i] = i < n ? v[i] : _mm512_setzero_ps();
+  const __m512* a = v;
   __m512 s[4];  // s[i]: lanes j + (j + 8) of a[2i] in lanes 0-7, of a[2i + 1] in lanes 8-15
 #pragma GCC unroll 4
   for (int i = 0; i < 4; ++i)
@@ -172,7 +171,9 @@ void bf16_block(const Bf16Problem& P, int64_t n, int64_t m0, float* res) {
     for (int u = 0; u < U; ++u) step(k + u * kB, u, __mmask32(~0u));
   for (; k < K; k += kB)  // x is zero past K, W is not read there
     step(k, 0, K - k >= kB ? __mmask32(~0u) : __mmask32((1u << (K - k)) - 1));
-  __m512 sums[R * MB];
+  __m512 sums[(R * MB + 7) / 8 * 8];  // padded with zeros to whole eights for reduce_add8
+#pragma GCC unroll 8
+  for (int i = R * MB; i < (R * MB + 7) / 8 * 8; ++i) sums[i] = _mm512_setzero_ps();
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
