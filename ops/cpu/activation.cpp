@@ -1,17 +1,6 @@
 #include <cmath>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define ORIGAMI_SWIGLU_AVX512 1
-// GCC 12's _mm512_undefined_* (inside many intrinsics) trips -W(maybe-)uninitialized.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
-#else
-#define ORIGAMI_SWIGLU_AVX512 0
-#endif
-
+#include "ops/cpu/bf16_simd.h"
 #include "ops/cpu/pointwise.h"
 
 namespace origami::ops::cpu {
@@ -21,7 +10,7 @@ inline float sigmoid(float g) {
   return 1.0f / (1.0f + std::exp(-g));
 }
 
-#if ORIGAMI_SWIGLU_AVX512
+#if ORIGAMI_BF16_SIMD  // x86-64 with GCC: the AVX-512 forward exists
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,fma")
 
@@ -48,23 +37,13 @@ inline __m512 load16(const float* p, __mmask16 m) {
   return _mm512_maskz_loadu_ps(m, p);
 }
 inline __m512 load16(const uint16_t* p, __mmask16 m) {
-  return _mm512_castsi512_ps(
-      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+  return bf16x16_to_f32(_mm256_maskz_loadu_epi16(m, p));
 }
 inline void store16(float* p, __mmask16 m, __m512 v) {
   _mm512_mask_storeu_ps(p, m, v);
 }
-// f32_to_bf16 on 16 lanes: round to nearest even, NaN kept a quiet NaN.
 inline void store16(uint16_t* p, __mmask16 m, __m512 v) {
-  const __m512i u = _mm512_castps_si512(v);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  __m512i b =
-      _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb)), 16);
-  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
-                                                _mm512_set1_epi32(0x7f800000));
-  b = _mm512_mask_mov_epi32(b, nan,
-                            _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
-  _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(b));
+  _mm256_mask_storeu_epi16(p, m, f32x16_to_bf16(v));
 }
 
 // o[j] = silu(g[j]) u[j] s for j < n, 16 at a time: (g * sigmoid(g)) * u * s as the scalar loop.
@@ -108,7 +87,7 @@ void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out, const Ten
     for (int64_t t = 0; t < T; ++t) {
       const float s = scale ? scale[t] : 1.0f;
       const int64_t b = t * F;
-#if ORIGAMI_SWIGLU_AVX512
+#if ORIGAMI_BF16_SIMD  // x86-64 with GCC: the AVX-512 forward exists
       if (has_avx512()) {
         swiglu_row_avx512(g + b, u + b, o + b, F, s);
         continue;

@@ -25,8 +25,8 @@
 //    No horizontal sums: a tile's 16 results are one vector. int4 also prefetches its weights
 //    2 KiB ahead (kInt4PrefetchBytes). Without VNNI the same integer dot
 //    comes from vpmaddubsw + vpmaddwd (int8 levels split in nibbles so nothing saturates).
-//  - bf16: x rounded to bf16 (nearest even) once per call; one, two or four rows of W (by M; see
-//    Bf16Tables) dotted with up to 4 rows of x at a time (vdpbf16ps, f32 accumulation, 8 to 16
+//  - bf16: x rounded to bf16 (nearest even) once per call; one or four rows of W (by M; see
+//    Bf16Tables) dotted with up to 4 rows of x at a time (vdpbf16ps, f32 accumulation, 4 to 16
 //    independent accumulators, their horizontal sums eight at a time).
 //  - exact (int formats): W^ tile by tile in f32, dotted with x in f32.
 // Prefill (M > 16): W^ dequantized tile of rows by tile of rows into a buffer of x's dtype, each
@@ -65,6 +65,7 @@
 #include <utility>
 #include <vector>
 
+#include "ops/cpu/bf16_simd.h"
 #include "ops/gemm.h"
 
 namespace origami::ops::cpu::qlinear_detail {

@@ -328,19 +328,10 @@ void store_strip(const Output& out, const float* v, int64_t M, int64_t n0, int64
     const int64_t i = m * out.N + n0;
     if (out.bf16) {
       uint16_t* p = static_cast<uint16_t*>(out.y) + i;
-      if (out.beta != 0.0f) {
-        const __m512i old = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p));
-        r = _mm512_add_ps(r, _mm512_mul_ps(beta, _mm512_castsi512_ps(_mm512_slli_epi32(old, 16))));
-      }
-      const __m512i u = _mm512_castps_si512(r);
-      const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-      __m512i b = _mm512_srli_epi32(
-          _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb)), 16);
-      const __mmask16 nan = _mm512_cmpgt_epu32_mask(
-          _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
-      b = _mm512_mask_mov_epi32(b, nan,
-                                _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
-      _mm256_mask_storeu_epi16(p, mask, _mm512_cvtepi32_epi16(b));
+      if (out.beta != 0.0f)
+        r = _mm512_add_ps(r,
+                          _mm512_mul_ps(beta, bf16x16_to_f32(_mm256_maskz_loadu_epi16(mask, p))));
+      _mm256_mask_storeu_epi16(p, mask, f32x16_to_bf16(r));
     } else {
       float* p = static_cast<float*>(out.y) + i;
       if (out.beta != 0.0f)
