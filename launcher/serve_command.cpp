@@ -235,6 +235,9 @@ int run_serve(const Flags& flags, bool multi_rank) {
       go.max_step_tokens = flags.get_int("max-num-batched-tokens");
       ORIGAMI_CHECK(go.max_step_tokens >= go.max_batch, "--max-num-batched-tokens (",
                     go.max_step_tokens, ") must be at least --max-num-seqs (", go.max_batch, ")");
+      // Rows of logits a step returns: one per sequence, and up to 128 prompt tokens' (echo with
+      // logprobs; a longer prompt takes more steps).
+      go.max_logit_rows = go.max_batch + std::min<int64_t>(go.max_step_tokens, 128);
       go.max_seq = context;
       go.compute = dtype_from_name(flags.get("dtype"));
       go.device = device_from_string(flags.get("device"));

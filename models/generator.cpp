@@ -50,6 +50,11 @@ GeneratorOptions GeneratorOptions::resolve(const ModelSpec& spec) const {
   if (o.kv_blocks == 0)
     o.kv_blocks = o.max_batch * ((o.max_seq + o.kv_block_size - 1) / o.kv_block_size);
   ORIGAMI_CHECK(o.kv_blocks >= 1, "generator: kv_blocks must be >= 1, got ", o.kv_blocks);
+  if (o.max_logit_rows == 0) o.max_logit_rows = o.all_logits ? o.max_step_tokens : o.max_batch;
+  ORIGAMI_CHECK(o.max_logit_rows >= (o.all_logits ? o.max_step_tokens : o.max_batch),
+                "generator: max_logit_rows (", o.max_logit_rows, ") must be at least ",
+                o.all_logits ? "max_step_tokens (" : "max_batch (",
+                o.all_logits ? o.max_step_tokens : o.max_batch, ")");
   return o;
 }
 
@@ -91,7 +96,7 @@ DecoderOptions decoder_options(const ModelSpec& spec, const GeneratorOptions& o,
   d.infer.max_context = o.max_seq;
   d.infer.batch_invariant = o.batch_invariant;
   d.infer.weights = o.weights;
-  d.infer.max_logit_rows = o.all_logits ? o.max_step_tokens : o.max_batch;
+  d.infer.max_logit_rows = o.max_logit_rows;
   if (!par.groups) return d;
   const RankGroups& L = *par.layout;
   ProcessGroups& g = *par.groups;
@@ -165,8 +170,7 @@ void Generator::build(const ParameterBuffer* params) {
         decoder_->options().parallel.sequence_parallel ? rows / par_.layout->tp() : rows;
     recv_x_ = Tensor::zeros({local * H}, opt_.compute, opt_.device);
     send_x_ = Tensor::zeros({local * H}, opt_.compute, opt_.device);
-    const int64_t R = opt_.all_logits ? opt_.max_step_tokens : opt_.max_batch;
-    logits_x_ = Tensor::zeros({R, spec_.vocab}, DType::f32);
+    logits_x_ = Tensor::zeros({opt_.max_logit_rows, spec_.vocab}, DType::f32);
   }
 }
 
@@ -273,7 +277,7 @@ const StepBatch& Generator::describe_step(std::span<const SequenceChunk> chunks)
       blocks_.append(c.slot, n, &copies);
     else
       blocks_.allocate(c.slot, n);
-    add_to_step(b, blocks_, c.slot, c.tokens, pos, opt_.all_logits);
+    add_to_step(b, blocks_, c.slot, c.tokens, pos, opt_.all_logits ? 0 : serve::kLastLogitsOnly);
     seqs.push_back(c.slot);
   }
   end_step(b, blocks_, seqs, copies);

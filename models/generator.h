@@ -44,14 +44,18 @@ struct GeneratorOptions {
   int64_t max_step_tokens = 0;  // tokens in one forward pass (prefill chunk); 0 = see resolve()
   DType compute = DType::f32;   // f32 or bf16 (weights, activations and KV cache)
   Device device = Device::cpu();
-  bool all_logits = false;     // step() returns the logits of every token, not one row per sequence
-  int64_t kv_block_size = 16;  // tokens per KV-cache block
-  int64_t kv_blocks = 0;       // blocks in the pool; 0 = enough for max_batch full sequences
+  bool all_logits = false;  // step() returns the logits of every token, not one row per sequence
+  // Rows of logits one step may return; 0 = max_step_tokens with all_logits, else max_batch.
+  // More than max_batch lets a step return some prompt tokens' logits (the server's echo with
+  // logprobs).
+  int64_t max_logit_rows = 0;
+  int64_t kv_block_size = 16;    // tokens per KV-cache block
+  int64_t kv_blocks = 0;         // blocks in the pool; 0 = enough for max_batch full sequences
   bool batch_invariant = false;  // rows computed alike in any batch (InferenceOptions)
   LinearWeights weights;         // dense, or packed int8 / int4 (models/packed_weights.h)
 
   // max_seq from the spec when 0; max_step_tokens = min(max_batch * max_seq, 512) when 0;
-  // kv_blocks = max_batch * ceil(max_seq / kv_block_size) when 0.
+  // kv_blocks = max_batch * ceil(max_seq / kv_block_size) when 0; max_logit_rows as above.
   // Throws when a size is invalid or the spec gives no context length.
   GeneratorOptions resolve(const ModelSpec& spec) const;
 };

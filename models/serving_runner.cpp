@@ -18,6 +18,7 @@ DecoderRunner::DecoderRunner(Decoder& decoder) : decoder_(decoder) {
   limits_.max_sequences =
       std::min(o.infer.max_sequences,
                o.infer.max_logit_rows > 0 ? o.infer.max_logit_rows : o.infer.max_sequences);
+  limits_.max_logit_rows = std::max(limits_.max_sequences, o.infer.max_logit_rows);
 }
 
 ParallelRunner::ParallelRunner(Generator& gen, Communicator& world)
@@ -29,6 +30,7 @@ ParallelRunner::ParallelRunner(Generator& gen, Communicator& world)
   limits_.kv_block_size = o.kv_block_size;
   limits_.max_step_tokens = o.max_step_tokens;
   limits_.max_sequences = o.max_batch;
+  limits_.max_logit_rows = o.max_logit_rows;
 }
 
 Tensor ParallelRunner::step(const serve::StepBatch& batch) {

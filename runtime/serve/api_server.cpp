@@ -44,11 +44,12 @@ struct ApiServer::Call {
     std::unique_ptr<Detokenizer> detok;
     std::string text;  // everything emitted (non-streamed answers)
     std::vector<TokenLogprob> logprobs;
+    std::vector<TokenLogprob> prompt_logprobs;  // echo: sent with the first piece
     int64_t tokens = 0;
     bool done = false, opened = false;
     ChoiceFinish finish = ChoiceFinish::none;
     Clock::time_point last_token;
-    int64_t text_offset = 0;  // completions logprobs: offset of the next token's text
+    int64_t text_offset = 0;  // completions logprobs: characters emitted so far
   };
   std::vector<ChoiceState> choices;
   int remaining = 0;  // choices not done
@@ -169,8 +170,6 @@ std::shared_ptr<ApiServer::Call> ApiServer::new_call(Endpoint endpoint,
 
 void ApiServer::completions(const HttpRequest& req, std::shared_ptr<ResponseStream> out) {
   const CompletionRequest r = decode_completion_request(req.body, opt_.model);
-  if (r.echo && r.logprobs)
-    throw ProtocolError(400, "'echo' together with 'logprobs' is not supported", "echo");
   auto call = new_call(Endpoint::completions, out, r.stream, r.include_usage, r.sampling.n,
                        r.logprobs ? *r.logprobs : -1);
   call->echo = r.echo;
@@ -192,6 +191,7 @@ void ApiServer::completions(const HttpRequest& req, std::shared_ptr<ResponseStre
     Submission s;
     s.prompt = int(i);
     s.params = engine_params(ids, r.sampling, max_tokens, call->n, call->logprobs, opt_.stop_ids);
+    s.params.prompt_logprobs = r.echo && call->logprobs >= 0;
     subs.push_back(std::move(s));
     call->prompts.push_back(std::move(ids));
     call->prompt_texts.push_back(std::move(text));
@@ -349,10 +349,23 @@ Response ApiServer::response_of(const Call& call) const {
   return r;
 }
 
+std::string ApiServer::token_text(int64_t id) const {
+  const TokenId one[1] = {TokenId(id)};
+  return id < tok_.vocab_size() ? tok_.decode(one) : std::string();
+}
+
 void ApiServer::on_event(Call& call, int prompt, const TokenEvent& e) {
   const int index = prompt * call.n + e.sample;
   Call::ChoiceState& c = call.choices[size_t(index)];
   if (c.done) return;
+  if (e.prompt) {  // echo: a prompt token's log-probability, kept for the first piece
+    TokenLogprob t;
+    t.token = token_text(e.token);
+    t.logprob = e.logprob;
+    for (const auto& [id, value] : e.top) t.top.emplace_back(token_text(id), value);
+    c.prompt_logprobs.push_back(std::move(t));
+    return;
+  }
   const auto now = Clock::now();
   std::string piece;
   std::optional<TokenLogprob> lp;
@@ -369,13 +382,9 @@ void ApiServer::on_event(Call& call, int prompt, const TokenEvent& e) {
     if (!eos) piece = c.detok->add(e.token);
     if (call.logprobs >= 0 && !c.detok->stopped()) {
       TokenLogprob t;
-      auto text_of = [this](int64_t id) {
-        const TokenId one[1] = {TokenId(id)};
-        return id < tok_.vocab_size() ? tok_.decode(one) : std::string();
-      };
-      t.token = text_of(e.token);
+      t.token = token_text(e.token);
       t.logprob = e.logprob;
-      for (const auto& [id, value] : e.top) t.top.emplace_back(text_of(id), value);
+      for (const auto& [id, value] : e.top) t.top.emplace_back(token_text(id), value);
       lp = std::move(t);
     }
   }
@@ -392,29 +401,34 @@ void ApiServer::on_event(Call& call, int prompt, const TokenEvent& e) {
   }
   const bool aborted = e.reason == FinishReason::abort && !c.detok->stopped();
 
-  if (call.echo && !c.opened) piece = call.prompt_texts[size_t(prompt)] + piece;
+  // Echo: the prompt's text (and its tokens' log-probabilities) opens the choice's text.
+  std::vector<TokenLogprob> entries;
+  if (call.echo && !c.opened) {
+    piece = call.prompt_texts[size_t(prompt)] + piece;
+    entries = std::move(c.prompt_logprobs);
+    if (lp) lp->text_offset = utf8_length(call.prompt_texts[size_t(prompt)]);
+  }
+  if (lp) entries.push_back(std::move(*lp));
   if (!call.stream) {
     c.text += piece;
-    if (lp) c.logprobs.push_back(*lp);
+    for (TokenLogprob& t : entries) c.logprobs.push_back(std::move(t));
   } else if (!call.client_gone && !aborted &&
-             (!piece.empty() || lp || finish != ChoiceFinish::none || !c.opened)) {
+             (!piece.empty() || !entries.empty() || finish != ChoiceFinish::none || !c.opened)) {
     Response chunk = response_of(call);
     Choice ch;
     ch.index = index;
     ch.text = piece;
     ch.finish = finish;
     ch.first_delta = !c.opened;
-    if (lp) {
-      ch.logprobs = std::vector<TokenLogprob>{*lp};
+    if (call.logprobs >= 0) {
       ch.text_offset = c.text_offset;
-    } else if (call.logprobs >= 0) {
-      ch.logprobs = std::vector<TokenLogprob>{};
+      ch.logprobs = std::move(entries);
     }
     chunk.choices.push_back(std::move(ch));
     call.out->write(sse_event(encode_chunk(chunk)));
   }
   c.opened = true;
-  c.text_offset += int64_t(piece.size());
+  c.text_offset += utf8_length(piece);
   if (finish != ChoiceFinish::none || aborted) finish_choice(call, index, finish);
 }
 

@@ -95,6 +95,7 @@ class ApiServer {
   void submit(std::shared_ptr<Call> call, std::vector<Submission> subs);
   // Engine thread: the inbox's requests and aborts into the engine.
   void take_inbox();
+  std::string token_text(int64_t id) const;  // one token's text (empty outside the vocabulary)
   // Engine thread: a token event of one of the call's choices.
   void on_event(Call& call, int prompt, const TokenEvent& e);
   void finish_choice(Call& call, int choice, ChoiceFinish reason);

@@ -30,19 +30,25 @@ Engine::Engine(Runner& runner)
                 "serving engine: the runner's limits must be positive (vocab ", limits_.vocab,
                 ", context ", limits_.max_context, ", step tokens ", limits_.max_step_tokens,
                 ", sequences ", limits_.max_sequences, ")");
+  if (limits_.max_logit_rows == 0) limits_.max_logit_rows = limits_.max_sequences;
+  ORIGAMI_CHECK(limits_.max_logit_rows >= limits_.max_sequences, "serving engine: the runner's ",
+                limits_.max_logit_rows, " rows of logits per step are fewer than its ",
+                limits_.max_sequences, " sequences");
   stats_.kv_blocks_total = limits_.kv_blocks;
 }
 
 int64_t Engine::add_request(RequestParams params, TokenCallback callback) {
   const int64_t P = int64_t(params.prompt.size());
   ORIGAMI_CHECK(P >= 1, "request: the prompt is empty");
-  ORIGAMI_CHECK(params.max_tokens >= 1, "request: max_tokens must be >= 1, got ",
+  ORIGAMI_CHECK(params.max_tokens >= 0, "request: max_tokens must be >= 0, got ",
                 params.max_tokens);
   ORIGAMI_CHECK(params.n >= 1 && params.n <= 64, "request: n must be in [1, 64], got ", params.n);
   ORIGAMI_CHECK(params.n <= limits_.max_sequences, "request: n = ", params.n,
                 " samples exceed the ", limits_.max_sequences, " sequences a step may run");
   ORIGAMI_CHECK(params.logprobs >= -1 && params.logprobs <= 20,
                 "request: logprobs must be in [0, 20] (or -1 for none), got ", params.logprobs);
+  ORIGAMI_CHECK(!params.prompt_logprobs || params.logprobs >= 0,
+                "request: prompt log-probabilities need logprobs >= 0");
   for (int64_t id : params.prompt)
     ORIGAMI_CHECK(id >= 0 && id < limits_.vocab, "request: token id ", id,
                   " is outside the vocabulary of ", limits_.vocab);
@@ -162,17 +168,32 @@ int64_t Engine::reuse_prefix(Sequence& s) {
   return k * bs;
 }
 
+int64_t Engine::fit_rows(const Sequence& s, int64_t n, int64_t& extra_rows) const {
+  if (!s.wants_prompt_rows()) return n;
+  // The chunk [c, c + n) stops at the prompt's end. Its rows: every position >= from, of which
+  // the last is the sequence's own row and the others are extra.
+  const int64_t c = s.computed, from = std::max(c, s.prompt_rows_from());
+  n = std::min({n, std::max<int64_t>(s.prompt_len - c, 1), from - c + extra_rows + 1});
+  extra_rows -= std::max<int64_t>(c + n - 1 - from, 0);
+  return n;
+}
+
 void Engine::schedule(std::vector<Chunk>& chunks) {
   chunks.clear();
   int64_t budget = limits_.max_step_tokens;
   int64_t reserved = 0;  // blocks the chunks chosen so far will take
+  // Rows of logits beyond one per sequence: prompt tokens' rows (prompt_logprobs).
+  int64_t extra_rows = limits_.max_logit_rows - limits_.max_sequences;
   // 1. Running sequences, oldest first; preempt the newest when the cache is full.
   for (size_t i = 0; i < running_.size() && budget > 0;) {
     Sequence& s = *running_[i];
-    const int64_t n = std::min<int64_t>(int64_t(s.tokens.size()) - s.computed, budget);
+    int64_t rows_left = extra_rows;
+    const int64_t n =
+        fit_rows(s, std::min<int64_t>(int64_t(s.tokens.size()) - s.computed, budget), rows_left);
     const int64_t need = blocks_.blocks_to_grow(s.id, n);
     if (need <= blocks_.free_blocks() - reserved) {
       reserved += need;
+      extra_rows = rows_left;
       chunks.push_back({&s, n});
       budget -= n;
       ++i;
@@ -187,11 +208,13 @@ void Engine::schedule(std::vector<Chunk>& chunks) {
   while (!waiting_.empty() && budget > 0) {
     Sequence& s = *waiting_.front();
     if (int64_t(running_.size()) + slots(s) > limits_.max_sequences) break;
-    if (!blocks_.contains(s.id) && blocks_.free_blocks() - reserved > 0) {
+    if (!blocks_.contains(s.id) && blocks_.free_blocks() - reserved > 0 && !s.wants_prompt_rows()) {
       // Its cached prefix (allocated now, returned below if the rest does not fit).
       s.computed = reuse_prefix(s);
     }
-    const int64_t n = std::min<int64_t>(int64_t(s.tokens.size()) - s.computed, budget);
+    int64_t rows_left = extra_rows;
+    const int64_t n =
+        fit_rows(s, std::min<int64_t>(int64_t(s.tokens.size()) - s.computed, budget), rows_left);
     const int64_t need =
         blocks_.contains(s.id) ? blocks_.blocks_to_grow(s.id, n) : blocks_.blocks_for(n);
     if (need > blocks_.free_blocks() - reserved) {
@@ -201,6 +224,7 @@ void Engine::schedule(std::vector<Chunk>& chunks) {
       break;
     }
     reserved += need;
+    extra_rows = rows_left;
     waiting_.pop_front();
     running_.push_back(&s);
     if (!s.started) {
@@ -212,19 +236,22 @@ void Engine::schedule(std::vector<Chunk>& chunks) {
   }
 }
 
-void Engine::build_batch(const std::vector<Chunk>& chunks) {
+void Engine::build_batch(std::vector<Chunk>& chunks) {
   copies_.clear();
   begin_step(batch_);
   std::vector<int64_t>& ids = step_ids_;
   ids.clear();
-  for (const Chunk& c : chunks) {
+  for (Chunk& c : chunks) {
     Sequence& s = *c.seq;
     if (blocks_.contains(s.id))
       blocks_.append(s.id, c.n, &copies_);
     else
       blocks_.allocate(s.id, c.n);
+    c.first_row = int64_t(batch_.logit_rows.size());
     add_to_step(batch_, blocks_, s.id,
-                std::span<const int64_t>(s.tokens.data() + s.computed, size_t(c.n)), s.computed);
+                std::span<const int64_t>(s.tokens.data() + s.computed, size_t(c.n)), s.computed,
+                s.wants_prompt_rows() ? s.prompt_rows_from() : kLastLogitsOnly);
+    c.rows = int64_t(batch_.logit_rows.size()) - c.first_row;
     ids.push_back(s.id);
   }
   end_step(batch_, blocks_, ids, copies_);
@@ -248,8 +275,23 @@ bool Engine::step() {
         std::min<int64_t>(int64_t(s.hashes.size()), s.computed / limits_.kv_block_size);
     for (; s.published < full; ++s.published)
       blocks_.publish(s.id, s.published, s.hashes[size_t(s.published)]);
+    const Chunk& c = chunks[j];
+    if (s.wants_prompt_rows()) {
+      if (s.prompt_reported == 0) report_prompt_token(s, 0, {});
+      for (int64_t r = c.first_row; r < c.first_row + c.rows; ++r) {
+        const int64_t t = batch_.positions[size_t(batch_.logit_rows[size_t(r)])] + 1;
+        if (t == s.prompt_reported && t < s.prompt_len)
+          report_prompt_token(s, t,
+                              std::span<const float>(logits.data_as<float>() + r * V, size_t(V)));
+      }
+    }
     if (s.computed < int64_t(s.tokens.size())) continue;  // a prompt chunk: nothing to sample
-    const std::span<const float> row(logits.data_as<float>() + int64_t(j) * V, size_t(V));
+    if (s.request->params.max_tokens == 0) {              // the prompt alone was asked for
+      finish(s, FinishReason::length, -1);
+      continue;
+    }
+    const std::span<const float> row(logits.data_as<float>() + (c.first_row + c.rows - 1) * V,
+                                     size_t(V));
     std::vector<Sequence*>& samples = samples_;
     samples.assign(1, &s);
     if (!s.forked) fork_samples(s, samples);  // the samples draw from the same row
@@ -310,28 +352,7 @@ void Engine::sample_next(Sequence& s, std::span<const float> row) {
   TokenEvent e;
   e.sample = s.sample;
   e.token = tok;
-  if (p.logprobs >= 0) {
-    // log-softmax of the model's row: x - max - log(sum exp(x - max)), in double.
-    const float mx = *std::max_element(row.begin(), row.end());
-    double sum = 0.0;
-    for (float x : row) sum += std::exp(double(x) - double(mx));
-    const double lse = double(mx) + std::log(sum);
-    e.logprob = double(row[size_t(tok)]) - lse;
-    top_.clear();
-    if (p.logprobs > 0) {
-      const size_t k = std::min<size_t>(size_t(p.logprobs), row.size());
-      order_.resize(row.size());
-      for (size_t i = 0; i < row.size(); ++i) order_[i] = int32_t(i);
-      std::partial_sort(order_.begin(), order_.begin() + std::ptrdiff_t(k), order_.end(),
-                        [&row](int32_t a, int32_t b) {
-                          return row[size_t(a)] > row[size_t(b)] ||
-                                 (row[size_t(a)] == row[size_t(b)] && a < b);
-                        });
-      for (size_t i = 0; i < k; ++i)
-        top_.emplace_back(order_[i], double(row[size_t(order_[i])]) - lse);
-    }
-    e.top = top_;
-  }
+  if (p.logprobs >= 0) fill_logprobs(row, tok, p.logprobs, e);
   s.tokens.push_back(tok);
   ++s.generated;
   ++stats_.generated_tokens;
@@ -349,6 +370,44 @@ void Engine::sample_next(Sequence& s, std::span<const float> row) {
     return;
   }
   if (s.request->callback) s.request->callback(e);
+}
+
+void Engine::fill_logprobs(std::span<const float> row, int64_t token, int k, TokenEvent& e) {
+  // log-softmax of the model's row: x - max - log(sum exp(x - max)), in double.
+  const float mx = *std::max_element(row.begin(), row.end());
+  double sum = 0.0;
+  for (float x : row) sum += std::exp(double(x) - double(mx));
+  const double lse = double(mx) + std::log(sum);
+  e.logprob = double(row[size_t(token)]) - lse;
+  top_.clear();
+  if (k > 0) {
+    const size_t n = std::min<size_t>(size_t(k), row.size());
+    order_.resize(row.size());
+    for (size_t i = 0; i < row.size(); ++i) order_[i] = int32_t(i);
+    std::partial_sort(order_.begin(), order_.begin() + std::ptrdiff_t(n), order_.end(),
+                      [&row](int32_t a, int32_t b) {
+                        return row[size_t(a)] > row[size_t(b)] ||
+                               (row[size_t(a)] == row[size_t(b)] && a < b);
+                      });
+    for (size_t i = 0; i < n; ++i)
+      top_.emplace_back(order_[i], double(row[size_t(order_[i])]) - lse);
+  }
+  e.top = top_;
+}
+
+void Engine::report_prompt_token(Sequence& s, int64_t t, std::span<const float> row) {
+  const Request& req = *s.request;
+  TokenEvent e;
+  e.token = s.tokens[size_t(t)];
+  e.prompt = true;
+  if (!row.empty()) fill_logprobs(row, e.token, req.params.logprobs, e);
+  ++s.prompt_reported;
+  // Before the fork one sequence runs the prompt for every sample: each gets the event.
+  for (int i = 0; i < req.params.n; ++i) {
+    if (req.ended[size_t(i)] || (s.forked && i != s.sample)) continue;
+    e.sample = i;
+    if (req.callback) req.callback(e);
+  }
 }
 
 EngineStats Engine::stats() const {

@@ -15,6 +15,13 @@
 //   3. the step runs; sequences whose chunk ended at their last token sample one token; a stop
 //      token, max_tokens or the context limit finishes a sequence and frees its blocks at once.
 //
+// Prompt log-probabilities (RequestParams::prompt_logprobs, the server's echo with logprobs):
+// such a sequence's prefill chunks also return the logits of its prompt tokens, whose rows give
+// the next prompt token's log-probability. The runner returns at most max_logit_rows rows a step,
+// one per sequence and the rest for these, so their chunks are cut to the rows left. Each prompt
+// token is reported once, in order, before the first generated token, even when the sequence is
+// preempted and recomputed; until all are, the sequence does not take cached blocks.
+//
 // Prefix caching: every full block a step completes is published under a hash of its tokens
 // chained with the previous block's hash; a sequence that starts (or restarts after preemption)
 // takes the cached blocks of its longest cached prefix instead of recomputing them (at least its
@@ -27,11 +34,13 @@
 // step(); abort() frees a request's blocks at once (a client that went away).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <utility>
@@ -49,7 +58,7 @@ const char* finish_reason_name(FinishReason r);  // "stop", "length", "abort"
 struct RequestParams {
   std::vector<int64_t> prompt;    // token ids, at least one
   SamplingParams sampling;        // temperature 0: greedy; else seeded sampling
-  int64_t max_tokens = 16;        // generated tokens at most (>= 1)
+  int64_t max_tokens = 16;        // generated tokens at most (0: the prompt runs, nothing more)
   std::vector<int64_t> stop_ids;  // tokens that end the sequence (end-of-sequence ids)
   int64_t min_tokens = 0;         // the stop ids cannot be sampled before this many tokens
   // Samples of the prompt (1 to 64). The prompt runs once; then the samples fork its blocks
@@ -58,19 +67,25 @@ struct RequestParams {
   // Log-probabilities: -1 none; k >= 0 the sampled token's and the k most likely (at most 20),
   // all from the log-softmax of the model's logits (before penalties, temperature, top-k/p).
   int logprobs = -1;
+  // Also the prompt tokens' log-probabilities (needs logprobs >= 0): one event per prompt token,
+  // with `prompt` set, before the first generated token; the first has none (no context).
+  bool prompt_logprobs = false;
   // Called (on the stepping thread) when the request first leaves the queue to run.
   std::function<void()> on_scheduled;
 };
 
 // One token of one sample (reason none), or the end of a sample (its reason; token -1 when it
 // ends without a new token, e.g. aborted). `top` and `logprob` are set when the request asked
-// for log-probabilities (`top` is valid during the call only).
+// for log-probabilities (`top` is valid during the call only). With `prompt` set, the event is
+// a prompt token's log-probability (prompt_logprobs), sent to every sample; the first prompt
+// token's has no logprob.
 struct TokenEvent {
   int sample = 0;
   int64_t token = -1;
   FinishReason reason = FinishReason::none;
-  double logprob = 0.0;
+  std::optional<double> logprob;
   std::span<const std::pair<int64_t, double>> top;
+  bool prompt = false;
 };
 using TokenCallback = std::function<void(const TokenEvent&)>;
 
@@ -129,10 +144,18 @@ class Engine {
     std::unique_ptr<Sampler> sampler;
     std::vector<uint64_t> hashes;  // of its full blocks, chained (prefix caching)
     int64_t published = 0;         // of those, published in the block manager
+    int64_t prompt_reported = 0;   // prompt tokens whose log-probability was reported
+    // Still reporting its prompt's log-probabilities.
+    bool wants_prompt_rows() const {
+      return request->params.prompt_logprobs && prompt_reported < prompt_len;
+    }
+    // The first position whose logits it still needs (position p gives token p + 1).
+    int64_t prompt_rows_from() const { return std::max<int64_t>(prompt_reported, 1) - 1; }
   };
   struct Chunk {
     Sequence* seq;
     int64_t n;
+    int64_t first_row = 0, rows = 0;  // its rows of the step's logits
   };
 
   void schedule(std::vector<Chunk>& chunks);
@@ -140,12 +163,19 @@ class Engine {
   void finish(Sequence& s, FinishReason r, int64_t token);
   // Samples the next token of `s` from its logits row and reports it.
   void sample_next(Sequence& s, std::span<const float> row);
+  // Reports prompt token `t` of `s` (prompt_logprobs) to every live sample; `row` holds the
+  // logits of position t - 1 (empty for t = 0).
+  void report_prompt_token(Sequence& s, int64_t t, std::span<const float> row);
+  // The log-probability of `token` in `row` and the k most likely into e.logprob and e.top.
+  void fill_logprobs(std::span<const float> row, int64_t token, int k, TokenEvent& e);
+  // A chunk of n tokens of `s` cut to the extra logit rows left (prompt_logprobs).
+  int64_t fit_rows(const Sequence& s, int64_t n, int64_t& extra_rows) const;
   // The n - 1 other samples of a request whose prompt has just run, sharing its blocks.
   // Fills `samples` with the live samples (s first).
   void fork_samples(Sequence& s, std::vector<Sequence*>& samples);
   // Sequence slots a waiting sequence takes when it starts (n for an unforked request).
   int64_t slots(const Sequence& s) const { return s.forked ? 1 : s.request->params.n; }
-  void build_batch(const std::vector<Chunk>& chunks);
+  void build_batch(std::vector<Chunk>& chunks);
   // Hashes of the sequence's full blocks up to `tokens` (extends s.hashes).
   void hash_blocks(Sequence& s, int64_t tokens);
   // A starting sequence takes the cached blocks of its prefix; returns the tokens found.

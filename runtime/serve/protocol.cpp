@@ -195,8 +195,12 @@ RequestSampling decode_sampling(const json& body, Endpoint endpoint) {
   const char* max_key = endpoint == Endpoint::chat && field(body, "max_completion_tokens")
                             ? "max_completion_tokens"
                             : "max_tokens";
+  // Completions with echo may ask for no new token: the prompt alone (scored with logprobs).
+  const bool echo = endpoint == Endpoint::completions && get_bool(body, "echo").value_or(false);
   if (const auto v = get_int(body, max_key)) {
-    if (*v < 1) refuse(max_key, concat("'", max_key, "' must be at least 1, got ", *v));
+    if (*v < (echo ? 0 : 1))
+      refuse(max_key, concat("'", max_key, "' must be at least ", echo ? "0" : "1",
+                             echo ? "" : " (0 only with 'echo': true)", ", got ", *v));
     s.max_tokens = *v;
   } else if (endpoint == Endpoint::completions) {
     s.max_tokens = 16;
@@ -359,6 +363,16 @@ ChatMessage decode_message(const json& m, const std::string& at) {
   return message;
 }
 
+}  // namespace
+
+int64_t utf8_length(std::string_view text) {
+  int64_t n = 0;
+  for (const unsigned char c : text) n += (c & 0xC0) != 0x80;
+  return n;
+}
+
+namespace {
+
 // ---- encoding helpers -------------------------------------------------------------------------
 
 ordered_json finish_reason(ChoiceFinish f) {
@@ -389,9 +403,10 @@ ordered_json completion_logprobs(const std::vector<TokenLogprob>& entries, int64
   ordered_json tokens = ordered_json::array(), logprobs = ordered_json::array(),
                tops = ordered_json::array(), offsets = ordered_json::array();
   for (const TokenLogprob& e : entries) {
+    if (e.text_offset) offset = *e.text_offset;
     tokens.push_back(e.token);
     offsets.push_back(offset);
-    offset += int64_t(e.token.size());
+    offset += utf8_length(e.token);
     if (!e.logprob) {
       logprobs.push_back(nullptr);
       tops.push_back(nullptr);

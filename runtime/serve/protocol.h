@@ -3,14 +3,16 @@
 // encoded as JSON text; server-sent-event framing. No HTTP here (http_server.h) and no engine:
 // the engine tokenizes, schedules, samples and fills the response structs.
 //
-// Decoding rules (docs/serving.md, "Requests"), each refusal a ProtocolError naming the field in `param`:
+// Decoding rules (docs/serving.md, "Requests"), each refusal a ProtocolError naming the field in
+// `param`:
 //   - the body is a JSON object; unknown fields are ignored, except those whose meaning we cannot
 //     honour (tools, response_format other than text, logit_bias, suffix, best_of != n, guided
 //     decoding, non-text content parts, ...): 400 "not supported".
 //   - null is the same as an absent field; a field of the wrong JSON type is a 400 naming it
 //     (integers must be JSON integers: 16.0 is refused where an integer is expected).
 //   - model: optional; when given it must be ModelLimits::name, else 404 model_not_found.
-//   - max_tokens ≥ 1 (completions default 16; chat default: the rest of the context; chat takes
+//   - max_tokens ≥ 1, or 0 on completions with echo (completions default 16; chat default: the rest
+//   of the context; chat takes
 //     max_completion_tokens over max_tokens), 0 ≤ temperature ≤ 2, 0 < top_p ≤ 1, top_k −1 or 0
 //     (off) or ≥ 1, presence/frequency penalties in [−2, 2], repetition_penalty > 0,
 //     1 ≤ n ≤ kMaxN, at most kMaxStops stop strings and none empty, 0 ≤ min_tokens ≤ max_tokens,
@@ -99,7 +101,7 @@ using Prompt = std::variant<std::string, std::vector<int32_t>>;
 struct CompletionRequest {
   std::string model;
   std::vector<Prompt> prompts;  // one or more
-  RequestSampling sampling;      // max_tokens defaults to 16
+  RequestSampling sampling;     // max_tokens defaults to 16
   std::optional<int> logprobs;  // alternatives per token (0 to kMaxLogprobs); nullopt: none
   bool echo = false;            // the prompt is repeated before the completion
   bool stream = false;
@@ -117,8 +119,8 @@ struct ChatCompletionRequest {
   std::string model;
   std::vector<ChatMessage> messages;
   RequestSampling sampling;  // max_tokens unset: the rest of the context
-  bool logprobs = false;    // logprobs of the sampled tokens
-  int top_logprobs = 0;     // alternatives per token (0 to kMaxLogprobs; needs logprobs)
+  bool logprobs = false;     // logprobs of the sampled tokens
+  int top_logprobs = 0;      // alternatives per token (0 to kMaxLogprobs; needs logprobs)
   bool stream = false;
   bool include_usage = false;
 };
@@ -139,6 +141,10 @@ int64_t check_prompt_fits(size_t prompt_tokens, const RequestSampling& sampling,
 enum class Endpoint { completions, chat };
 enum class ChoiceFinish { none, stop, length };  // none: the choice is still running (chunks)
 
+// Characters of UTF-8 text (bytes that do not continue a sequence): the unit of completions'
+// `text_offset`, as a client's string counts them.
+int64_t utf8_length(std::string_view text);
+
 // One token with its log-probability. `token` holds the token's bytes, which may be part of a
 // UTF-8 sequence: encoders replace invalid UTF-8 in text with U+FFFD and give chat the exact
 // bytes in `bytes`. A log-probability of −inf is written as −9999.0 (as OpenAI does).
@@ -146,6 +152,9 @@ struct TokenLogprob {
   std::string token;
   std::optional<double> logprob;  // nullopt: the first prompt token under echo (no context)
   std::vector<std::pair<std::string, double>> top;  // alternatives, most likely first
+  // Completions: where the token's text starts in the choice's text, when not right after the
+  // previous entry's (the first generated token under echo starts after the prompt's text).
+  std::optional<int64_t> text_offset;
 };
 
 struct Usage {
@@ -158,7 +167,7 @@ struct Choice {
   std::string text;  // completion text or chat content; in a chunk, the new piece only
   ChoiceFinish finish = ChoiceFinish::none;
   std::optional<std::vector<TokenLogprob>> logprobs;  // set when the request asked for them
-  int64_t text_offset = 0;   // completions: offset of the first token of `logprobs` in the text
+  int64_t text_offset = 0;   // completions: offset (characters) of `logprobs`' first token
   bool first_delta = false;  // chat chunks: this delta opens the message (carries the role)
 };
 

@@ -16,7 +16,10 @@ struct RunnerLimits {
   int64_t kv_blocks = 0;        // blocks in the KV cache
   int64_t kv_block_size = 16;   // tokens per block
   int64_t max_step_tokens = 0;  // tokens one step may run
-  int64_t max_sequences = 0;    // sequences one step may run (and rows of logits it returns)
+  int64_t max_sequences = 0;    // sequences one step may run
+  // Rows of logits one step may return (>= max_sequences; 0 = max_sequences). The rows beyond
+  // one per sequence carry prompt tokens' logits (RequestParams::prompt_logprobs).
+  int64_t max_logit_rows = 0;
 };
 
 class Runner {

@@ -20,15 +20,14 @@ void begin_step(StepBatch& b) {
 }
 
 void add_to_step(StepBatch& b, const BlockManager& blocks, int64_t seq,
-                 std::span<const int64_t> tokens, int64_t first_pos, bool all_logits) {
+                 std::span<const int64_t> tokens, int64_t first_pos, int64_t logits_from) {
   const int64_t n = int64_t(tokens.size());
   for (int64_t i = 0; i < n; ++i) {
-    if (all_logits) b.logit_rows.push_back(int64_t(b.ids.size()));
+    if (first_pos + i >= logits_from || i == n - 1) b.logit_rows.push_back(int64_t(b.ids.size()));
     b.ids.push_back(tokens[size_t(i)]);
     b.positions.push_back(first_pos + i);
     b.slots.push_back(blocks.slot(seq, first_pos + i));
   }
-  if (!all_logits) b.logit_rows.push_back(int64_t(b.ids.size()) - 1);
   b.query_start.push_back(int64_t(b.ids.size()));
   b.context_len.push_back(first_pos + n);
 }

@@ -38,10 +38,12 @@ struct BlockCopy;
 // Building a step from the block manager's tables, one sequence at a time; the blocks must
 // already hold the chunk (BlockManager::allocate / append first).
 void begin_step(StepBatch& b);
-// Sequence `seq`'s new tokens at positions [first_pos, first_pos + tokens.size()); with
-// all_logits every token's logits are returned, else the last token's.
+// Sequence `seq`'s new tokens at positions [first_pos, first_pos + tokens.size()). The logits of
+// its last token are returned, and those of every token at a position >= logits_from (0: all).
+constexpr int64_t kLastLogitsOnly = INT64_MAX;
 void add_to_step(StepBatch& b, const BlockManager& blocks, int64_t seq,
-                 std::span<const int64_t> tokens, int64_t first_pos, bool all_logits = false);
+                 std::span<const int64_t> tokens, int64_t first_pos,
+                 int64_t logits_from = kLastLogitsOnly);
 // The block tables of the step's sequences (in the order added) and the copies to make first.
 void end_step(StepBatch& b, const BlockManager& blocks, std::span<const int64_t> seqs,
               std::span<const BlockCopy> copies);

@@ -130,6 +130,43 @@ def trusted_prefix(tokens, margins, tie=1e-3):
     return tokens
 
 
+def check_echo_logprobs(test, ref, client, name, text, max_tokens=3, tol=1e-4):
+    """A completion with echo and logprobs: the prompt's tokens (transformers' tokenizer) with
+    transformers' log-probabilities and top 2 (the first token has none), then the same tokens,
+    log-probabilities and text as the request without echo. Returns the prompt's
+    log-probabilities."""
+    ids = ref.tok(text)["input_ids"]
+    P = len(ids)
+    got = client.completions.create(model=name, prompt=text, max_tokens=max_tokens,
+                                    temperature=0, echo=True, logprobs=2).choices[0]
+    lp = got.logprobs
+    test.assertEqual(lp.tokens[:P], [ref.tok.decode([t]) for t in ids])
+    test.assertIsNone(lp.token_logprobs[0])
+    test.assertIsNone(lp.top_logprobs[0])
+    rows = ref.logprobs(ids[:1], ids[1:])  # rows[i]: the position that predicts ids[i + 1]
+    for i in range(1, P):
+        row = rows[i - 1]
+        test.assertAlmostEqual(lp.token_logprobs[i], float(row[ids[i]]), delta=tol, msg=i)
+        values, top = torch.topk(row, 3)
+        want = {}
+        for v, t in zip(values.tolist()[:2], top.tolist()[:2]):
+            want.setdefault(ref.tok.decode([t]), v)
+        if float(values[1] - values[2]) > 1e-3:  # no near-tie for second place
+            test.assertEqual(set(lp.top_logprobs[i]), set(want), i)
+        for k, v in want.items():
+            if k in lp.top_logprobs[i]:
+                test.assertAlmostEqual(lp.top_logprobs[i][k], v, delta=tol)
+    test.assertEqual(lp.text_offset[0], 0)
+    plain = client.completions.create(model=name, prompt=text, max_tokens=max_tokens,
+                                      temperature=0, logprobs=2).choices[0]
+    test.assertEqual(got.text, text + plain.text)
+    test.assertEqual(lp.tokens[P:], plain.logprobs.tokens)
+    for a, b in zip(lp.token_logprobs[P:], plain.logprobs.token_logprobs):
+        test.assertAlmostEqual(a, b, delta=tol)
+    test.assertEqual(lp.text_offset[P], len(text))
+    return lp.token_logprobs[:P]
+
+
 def origami_binary():
     return os.environ.get("ORIGAMI_BIN", os.path.join(HERE, "..", "..", "build", "bin", "origami"))
 

@@ -102,6 +102,40 @@ class Completions(unittest.TestCase):
                 self.assertAlmostEqual(lp.top_logprobs[i][k], v, delta=1e-4)
             self.assertEqual(lp.tokens[i], REF.tok.decode([toks[i]]))
 
+    def test_echo_with_logprobs_scores_the_prompt(self):
+        c = SERVER.client()
+        name = os.path.basename(MODEL)
+        long_text = "paper cranes fold while servers stream " * 12
+        self.assertGreater(len(prompt_ids(long_text)), 64)  # more than one step's tokens
+        for text in ["models learn from", long_text]:
+            serve_lib.check_echo_logprobs(self, REF, c, name, text)
+        # max_tokens 0: the prompt alone, scored.
+        got = c.completions.create(model=name, prompt="models learn from", max_tokens=0,
+                                   echo=True, logprobs=1)
+        self.assertEqual(got.choices[0].text, "models learn from")
+        self.assertEqual(got.choices[0].finish_reason, "length")
+        self.assertEqual(got.usage.completion_tokens, 0)
+        self.assertEqual(len(got.choices[0].logprobs.tokens), len(prompt_ids("models learn from")))
+        # Two samples, streamed: each choice's chunks add up to the whole answer.
+        kw = dict(model=name, prompt="the lazy dog", max_tokens=4, temperature=0.8, seed=7,
+                  echo=True, logprobs=1, n=2)
+        whole = {ch.index: ch for ch in c.completions.create(**kw).choices}
+        text, tokens, values = {}, {}, {}
+        for chunk in c.completions.create(stream=True, **kw):
+            for ch in chunk.choices:
+                text[ch.index] = text.get(ch.index, "") + ch.text
+                if ch.logprobs:
+                    tokens.setdefault(ch.index, []).extend(ch.logprobs.tokens)
+                    values.setdefault(ch.index, []).extend(ch.logprobs.token_logprobs)
+        self.assertEqual(sorted(text), [0, 1])
+        for i, ch in whole.items():
+            self.assertTrue(ch.text.startswith("the lazy dog"))
+            self.assertEqual(text[i], ch.text)
+            self.assertEqual(tokens[i], ch.logprobs.tokens)
+            self.assertEqual(values[i][0], None)
+            for a, b in zip(values[i][1:], ch.logprobs.token_logprobs[1:]):
+                self.assertAlmostEqual(a, b, delta=1e-4)
+
     def test_stop_strings_never_emitted(self):
         c = SERVER.client()
         full = c.completions.create(model=os.path.basename(MODEL), prompt="the quick",

@@ -1,6 +1,8 @@
 """origami serve on several ranks (mpirun) answers as on one rank: greedy completions and chat
 for TP2, EP2 folded with attention TP2 (a MoE model) and PP2, each compared with the same
-requests on one rank and with transformers' greedy tokens (float64, up to the first near-tie).
+requests on one rank and with transformers' greedy tokens (float64, up to the first near-tie);
+echo with logprobs over a prompt longer than one step's logit rows gives transformers'
+log-probabilities (within 1e-4).
 A rank that dies ends the job, naming it; a rank that hangs makes the engine fail at the collective
 timeout: the request gets a 500 naming the rank, /health answers 503, and the job ends.
 """
@@ -47,6 +49,9 @@ class Ranks(unittest.TestCase):
             want = answers(one, name)
         with serve_lib.Server(model, args, ranks=ranks, launcher=launcher) as many:
             got = answers(many, name)
+            text = "paper cranes fold while servers stream " * 12  # > 128 tokens: cut chunks
+            self.assertGreater(len(ref.tok(text)["input_ids"]), 128)
+            serve_lib.check_echo_logprobs(self, ref, many.client(), name, text)
             self.assertEqual(many.stop(), 0, many.stderr())
         self.assertEqual(got, want, "%s on %d ranks %s" % (family, ranks, args))
         for p, text in zip(PROMPTS, got):

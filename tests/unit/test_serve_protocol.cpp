@@ -409,6 +409,15 @@ TEST(ServeProtocol, CompletionLogprobsEchoAndStreamOptions) {
   for (const json& v : {json(-1), json(kMaxLogprobs + 1), json(true), json("5")})
     expect_refused(completion_with("logprobs", v), "logprobs");
   expect_refused(completion_with("echo", 1), "echo");
+  // With echo, max_tokens 0 asks for the prompt alone (scoring it); never below 0.
+  json scoring = completion_with("echo", true);
+  scoring["max_tokens"] = 0;
+  EXPECT_EQ(decode_completion_request(scoring.dump(), kModel).sampling.max_tokens, 0);
+  scoring["max_tokens"] = -1;
+  expect_refused(scoring, "max_tokens");
+  scoring["echo"] = false;
+  scoring["max_tokens"] = 0;
+  expect_refused(scoring, "max_tokens");
   // stream_options needs stream = true, and must be an object with a boolean include_usage.
   expect_refused(completion_with("stream_options", {{"include_usage", true}}), "stream_options");
   json streamed = completion_with("stream", true);
@@ -586,14 +595,16 @@ TEST(ServeProtocol, CompletionLogprobs) {
   c.finish = ChoiceFinish::stop;
   c.text_offset = 10;
   c.logprobs = std::vector<TokenLogprob>{
-      {"Hi", std::nullopt, {}},  // the first prompt token under echo
-      {" there", -0.25, {{" there", -0.25}, {" you", -1.5}, {" there", -9.0}}},
-      {"\xe2\x82", -std::numeric_limits<double>::infinity(), {{"\xe2\x82", -2.0}}},
+      {"Hi", std::nullopt, {}, std::nullopt},  // the first prompt token under echo
+      {" there", -0.25, {{" there", -0.25}, {" you", -1.5}, {" there", -9.0}}, std::nullopt},
+      {"\xe2\x82", -std::numeric_limits<double>::infinity(), {{"\xe2\x82", -2.0}}, std::nullopt},
+      {"!", -0.5, {}, 30},  // the first generated token under echo: where it starts is given
+      {"?", -0.5, {}, std::nullopt},
   };
   r.choices = {c};
   const json j = json::parse(encode_response(r));
   const json& lp = j["choices"][0]["logprobs"];
-  EXPECT_EQ(lp["tokens"], json::array({"Hi", " there", "\xef\xbf\xbd"}));  // U+FFFD
+  EXPECT_EQ(lp["tokens"], json::array({"Hi", " there", "\xef\xbf\xbd", "!", "?"}));  // U+FFFD
   EXPECT_TRUE(lp["token_logprobs"][0].is_null());
   EXPECT_EQ(lp["token_logprobs"][1], -0.25);
   EXPECT_EQ(lp["token_logprobs"][2], -9999.0);
@@ -601,7 +612,11 @@ TEST(ServeProtocol, CompletionLogprobs) {
   EXPECT_EQ(lp["top_logprobs"][1].size(), 2u);  // the duplicate text keeps its first value
   EXPECT_EQ(lp["top_logprobs"][1][" there"], -0.25);
   EXPECT_EQ(lp["top_logprobs"][1][" you"], -1.5);
-  EXPECT_EQ(lp["text_offset"], json::array({10, 12, 18}));
+  EXPECT_EQ(lp["text_offset"], json::array({10, 12, 18, 30, 31}));
+  // Offsets count characters, as the client's string does: a cut sequence counts as one.
+  EXPECT_EQ(utf8_length("h\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80"), 4);  // h é € 😀
+  EXPECT_EQ(utf8_length("\xe2\x82"), 1);
+  EXPECT_EQ(utf8_length(""), 0);
 }
 
 TEST(ServeProtocol, ChatResponseAndLogprobs) {
@@ -609,8 +624,9 @@ TEST(ServeProtocol, ChatResponseAndLogprobs) {
   Choice c;
   c.text = "Bonjour \xf0\x9f\x98";  // cut inside an emoji
   c.finish = ChoiceFinish::stop;
-  c.logprobs = std::vector<TokenLogprob>{{"Bon", -0.1, {{"Bon", -0.1}, {"Sal", -2.5}}},
-                                         {"\xf0\x9f\x98", -0.5, {}}};
+  c.logprobs =
+      std::vector<TokenLogprob>{{"Bon", -0.1, {{"Bon", -0.1}, {"Sal", -2.5}}, std::nullopt},
+                                {"\xf0\x9f\x98", -0.5, {}, std::nullopt}};
   r.choices = {c};
   r.usage = Usage{3, 2};
   const json j = json::parse(encode_response(r));
@@ -671,7 +687,7 @@ TEST(ServeProtocol, CompletionStreamChunks) {
   Response r = sample_response(Endpoint::completions);
   Choice piece;
   piece.text = "ab";
-  piece.logprobs = std::vector<TokenLogprob>{{"ab", -1.0, {{"ab", -1.0}}}};
+  piece.logprobs = std::vector<TokenLogprob>{{"ab", -1.0, {{"ab", -1.0}}, std::nullopt}};
   piece.text_offset = 7;
   r.choices = {piece};
   const json j = json::parse(encode_chunk(r));
