@@ -3,11 +3,11 @@
 // 5632, vocab 32000). With a few rows of x, reading W is the whole cost, so each format's speed is
 // given as GB/s of packed bytes read (PackedLinear::bytes) and as a share of the read bandwidth (a
 // streaming sum of a 1 GiB buffer, 8 independent accumulators per thread, the same threads).
-// ops::gemm on bf16 W (oneDNN) runs the same shapes as the peer. "invariant" is the
-// batch-invariant call (PackedLinearOptions::batch_invariant, as the server
-// runs by default): its cost over the plain call is the cost of batch invariance.
+// ops::gemm on the same W (oneDNN; bf16 and f32) runs the same shapes as the peer. "invariant" is
+// the batch-invariant call (PackedLinearOptions::batch_invariant, as the server runs by default):
+// its cost over the plain call is the cost of batch invariance.
 //
-//   bench_qlinear [--threads 2] [--repeats 100] [--rows 1,8,16] [--formats bf16,int8,int4g128,...]
+//   bench_qlinear [--threads 2] [--repeats 100] [--rows 1,8,16] [--formats f32,bf16,int8g128,...]
 //                 [--shapes 2048x2048,...] (KxN)
 //
 // Every call reads W from memory, not from a cache: calls rotate over copies of the weights that
@@ -73,22 +73,25 @@ double wakeup_seconds(int threads) {
 }
 
 struct Format {
-  std::string name;  // bf16, int8g128, int4g128, int4g32
-  int bits = 16;
+  std::string name;  // f32, bf16, int8g128, int4g128, int4g32
+  int bits = 16;     // 32: f32
   int64_t group = 0;
 };
 
 Format parse_format(const std::string& s) {
   if (s == "bf16") return {s, 16, 0};
+  if (s == "f32") return {s, 32, 0};
   const size_t g = s.find('g');
   if ((s.rfind("int8", 0) == 0 || s.rfind("int4", 0) == 0) && g != std::string::npos)
     return {s, s[3] - '0', std::stoll(s.substr(g + 1))};
-  std::fprintf(stderr, "bench_qlinear: unknown format %s (bf16, int8gG, int4gG)\n", s.c_str());
+  std::fprintf(stderr, "bench_qlinear: unknown format %s (f32, bf16, int8gG, int4gG)\n", s.c_str());
   std::exit(2);
 }
 
 // Random levels, scales and zeros of an N x K layer, packed.
-ops::PackedLinear make_weights(const Format& f, int64_t K, int64_t N, const Tensor& w_bf16) {
+ops::PackedLinear make_weights(const Format& f, int64_t K, int64_t N, const Tensor& w32,
+                               const Tensor& w_bf16) {
+  if (f.bits == 32) return ops::pack_f32(w32);
   if (f.bits == 16) return ops::pack_bf16(w_bf16);
   std::mt19937 rng(1);
   std::uniform_int_distribution<int32_t> level(0, (1 << f.bits) - 1);
@@ -183,16 +186,15 @@ int main(int argc, char** argv) {
       for (int64_t i = 0; i < N * K; ++i) p[i] = u(rng);
     }
     const Tensor wb = w32.to(DType::bf16);
-    w32 = Tensor();
     for (const std::string& fs : formats_s) {
       const Format f = parse_format(fs);
-      const ops::PackedLinear w0 = make_weights(f, K, N, wb);
+      const ops::PackedLinear w0 = make_weights(f, K, N, w32, wb);
       const int copies = int(std::clamp(rotate_bytes / double(w0.bytes()), 1.0, 1000.0));
       std::vector<ops::PackedLinear> ws = {w0};
       for (int c = 1; c < copies; ++c) ws.push_back(copy_of(w0));
       for (const std::string& ms : rows_s) {
         const int64_t M = std::stoll(ms);
-        Tensor x = Tensor::zeros({M, K}, DType::bf16);
+        Tensor x = Tensor::zeros({M, K}, f.bits == 32 ? DType::f32 : DType::bf16);
         x.fill_(0.5);
         Tensor y = Tensor::zeros({M, N}, DType::f32);
         // Every contender once per repeat, in turn, so that load from other processes hits all
@@ -208,11 +210,12 @@ int main(int argc, char** argv) {
         inv.batch_invariant = true;
         cs.push_back(
             {"invariant", [&, inv](int c) { ops::packed_linear(x, ws[size_t(c)], y, inv); }, {}});
-        if (f.bits == 16) {
+        if (f.bits == 16 || f.bits == 32) {
           ops::GemmOptions g;
           g.trans_b = true;
-          cs.push_back(
-              {"gemm bf16", [&, g](int c) { ops::gemm(x, ws[size_t(c)].data, y, g); }, {}});
+          cs.push_back({f.bits == 16 ? "gemm bf16" : "gemm f32",
+                        [&, g](int c) { ops::gemm(x, ws[size_t(c)].data, y, g); },
+                        {}});
         }
         cs.push_back({"stream", [&](int c) { stream_sum(ws[size_t(c)], threads); }, {}});
         // Each call reads its own copy (contender i of repeat r: copy r * contenders + i), so that

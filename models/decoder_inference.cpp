@@ -72,30 +72,34 @@ void Decoder::project_group(const Tensor& x, std::initializer_list<Projection> l
 }
 
 void Decoder::build_packed_views() {
-  // bf16 compute: every dense linear is also viewed as a bf16 PackedLinear (no copy).
-  if (opt_.compute == DType::bf16)
+  // Every dense linear is also viewed as a PackedLinear of the compute dtype (no copy), so that
+  // decode runs the small-batch kernels (ops/qlinear.h): bf16 on any device, f32 on the CPU (on a
+  // GPU an f32 view would only reach cuBLAS the long way).
+  const bool bf16 = opt_.compute == DType::bf16;
+  const bool views = bf16 || opt_.device.is_cpu();
+  const auto view = [bf16](const Tensor& t) { return bf16 ? ops::pack_bf16(t) : ops::pack_f32(t); };
+  if (views)
     for (const std::string& name : linear_weight_names(layout_, true)) {
       const ParamEntry& e = layout_.entry(name);
       if (e.packed) continue;
       const Tensor& t = compute_.get(name);
       std::vector<ops::PackedLinear>& v = dense_views_[name];
       if (e.is_expert())
-        for (int64_t x = 0; x < e.experts; ++x) v.push_back(ops::pack_bf16(t.select(0, x)));
+        for (int64_t x = 0; x < e.experts; ++x) v.push_back(view(t.select(0, x)));
       else
-        v.push_back(ops::pack_bf16(t));
+        v.push_back(view(t));
     }
-  // The MoE router too (a bf16 view: a tiny product the decode kernels run on one thread, where a
-  // oneDNN call costs several times more).
-  if (opt_.compute == DType::bf16)
+  // The MoE router too (a tiny product the decode kernels run on one thread, where a oneDNN call
+  // costs several times more).
+  if (views)
     for (int64_t l = Lb_; l < Le_; ++l) {
       const std::string& r = layout_.names().layers[size_t(l)].router;
       if (!r.empty() && layout_.has(r) && !packed_.holds(r))
-        dense_views_[r].push_back(ops::pack_bf16(compute_.get(r)));
+        dense_views_[r].push_back(view(compute_.get(r)));
     }
   const std::string& embed = layout_.names().embed;  // a tied head reads the embedding
-  if (opt_.compute == DType::bf16 && spec_.tie_embeddings && layout_.has_head() &&
-      layout_.has(embed))
-    dense_views_[embed].push_back(ops::pack_bf16(compute_.get(embed)));
+  if (views && spec_.tie_embeddings && layout_.has_head() && layout_.has(embed))
+    dense_views_[embed].push_back(view(compute_.get(embed)));
   const auto find = [&](const std::string& name) -> const ops::PackedLinear* {
     if (name.empty() || !layout_.has(name)) return nullptr;
     if (packed_.holds(name)) return &packed_.get(name, layout_.entry(name).is_expert() ? 0 : -1);

@@ -27,11 +27,12 @@ PackedLinear packed_on(const PackedLinear& w, Device device) {
 // What a PackedLinear must hold to be read by the kernels (one built by hand, or damaged, fails
 // here rather than in a kernel). Errors name the tensor.
 void check_packed(const char* op, const PackedLinear& w) {
-  ORIGAMI_CHECK(w.defined(), op, ": w is undefined (make it with pack_bf16 or pack_quantized)");
+  ORIGAMI_CHECK(w.defined(), op,
+                ": w is undefined (make it with pack_f32, pack_bf16 or pack_quantized)");
   ORIGAMI_CHECK(w.rows > 0 && w.cols > 0, op, ": w has ", w.rows, " rows and ", w.cols,
                 " columns; both must be positive");
-  if (w.format == WeightFormat::bf16) {
-    check_dtype(op, "w.data", w.data, {DType::bf16});
+  if (w.format == WeightFormat::bf16 || w.format == WeightFormat::f32) {
+    check_dtype(op, "w.data", w.data, {w.format == WeightFormat::f32 ? DType::f32 : DType::bf16});
     check_shape(op, "w.data", w.data, {w.rows, w.cols});
     check_contiguous(op, "w.data", w.data);
     return;
@@ -67,14 +68,17 @@ const char* weight_format_name(WeightFormat f) {
       return "int8";
     case WeightFormat::int4:
       return "int4";
+    case WeightFormat::f32:
+      return "f32";
   }
   return "?";
 }
 
 WeightFormat parse_weight_format(const std::string& name) {
-  for (WeightFormat f : {WeightFormat::bf16, WeightFormat::int8, WeightFormat::int4})
+  for (WeightFormat f :
+       {WeightFormat::bf16, WeightFormat::int8, WeightFormat::int4, WeightFormat::f32})
     if (name == weight_format_name(f)) return f;
-  ORIGAMI_FAIL("unknown weight format '", name, "': use bf16, int8 or int4");
+  ORIGAMI_FAIL("unknown weight format '", name, "': use f32, bf16, int8 or int4");
 }
 
 int64_t PackedLinear::bytes() const {
@@ -84,18 +88,35 @@ int64_t PackedLinear::bytes() const {
   return total;
 }
 
+namespace {
+
+// W [N,K] itself as a PackedLinear of a dense format.
+PackedLinear dense_view(WeightFormat format, int bits, const Tensor& w) {
+  PackedLinear p;
+  p.format = format;
+  p.rows = w.size(0);
+  p.cols = w.size(1);
+  p.bits = bits;
+  p.data = w;
+  return p;
+}
+
+}  // namespace
+
 PackedLinear pack_bf16(const Tensor& w) {
   const char* op = "pack_bf16";
   check_dim(op, "w", w, 2);
   check_dtype(op, "w", w, {DType::f32, DType::bf16});
   check_contiguous(op, "w", w);
-  PackedLinear p;
-  p.format = WeightFormat::bf16;
-  p.rows = w.size(0);
-  p.cols = w.size(1);
-  p.bits = 16;
-  p.data = w.dtype() == DType::bf16 ? w : w.to(DType::bf16);
-  return p;
+  return dense_view(WeightFormat::bf16, 16, w.dtype() == DType::bf16 ? w : w.to(DType::bf16));
+}
+
+PackedLinear pack_f32(const Tensor& w) {
+  const char* op = "pack_f32";
+  check_dim(op, "w", w, 2);
+  check_dtype(op, "w", w, {DType::f32});
+  check_contiguous(op, "w", w);
+  return dense_view(WeightFormat::f32, 32, w);
 }
 
 PackedLinear pack_quantized(int bits, int64_t rows, int64_t cols, const int32_t* q,

@@ -1,7 +1,9 @@
 // Linear layers with weights packed once at load for fast inference, above all decode (a few rows
 // a step, where reading the weights is the whole cost):
 //
-//   y [M,N] = x [M,K] @ W^T + beta * y          W [N = rows, K = cols], one of three formats:
+//   y [M,N] = x [M,K] @ W^T + beta * y          W [N = rows, K = cols], one of four formats:
+//   f32   W itself, f32 [N,K] row-major (a view: f32 inference runs its decode through the
+//         same small-batch kernels as bf16, instead of one oneDNN call per linear)
 //   bf16  W itself, bf16 [N,K] row-major (the layout oneDNN uses too, so it is held once)
 //   int8  levels q in 0..255        W[n,k] = scale(n, g) * (q[n,k] - zero(n, g)), g = k / group
 //   int4  levels q in 0..15 (also used for 2- and 3-bit levels)
@@ -12,12 +14,14 @@
 // the same permutation (`perm`) first.
 //
 // Kernels (CPU): rows in blocks of up to 16 stream W once per block (AVX-512 / AVX-512-BF16 / VNNI
-// variants picked at run time, a baseline elsewhere); bf16 rounds x to bf16, int8 and int4 quantize
+// variants picked at run time, a baseline elsewhere); f32 dots x as it is (f32, or bf16 widened),
+// bf16 rounds x to bf16, int8 and int4 quantize
 // x to int8 per block of 32 columns (symmetric, scale max|x|/127, as llama.cpp's q8_0) unless
 // `exact` asks for f32 activations (slower, exact up to f32 rounding: golden tests). Larger M
 // dequantizes W in tiles and runs the tiles through ops::gemm (oneDNN), except batch-invariant
-// calls, which run the small-batch kernels on every row at any M. The work is split over N across
-// the OpenMP threads. CUDA: w8a16 / w4a16 kernels on the same packed data.
+// calls, which run the small-batch kernels on every row at any M (f32 and bf16 W go to ops::gemm
+// as they are). The work is split over N across the OpenMP threads. CUDA: w8a16 / w4a16 kernels on
+// the same packed data; f32 and bf16 W through ops::gemm.
 //
 // Numerics, exactly: a block of x is 32 consecutive packed columns (W's columns permuted by `perm`)
 // of one row; in f32 arithmetic sx = max|x| / 127, xq = round-half-to-even(x * (127 / max|x|))
@@ -35,19 +39,19 @@
 
 namespace origami::ops {
 
-enum class WeightFormat { bf16, int8, int4 };
-const char* weight_format_name(WeightFormat f);  // "bf16", "int8", "int4"
-// "bf16", "int8", "int4" -> the format; throws origami::Error listing the names otherwise.
+enum class WeightFormat { bf16, int8, int4, f32 };
+const char* weight_format_name(WeightFormat f);  // "bf16", "int8", "int4", "f32"
+// "bf16", "int8", "int4", "f32" -> the format; throws origami::Error listing the names otherwise.
 WeightFormat parse_weight_format(const std::string& name);
 
 struct PackedLinear {
   WeightFormat format = WeightFormat::bf16;
   int64_t rows = 0;        // N (outputs)
   int64_t cols = 0;        // K (inputs)
-  int64_t group_size = 0;  // int formats: columns per scale and zero (divides K); bf16: 0
-  int bits = 16;           // bits of the levels (int4 holds 2, 3 or 4)
-  // The packed tensors, in the kernel's own order (ops/cpu/qlinear.cpp documents it). bf16: data
-  // is W [N,K] bf16, possibly a view of a bigger buffer (nothing copied). int: data u8 [Nt, 16K]
+  int64_t group_size = 0;  // int formats: columns per scale and zero (divides K); f32, bf16: 0
+  int bits = 16;           // bits of the levels (int4 holds 2, 3 or 4; f32 32)
+  // The packed tensors, in the kernel's own order (ops/cpu/qlinear.cpp documents it). f32, bf16:
+  // data is W [N,K], possibly a view of a bigger buffer (nothing copied). int: data u8 [Nt, 16K]
   // (int8) or [Nt, 8K] (int4), Nt = ceil(N/16) tiles of 16 rows; scales and zeros f32 [Nt,G,16];
   // perm i32 [K] (packed column j is W's column perm[j]) or undefined.
   Tensor data, scales, zeros, perm;
@@ -59,6 +63,8 @@ struct PackedLinear {
 
 // W [N,K] bf16 as it is (a view; no copy). f32 W is rounded into a new bf16 tensor.
 PackedLinear pack_bf16(const Tensor& w);
+// W [N,K] f32 as it is (a view; no copy).
+PackedLinear pack_f32(const Tensor& w);
 
 // Packs quantized levels (the models::QuantizedLinear layout, any 1 <= bits <= 8):
 //   q       [N*K] levels in 0..2^bits-1, row-major in W's own column order
@@ -73,7 +79,7 @@ PackedLinear pack_quantized(int bits, int64_t rows, int64_t cols, const int32_t*
                             const float* scales, const int32_t* zeros, int64_t groups,
                             const int32_t* g_idx, Device device = Device::cpu());
 
-// W^ [N,K] f32 in W's own column order: scale * (q - zero), or the bf16 values.
+// W^ [N,K] f32 in W's own column order: scale * (q - zero), or the f32 / bf16 values.
 Tensor dequantize(const PackedLinear& w);
 
 struct PackedLinearOptions {

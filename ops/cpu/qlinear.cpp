@@ -14,7 +14,7 @@
 //         bytes) are the 8 vectors of the int8 layout. 2- and 3-bit levels are stored the same way.
 //   scales, zeros  f32 [Nt][G][16]: scale and zero (a level, as a float) of row 16t + r in group
 //         g, one 64-byte vector per tile and group. Group g is packed columns [g*gs, (g+1)*gs).
-//   bf16  W itself, [N][K] row-major (no tiles: a view of the caller's buffer).
+//   f32, bf16  W itself, [N][K] row-major (no tiles: a view of the caller's buffer).
 //
 // Decode (M <= 16), every output split over the threads in contiguous ranges of tiles (rows):
 //  - int formats: x's rows are quantized once per call to int8 per block of 32 packed columns,
@@ -28,10 +28,11 @@
 //  - bf16: x rounded to bf16 (nearest even) once per call; one or four rows of W (by M; see
 //    Bf16Tables) dotted with up to 4 rows of x at a time (vdpbf16ps, f32 accumulation, 4 to 16
 //    independent accumulators, their horizontal sums eight at a time).
+//  - f32: the same blocks with f32 FMAs, 16 columns a step, on x as it is (bf16 x widened once).
 //  - exact (int formats): W^ tile by tile in f32, dotted with x in f32.
 // Prefill (M > 16): W^ dequantized tile of rows by tile of rows into a buffer of x's dtype, each
-// tile one ops::gemm (oneDNN) into an f32 buffer, copied into y's columns; bf16 W goes to ops::gemm
-// directly.
+// tile one ops::gemm (oneDNN) into an f32 buffer, copied into y's columns; f32 and bf16 W go to
+// ops::gemm directly.
 //
 // Kernels (ops/cpu/qlinear_kernels.h) are compiled once per instruction set
 // (ops/cpu/isa_variants.h, with the BF16 + VNNI variant), the best one this CPU runs picked at run
@@ -62,6 +63,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -117,6 +119,14 @@ struct Bf16Problem {
   Output out;
 };
 
+struct F32Problem {
+  const float* w = nullptr;  // [N][K]
+  const float* x = nullptr;  // [M][Kp] (Kp >= K: x's row stride)
+  int64_t N = 0, K = 0, Kp = 0, M = 0;
+  bool invariant = false;  // as Bf16Problem's
+  Output out;
+};
+
 struct IntProblem {
   const uint8_t* data = nullptr;  // the packed tiles
   const float* scales = nullptr;  // [Nt][G][16]
@@ -146,6 +156,7 @@ using namespace qlinear_detail;
 struct Kernels {
   const char* name;
   decltype(&generic::bf16_rows) bf16_rows;
+  decltype(&generic::f32_rows) f32_rows;
   decltype(&generic::int_tiles) int_tiles;
   decltype(&generic::quantize_rows) quantize_rows;
 };
@@ -158,14 +169,17 @@ std::vector<Kernels> available_kernels() {
                       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
                       __builtin_cpu_supports("fma");
   if (avx512 && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vnni"))
-    ks.push_back({"avx512_bf16_vnni", &avx512_bf16_vnni::bf16_rows, &avx512_bf16_vnni::int_tiles,
-                  &avx512_bf16_vnni::quantize_rows});
+    ks.push_back({"avx512_bf16_vnni", &avx512_bf16_vnni::bf16_rows, &avx512_bf16_vnni::f32_rows,
+                  &avx512_bf16_vnni::int_tiles, &avx512_bf16_vnni::quantize_rows});
   if (avx512)
-    ks.push_back({"avx512", &avx512::bf16_rows, &avx512::int_tiles, &avx512::quantize_rows});
+    ks.push_back({"avx512", &avx512::bf16_rows, &avx512::f32_rows, &avx512::int_tiles,
+                  &avx512::quantize_rows});
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    ks.push_back({"avx2", &avx2::bf16_rows, &avx2::int_tiles, &avx2::quantize_rows});
+    ks.push_back(
+        {"avx2", &avx2::bf16_rows, &avx2::f32_rows, &avx2::int_tiles, &avx2::quantize_rows});
 #endif
-  ks.push_back({"generic", &generic::bf16_rows, &generic::int_tiles, &generic::quantize_rows});
+  ks.push_back({"generic", &generic::bf16_rows, &generic::f32_rows, &generic::int_tiles,
+                &generic::quantize_rows});
   return ks;
 }
 
@@ -343,6 +357,30 @@ void prefill_int(const Tensor& x, const PackedLinear& w, Tensor& y, const Output
   }
 }
 
+// M > 16, f32: ops::gemm on W itself, x widened to f32 first when it is bf16 (and a bf16 y
+// through an f32 buffer).
+void prefill_f32(const Tensor& x, const PackedLinear& w, Tensor& y, const Output& out) {
+  const int64_t M = x.size(0), K = x.size(1), N = w.rows;
+  Tensor xf = x;
+  if (x.dtype() == DType::bf16) {
+    float* dst = call_scratch<float>(kSlotX, M * K);  // [M][K]
+    const uint16_t* src = x.data_as<const uint16_t>();
+    for (int64_t i = 0; i < M * K; ++i) dst[i] = bf16_to_f32(src[i]);
+    xf = Tensor::from_blob(dst, {M, K}, DType::f32);
+  }
+  GemmOptions g;
+  g.trans_b = true;
+  if (y.dtype() == DType::f32) {
+    g.beta = out.beta;
+    ops::gemm(xf, w.data, y, g);
+    return;
+  }
+  float* part = call_scratch<float>(kSlotOut, M * N);  // [M][N]
+  Tensor pt = Tensor::from_blob(part, {M, N}, DType::f32);
+  ops::gemm(xf, w.data, pt, g);
+  copy_columns(part, M, 0, N, out);
+}
+
 // M > 16, bf16: ops::gemm on W itself, x rounded to bf16 first when it is f32.
 void prefill_bf16(const Tensor& x, const PackedLinear& w, Tensor& y, const Output& out) {
   const int64_t M = x.size(0), K = x.size(1);
@@ -359,13 +397,17 @@ void prefill_bf16(const Tensor& x, const PackedLinear& w, Tensor& y, const Outpu
   ops::gemm(xb, w.data, y, g);
 }
 
+bool is_int(WeightFormat f) {
+  return f == WeightFormat::int8 || f == WeightFormat::int4;
+}
+
 // Whether the decode kernels can run the members of a group in one region: decode calls (every x_i
-// 1 to 16 rows, or any number batch-invariant; int8 activations or bf16), every member of one
+// 1 to 16 rows, or any number batch-invariant; int8 activations, f32 or bf16), every member of one
 // format, one K and one column order, every x of one dtype.
 bool one_region(std::span<const Tensor* const> x, std::span<const PackedLinear* const> w,
                 const PackedLinearOptions& opt) {
   const PackedLinear& w0 = *w[0];
-  if (opt.exact && w0.format != WeightFormat::bf16) return false;
+  if (opt.exact && is_int(w0.format)) return false;
   for (size_t i = 0; i < w.size(); ++i) {
     const PackedLinear& m = *w[i];
     const int64_t M = x[i]->size(0);
@@ -396,6 +438,38 @@ int64_t first_with_x(std::span<const Tensor* const> x, size_t i) {
   return int64_t(i);
 }
 
+// The dense formats' (f32, bf16) part of decode_group once each P[i].x is set: the rest of the
+// problems, then every member's rows in one range over the threads (`Kp`: x's row stride).
+template <typename Problem>
+void dense_members(Problem* P, std::span<const Tensor* const> x,
+                   std::span<const PackedLinear* const> w, std::span<Tensor* const> y,
+                   const PackedLinearOptions& opt, int64_t Kp,
+                   void (*rows_fn)(const Problem&, int64_t, int64_t)) {
+  using Elem = std::remove_const_t<std::remove_pointer_t<decltype(P[0].w)>>;
+  const size_t n = w.size();
+  const int64_t K = w[0]->cols;
+  int64_t first[kMaxGroup + 1] = {};
+  int64_t bytes = 0;  // what the passes over x's rows read of W: decides the threads
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t M = x[i]->size(0);
+    P[i].invariant = opt.batch_invariant;
+    P[i].N = w[i]->rows;
+    P[i].K = K;
+    P[i].Kp = Kp;
+    P[i].M = M;
+    P[i].w = w[i]->data.data_as<const Elem>();
+    P[i].out = output_of(*w[i], *y[i], opt.beta);
+    first[i + 1] = first[i] + P[i].N;
+    bytes += P[i].N * K * int64_t(sizeof(Elem)) * passes(M, kBf16RowsX);
+  }
+  split_units(first[n], bytes, [&](int64_t u0, int64_t u1) {
+    for (size_t i = 0; i < n; ++i) {
+      const int64_t a = std::max(u0, first[i]), b = std::min(u1, first[i + 1]);
+      if (a < b) rows_fn(P[i], a - first[i], b - first[i]);
+    }
+  });
+}
+
 // The decode kernels over every member (one_region holds), in one parallel region.
 void decode_group(std::span<const Tensor* const> x, std::span<const PackedLinear* const> w,
                   std::span<Tensor* const> y, const PackedLinearOptions& opt) {
@@ -406,11 +480,29 @@ void decode_group(std::span<const Tensor* const> x, std::span<const PackedLinear
   int64_t rows = 0;  // of the distinct x's
   for (size_t i = 0; i < n; ++i)
     if (first_with_x(x, i) == int64_t(i)) rows += x[i]->size(0);
-  // Each member's units (bf16: rows; int: tiles of 16 rows), one range over all of them. Members
-  // share K and the format, so a unit reads the same bytes in every member. `bytes`: what the
-  // passes over the rows of x read of W (from memory, then from cache), which decides the threads.
-  int64_t first[kMaxGroup + 1] = {};
-  int64_t bytes = 0;
+  // Each member's units (f32, bf16: rows, dense_members; int: tiles of 16 rows), one range over
+  // all of them. Members share K and the format, so a unit reads the same bytes in every member.
+  if (w[0]->format == WeightFormat::f32) {
+    F32Problem P[kMaxGroup];
+    // f32 x is read where it is; bf16 x widened once into one buffer of the distinct x's.
+    float* xf = x[0]->dtype() == DType::bf16 ? call_scratch<float>(kSlotX, rows * K) : nullptr;
+    int64_t row = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const int64_t M = x[i]->size(0), j = first_with_x(x, i);
+      if (j != int64_t(i)) {
+        P[i].x = P[j].x;
+      } else if (xf == nullptr) {
+        P[i].x = x[i]->data_as<const float>();
+      } else {
+        float* dst = xf + row * K;
+        row += M;
+        const uint16_t* src = x[i]->data_as<const uint16_t>();
+        for (int64_t e = 0; e < M * K; ++e) dst[e] = bf16_to_f32(src[e]);
+        P[i].x = dst;
+      }
+    }
+    return dense_members(P, x, w, y, opt, K, Kn.f32_rows);
+  }
   if (w[0]->format == WeightFormat::bf16) {
     Bf16Problem P[kMaxGroup];
     const int64_t Kp = (K + kB - 1) / kB * kB;
@@ -435,25 +527,12 @@ void decode_group(std::span<const Tensor* const> x, std::span<const PackedLinear
       } else {
         P[i].x = P[j].x;
       }
-      P[i].invariant = opt.batch_invariant;
-      P[i].N = w[i]->rows;
-      P[i].K = K;
-      P[i].Kp = Kp;
-      P[i].M = M;
-      P[i].w = w[i]->data.data_as<const uint16_t>();
-      P[i].out = output_of(*w[i], *y[i], opt.beta);
-      first[i + 1] = first[i] + P[i].N;
-      bytes += P[i].N * K * 2 * passes(M, kBf16RowsX);
     }
-    split_units(first[n], bytes, [&](int64_t u0, int64_t u1) {
-      for (size_t i = 0; i < n; ++i) {
-        const int64_t a = std::max(u0, first[i]), b = std::min(u1, first[i + 1]);
-        if (a < b) Kn.bf16_rows(P[i], a - first[i], b - first[i]);
-      }
-    });
-    return;
+    return dense_members(P, x, w, y, opt, Kp, Kn.bf16_rows);
   }
   IntProblem P[kMaxGroup];
+  int64_t first[kMaxGroup + 1] = {};
+  int64_t bytes = 0;  // what the passes over x's rows read of W: decides the threads
   const int64_t nb = K / kB;
   int8_t* xq = call_scratch<int8_t>(kSlotXq, rows * K);     // [rows][K]
   float* xs = call_scratch<float>(kSlotXScale, rows * nb);  // [rows][K/32]
@@ -509,10 +588,15 @@ void packed_linear(const Tensor& x, const PackedLinear& w, Tensor& y,
   Tensor* yp = &y;
   if (opt.batch_invariant) {
     // The decode kernels on every row, in one region: a row's result is the same in any M.
-    if (opt.exact && w.format != WeightFormat::bf16) return decode_int_exact(x, w, out);
+    if (opt.exact && is_int(w.format)) return decode_int_exact(x, w, out);
     return decode_group({&xp, 1}, {&wp, 1}, {&yp, 1}, opt);
   }
-  if (w.format == WeightFormat::bf16) {
+  if (w.format == WeightFormat::f32) {
+    if (M > kMaxM)
+      prefill_f32(x, w, y, out);
+    else
+      decode_group({&xp, 1}, {&wp, 1}, {&yp, 1}, opt);
+  } else if (w.format == WeightFormat::bf16) {
     if (M > kMaxM)
       prefill_bf16(x, w, y, out);
     else

@@ -143,34 +143,19 @@ inline void reduce_add8(const __m512* v, int n, float* res) {
 // step: R * MB * U independent accumulators (which R, MB and U: Bf16Tables below). The U
 // accumulators of a dot are added in order, then reduced by reduce_add8's tree.
 template <int R, int MB, int U>
-void bf16_block(const Bf16Problem& P, int64_t n, int64_t m0, float* res) {
-  const int64_t K = P.K;
-  const uint16_t* w = P.w + n * K;
-  const uint16_t* x = P.x + m0 * P.Kp;
-  __m512 acc[R][MB][U];
+inline void zero_dots(__m512 (&acc)[R][MB][U]) {
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
     for (int m = 0; m < MB; ++m)
 #pragma GCC unroll 8
       for (int u = 0; u < U; ++u) acc[r][m][u] = _mm512_setzero_ps();
-  auto step = [&](int64_t k, int u, __mmask32 mask) {
-    __m512i wv[R];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) wv[r] = _mm512_maskz_loadu_epi16(mask, w + r * K + k);
-#pragma GCC unroll 4
-    for (int m = 0; m < MB; ++m) {
-      const __m512i xv = _mm512_loadu_si512(x + m * P.Kp + k);
-#pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) acc[r][m][u] = dot_bf16(acc[r][m][u], wv[r], xv);
-    }
-  };
-  int64_t k = 0;
-  for (; k + U * kB <= K; k += U * kB)
-#pragma GCC unroll 8
-    for (int u = 0; u < U; ++u) step(k + u * kB, u, __mmask32(~0u));
-  for (; k < K; k += kB)  // x is zero past K, W is not read there
-    step(k, 0, K - k >= kB ? __mmask32(~0u) : __mmask32((1u << (K - k)) - 1));
+}
+
+// res [R][MB] = the dots of acc [R][MB][U]: the U accumulators of a dot added in order, then
+// reduced by reduce_add8's tree (by _mm512_reduce_add_ps's when there is one dot).
+template <int R, int MB, int U>
+inline void sum_dots(const __m512 (&acc)[R][MB][U], float* res) {
   __m512 sums[(R * MB + 7) / 8 * 8];  // padded with zeros to whole eights for reduce_add8
 #pragma GCC unroll 8
   for (int i = R * MB; i < (R * MB + 7) / 8 * 8; ++i) sums[i] = _mm512_setzero_ps();
@@ -189,6 +174,61 @@ void bf16_block(const Bf16Problem& P, int64_t n, int64_t m0, float* res) {
 #pragma GCC unroll 2
     for (int i = 0; i < R * MB; i += 8) reduce_add8(sums + i, std::min(8, R * MB - i), res + i);
   }
+}
+
+template <int R, int MB, int U>
+void bf16_block(const Bf16Problem& P, int64_t n, int64_t m0, float* res) {
+  const int64_t K = P.K;
+  const uint16_t* w = P.w + n * K;
+  const uint16_t* x = P.x + m0 * P.Kp;
+  __m512 acc[R][MB][U];
+  zero_dots<R, MB, U>(acc);
+  auto step = [&](int64_t k, int u, __mmask32 mask) {
+    __m512i wv[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) wv[r] = _mm512_maskz_loadu_epi16(mask, w + r * K + k);
+#pragma GCC unroll 4
+    for (int m = 0; m < MB; ++m) {
+      const __m512i xv = _mm512_loadu_si512(x + m * P.Kp + k);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) acc[r][m][u] = dot_bf16(acc[r][m][u], wv[r], xv);
+    }
+  };
+  int64_t k = 0;
+  for (; k + U * kB <= K; k += U * kB)
+#pragma GCC unroll 8
+    for (int u = 0; u < U; ++u) step(k + u * kB, u, __mmask32(~0u));
+  for (; k < K; k += kB)  // x is zero past K, W is not read there
+    step(k, 0, K - k >= kB ? __mmask32(~0u) : __mmask32((1u << (K - k)) - 1));
+  sum_dots<R, MB, U>(acc, res);
+}
+
+// The same for f32 W and x: 16 columns a step (FMA), the tail columns masked on both.
+template <int R, int MB, int U>
+void f32_block(const F32Problem& P, int64_t n, int64_t m0, float* res) {
+  const int64_t K = P.K;
+  const float* w = P.w + n * K;
+  const float* x = P.x + m0 * P.Kp;
+  __m512 acc[R][MB][U];
+  zero_dots<R, MB, U>(acc);
+  auto step = [&](int64_t k, int u, __mmask16 mask) {
+    __m512 wv[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) wv[r] = _mm512_maskz_loadu_ps(mask, w + r * K + k);
+#pragma GCC unroll 4
+    for (int m = 0; m < MB; ++m) {
+      const __m512 xv = _mm512_maskz_loadu_ps(mask, x + m * P.Kp + k);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) acc[r][m][u] = _mm512_fmadd_ps(wv[r], xv, acc[r][m][u]);
+    }
+  };
+  int64_t k = 0;
+  for (; k + U * kT <= K; k += U * kT)
+#pragma GCC unroll 8
+    for (int u = 0; u < U; ++u) step(k + u * kT, u, __mmask16(0xFFFF));
+  for (; k < K; k += kT)
+    step(k, 0, K - k >= kT ? __mmask16(0xFFFF) : __mmask16((1u << (K - k)) - 1));
+  sum_dots<R, MB, U>(acc, res);
 }
 
 void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* xq, float* xs, float* xsum) {
@@ -246,22 +286,40 @@ void int_tile(const IntProblem& P, int64_t t, int64_t m0, float* res) {
   }
 }
 
-template <int R, int MB, int U>
-void bf16_block(const Bf16Problem& P, int64_t n, int64_t m0, float* res) {
+inline float widen(uint16_t v) {
+  return bf16_to_f32(v);
+}
+inline float widen(float v) {
+  return v;
+}
+
+// res [R][MB], each dot in 16 partial sums (the portable blocks, f32 or bf16 W and x).
+template <int R, int MB, typename Problem>
+void dense_block(const Problem& P, int64_t n, int64_t m0, float* res) {
   const int64_t K = P.K;
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < MB; ++m) {
-      const uint16_t* w = P.w + (n + r) * K;
-      const uint16_t* x = P.x + (m0 + m) * P.Kp;
+      const auto* w = P.w + (n + r) * K;
+      const auto* x = P.x + (m0 + m) * P.Kp;
       float lanes[16] = {};  // independent partial sums (vectorizable)
       int64_t k = 0;
       for (; k + 16 <= K; k += 16)
-        for (int l = 0; l < 16; ++l) lanes[l] += bf16_to_f32(w[k + l]) * bf16_to_f32(x[k + l]);
-      for (; k < K; ++k) lanes[0] += bf16_to_f32(w[k]) * bf16_to_f32(x[k]);
+        for (int l = 0; l < 16; ++l) lanes[l] += widen(w[k + l]) * widen(x[k + l]);
+      for (; k < K; ++k) lanes[0] += widen(w[k]) * widen(x[k]);
       float s = 0.0f;
       for (float v : lanes) s += v;
       res[r * MB + m] = s;
     }
+}
+
+template <int R, int MB, int U>
+void bf16_block(const Bf16Problem& P, int64_t n, int64_t m0, float* res) {
+  dense_block<R, MB>(P, n, m0, res);
+}
+
+template <int R, int MB, int U>
+void f32_block(const F32Problem& P, int64_t n, int64_t m0, float* res) {
+  dense_block<R, MB>(P, n, m0, res);
 }
 
 void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* xq, float* xs, float* xsum) {
@@ -310,10 +368,15 @@ void int_tiles(const IntProblem& P, int64_t t0, int64_t t1) {
 }
 
 using Bf16BlockFn = void (*)(const Bf16Problem&, int64_t, int64_t, float*);
-// bf16_block<R, MB, U> for MB = 1 .. kBf16RowsX.
+using F32BlockFn = void (*)(const F32Problem&, int64_t, int64_t, float*);
+// bf16_block<R, MB, U> (f32_block) for MB = 1 .. kBf16RowsX.
 template <int R, int U, size_t... I>
 constexpr std::array<Bf16BlockFn, sizeof...(I)> bf16_block_table(std::index_sequence<I...>) {
   return {&bf16_block<R, int(I) + 1, U>...};
+}
+template <int R, int U, size_t... I>
+constexpr std::array<F32BlockFn, sizeof...(I)> f32_block_table(std::index_sequence<I...>) {
+  return {&f32_block<R, int(I) + 1, U>...};
 }
 
 // y[m, n0 : n0 + count] = v[m * kT ...] (+ beta * y) for every row m of x, count <= 16: what
@@ -356,16 +419,22 @@ void store_strip(const Output& out, const float* v, int64_t M, int64_t n0, int64
 //    dots run side by side). bench_qlinear against two rows of W with two accumulators per dot:
 //    15-35% faster at M = 2-16 on the 1.1B shapes, 1.3-2x at M = 16-160 on 256-wide layers, the
 //    same at M = 1.
+// f32 (F32Tables) makes the same choices.
 struct Bf16Tables {
   static constexpr auto seq = std::make_index_sequence<kBf16RowsX>();
   static constexpr auto one = bf16_block_table<1, 8>(seq);
   static constexpr auto four = bf16_block_table<4, 1>(seq), four_tail = bf16_block_table<1, 1>(seq);
 };
+struct F32Tables {
+  static constexpr auto seq = std::make_index_sequence<kBf16RowsX>();
+  static constexpr auto one = f32_block_table<1, 8>(seq);
+  static constexpr auto four = f32_block_table<4, 1>(seq), four_tail = f32_block_table<1, 1>(seq);
+};
 
 // Rows [n0, n1) of W against every row of x, results stored: in strips of 16 rows of W, whose
 // results for every row of x are gathered first and stored 16 at a time.
-void bf16_rows(const Bf16Problem& P, int64_t n0, int64_t n1) {
-  using T = Bf16Tables;
+template <typename Problem, typename T>
+void dense_rows(const Problem& P, int64_t n0, int64_t n1) {
   const bool wide = P.M > 1 || P.invariant;
   thread_local std::vector<float> strip;  // [M][16]
   if (strip.size() < size_t(P.M * kT)) strip.resize(size_t(P.M * kT));
@@ -387,6 +456,14 @@ void bf16_rows(const Bf16Problem& P, int64_t n0, int64_t n1) {
     }
     store_strip(P.out, strip.data(), P.M, s0, s1 - s0);
   }
+}
+
+void bf16_rows(const Bf16Problem& P, int64_t n0, int64_t n1) {
+  dense_rows<Bf16Problem, Bf16Tables>(P, n0, n1);
+}
+
+void f32_rows(const F32Problem& P, int64_t n0, int64_t n1) {
+  dense_rows<F32Problem, F32Tables>(P, n0, n1);
 }
 
 }  // namespace origami::ops::cpu::qlinear_detail::ORIGAMI_ATTENTION_ISA

@@ -98,6 +98,10 @@ Tensor dequantize(const PackedLinear& w) {
   const int64_t N = w.rows, K = w.cols;
   Tensor out = Tensor::empty({N, K}, DType::f32);
   float* o = out.data_as<float>();
+  if (w.format == WeightFormat::f32) {
+    std::memcpy(o, w.data.data(), size_t(N * K) * sizeof(float));
+    return out;
+  }
   if (w.format == WeightFormat::bf16) {
     const uint16_t* src = w.data.data_as<const uint16_t>();
     for (int64_t i = 0; i < N * K; ++i) o[i] = bf16_to_f32(src[i]);

@@ -7,7 +7,8 @@
 // one coalesced load; levels are dequantized in registers and dotted with x in f32. Lanes holding
 // the same rows are summed with shuffles, the warps through shared memory, and y written with beta.
 // M > 16: W^ dequantized tile of rows by tile of rows into a buffer of x's dtype, each tile one
-// ops::gemm (cuBLAS, f32 accumulation). bf16 W: ops::gemm on W itself, x rounded to bf16 first.
+// ops::gemm (cuBLAS, f32 accumulation). bf16 W: ops::gemm on W itself, x rounded to bf16 first;
+// f32 W likewise, x widened to f32.
 #include "ops/cpu/qlinear.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/qlinear.h"
@@ -247,11 +248,12 @@ void packed_linear(const Tensor& x, const PackedLinear& w, Tensor& y,
   const int64_t M = x.size(0);
   if (M == 0) return;
   cudaStream_t s = stream_for(y);
-  if (w.format == WeightFormat::bf16) {
+  if (w.format == WeightFormat::bf16 || w.format == WeightFormat::f32) {
     GemmOptions g;
     g.trans_b = true;
     g.beta = opt.beta;
-    ops::gemm(x.dtype() == DType::bf16 ? x : x.to(DType::bf16), w.data, y, g);
+    const DType wd = w.data.dtype();
+    ops::gemm(x.dtype() == wd ? x : x.to(wd), w.data, y, g);
     return;
   }
   const bool int4 = w.format == WeightFormat::int4;

@@ -9,6 +9,7 @@
 //    xq = nearest-even(x * (127 / max|x|)) in f32 arithmetic; y = sum_b sx_b sum_j W^ xq_j.
 //  - exact, prefill (M > 16) and CUDA: y = sum_k W^ x (x's own values).
 //  - bf16: y = sum_k W x with x rounded to bf16.
+//  - f32: y = sum_k W x with x's own values (a bf16 x is its bf16 values).
 // Tolerance: |y - ref| <= rel * sum|terms| (the magnitude of what was summed, beta * y included),
 // plus 2^-8 |ref| for a bf16 y. rel is 1e-5 where the kernel sums in f32 what the reference sums,
 // 4e-3 where W^ is rounded to bf16 first (prefill with bf16 x: the GEMM's operand).
@@ -338,6 +339,52 @@ void expect_bf16_matches(Device device, uint64_t seed) {
     }
 }
 
+// ---- f32 ----------------------------------------------------------------------------------------
+
+void expect_f32_matches(Device device, uint64_t seed) {
+  for (const Bf16Case& c : kBf16Cases) {
+    SCOPED_TRACE(c.name);
+    const Tensor w32 = test::random_tensor({c.N, c.K}, DType::f32, seed++, -0.5, 0.5);
+    const Tensor wd = w32.to(device);
+    const ops::PackedLinear w = ops::pack_f32(wd);
+    EXPECT_EQ(w.format, ops::WeightFormat::f32);
+    EXPECT_EQ(w.bytes(), c.N * c.K * 4);
+    EXPECT_EQ(w.data.data(), wd.data()) << "pack_f32 copies nothing";
+    EXPECT_EQ(ops::dequantize(w).to_float_vector(), w32.to_float_vector());
+    std::vector<double> wr;
+    for (float v : w32.to_float_vector()) wr.push_back(v);
+    for (const Call& run : all_runs({1, 3, 8, 16, 17, 64})) {
+      if (run.exact) continue;  // no meaning for f32
+      for (bool invariant : {false, true}) {
+        const int64_t M = run.M;
+        const Tensor x = test::random_tensor({M, c.K}, DType::f32, seed += 3, -2.0, 2.0);
+        const Tensor xd = x.to(run.x_dtype);
+        const Tensor y0 = test::random_tensor({M, c.N}, run.y_dtype, seed + 1);
+        const test::HostArray y0h = test::to_host_array(y0);
+        Tensor y = output_for(y0, run.beta, device);
+        ops::PackedLinearOptions opt;
+        opt.beta = run.beta;
+        opt.batch_invariant = invariant;
+        ops::packed_linear(xd.to(device), w, y, opt);
+        std::vector<double> xr;  // x as the call sees it
+        for (float v : xd.to_float_vector()) xr.push_back(v);
+        const Expected e = reference(wr, c.N, c.K, xr, {}, M, run.beta, &y0h);
+        EXPECT_TRUE(close_enough(y, e, 1e-5)) << run.str() << (invariant ? ", invariant" : "");
+      }
+    }
+  }
+}
+
+TEST(PackedLinear, F32MatchesReference) {
+  ORIGAMI_REQUIRE_TEST_DEVICE();
+  expect_f32_matches(test::test_device(), 550);
+}
+
+TEST(PackedLinear, CudaF32MatchesReference) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device on this machine";
+  expect_f32_matches(Device::cuda(), 650);
+}
+
 TEST(PackedLinear, Bf16MatchesReference) {
   ORIGAMI_REQUIRE_TEST_DEVICE();
   expect_bf16_matches(test::test_device(), 500);
@@ -359,6 +406,7 @@ TEST(PackedLinear, EveryCpuInstructionSetMatchesReference) {
     EXPECT_EQ(std::string(ops::cpu::qlinear_isa()), isa);
     expect_cases_match(Device::cpu(), cases, {1, 5, 16}, seed += 100);
     expect_bf16_matches(Device::cpu(), seed += 100);
+    expect_f32_matches(Device::cpu(), seed += 100);
   }
   ops::cpu::qlinear_force_isa(nullptr);
 }
@@ -389,21 +437,24 @@ TEST(PackedLinear, InstructionSetsAgree) {
 // ---- several linears over one x (packed_linear_group)
 
 // One linear of the group tests, with what its reference needs: the raw levels (int) or W as
-// doubles (bf16).
+// doubles (bf16, f32).
 struct Member {
   ops::PackedLinear w;
-  RawQuant raw;                // int formats
-  std::vector<double> w_bf16;  // bf16: W's values
+  RawQuant raw;                 // int formats
+  std::vector<double> w_dense;  // bf16, f32: W's values
   bool bf16() const { return w.format == ops::WeightFormat::bf16; }
+  bool dense() const { return bf16() || w.format == ops::WeightFormat::f32; }
 };
 
+// bits 16: bf16, 32: f32, else the int formats.
 Member make_member(const QuantCase& c, uint64_t seed, Device dev,
                    const std::vector<int32_t>* order = nullptr) {
   Member m;
-  if (c.bits == 16) {
-    const Tensor w = test::random_tensor({c.N, c.K}, DType::bf16, seed, -0.5, 0.5);
-    for (float v : w.to_float_vector()) m.w_bf16.push_back(v);
-    m.w = ops::pack_bf16(w.to(dev));
+  if (c.bits == 16 || c.bits == 32) {
+    const DType dt = c.bits == 16 ? DType::bf16 : DType::f32;
+    const Tensor w = test::random_tensor({c.N, c.K}, dt, seed, -0.5, 0.5);
+    for (float v : w.to_float_vector()) m.w_dense.push_back(v);
+    m.w = c.bits == 16 ? ops::pack_bf16(w.to(dev)) : ops::pack_f32(w.to(dev));
   } else {
     m.raw = make_raw(c, seed, order);
     m.w = pack(m.raw, dev);
@@ -420,10 +471,12 @@ void expect_decode_matches(const Member& m, const Tensor& x, const Tensor& y, fl
   std::vector<double> a, s;
   if (m.bf16()) {
     for (float v : xf) a.push_back(round_bf16(v));
+  } else if (m.dense()) {
+    for (float v : xf) a.push_back(v);
   } else {
     quantize_like_kernels(xf, M, m.raw, a, s);
   }
-  const Expected e = reference(m.bf16() ? m.w_bf16 : m.raw.w, N, K, a, s, M, beta, &y0h);
+  const Expected e = reference(m.dense() ? m.w_dense : m.raw.w, N, K, a, s, M, beta, &y0h);
   EXPECT_TRUE(close_enough(y, e, 1e-5));
 }
 // ---------------------------------------------
@@ -459,6 +512,12 @@ TEST(PackedLinear, GroupEqualsEachAlone) {
       {"bf16 q,k,v",
        {{"q", 37, 96, 96, 16, false}, {"k", 5, 96, 96, 16, false}, {"v", 16, 96, 96, 16, false}},
        true},
+      {"f32 q,k,v, threads",
+       {{"q", 128, 1408, 1408, 32, false},
+        {"k", 45, 1408, 1408, 32, false},
+        {"v", 51, 1408, 1408, 32, false}},
+       true},
+      {"f32 gate,up", {{"gate", 37, 100, 100, 32, false}, {"up", 37, 100, 100, 32, false}}, true},
       {"int4 then int8 (one by one)",
        {{"a", 40, 352, 32, 4, false}, {"b", 24, 352, 352, 8, false}},
        true},
@@ -471,7 +530,7 @@ TEST(PackedLinear, GroupEqualsEachAlone) {
     SCOPED_TRACE(g.name);
     std::vector<Member> w;
     for (const QuantCase& c : g.members) {
-      const bool shared = g.shared_order && c.act_order && !w.empty() && !w[0].bf16();
+      const bool shared = g.shared_order && c.act_order && !w.empty() && !w[0].dense();
       w.push_back(make_member(c, seed++, dev, shared ? &w[0].raw.g_idx : nullptr));
     }
     const int64_t K = g.members[0].K;
@@ -500,7 +559,7 @@ TEST(PackedLinear, GroupEqualsEachAlone) {
         ASSERT_EQ(a.size(), b.size());
         for (size_t e = 0; e < a.size(); ++e) ASSERT_EQ(a[e], b[e]) << "element " << e;
         // The one-region path against the double-precision reference too.
-        if (dev.is_cpu() && run.M <= ops::cpu::kQDecodeMaxRows && (!run.exact || w[i].bf16()))
+        if (dev.is_cpu() && run.M <= ops::cpu::kQDecodeMaxRows && (!run.exact || w[i].dense()))
           expect_decode_matches(w[i], x, together[i], run.beta, y0[i]);
       }
     }
@@ -514,7 +573,7 @@ TEST(PackedLinear, GroupWithOwnInputsEqualsEachAlone) {
   ORIGAMI_REQUIRE_TEST_DEVICE();
   const Device dev = test::test_device();
   uint64_t seed = 1200;
-  for (int bits : {4, 8, 16})
+  for (int bits : {4, 8, 16, 32})
     for (const std::vector<int64_t>& rows :
          {std::vector<int64_t>{1, 1}, {3, 1, 16}, {2, 5, 1, 1}, {4, 17}}) {
       SCOPED_TRACE("bits " + std::to_string(bits) + ", " + std::to_string(rows.size()) +
@@ -561,6 +620,7 @@ TEST(PackedLinear, BatchInvariantRowsDoNotDependOnM) {
   const int64_t M = 40;
   uint64_t seed = 1300;
   for (const QuantCase& c : {QuantCase{"bf16_N301_K688", 301, 688, 688, 16, false},
+                             QuantCase{"f32_N301_K700", 301, 700, 700, 32, false},
                              QuantCase{"int4_g32_act_N150_K352", 150, 352, 32, 4, true},
                              QuantCase{"int8_g128_N100_K1408", 100, 1408, 128, 8, false}}) {
     SCOPED_TRACE(c.name);
@@ -657,10 +717,16 @@ TEST(PackedLinear, BadArgumentsNameTheProblem) {
   g_bad[0] = 7;
   test::expect_error([&] { quant(4, 96, 3, q.data(), z.data(), g_bad.data()); }, {"g_idx[0]", "7"});
 
-  test::expect_error([] { ops::parse_weight_format("int3"); }, {"int3", "bf16, int8 or int4"});
+  test::expect_error([] { ops::parse_weight_format("int3"); }, {"int3", "f32, bf16, int8 or int4"});
+  EXPECT_EQ(ops::parse_weight_format("f32"), ops::WeightFormat::f32);
   EXPECT_EQ(ops::parse_weight_format("int4"), ops::WeightFormat::int4);
   EXPECT_STREQ(ops::weight_format_name(ops::WeightFormat::int8), "int8");
   test::expect_error([&] { ops::pack_bf16(Tensor::zeros({4}, DType::f32)); }, {"pack_bf16", "w"});
+  test::expect_error(
+      [&] {
+        ops::pack_f32(Tensor::zeros({4, 4}, DType::bf16));
+      },
+      {"pack_f32", "w", "bf16"});
 }
 
 }  // namespace
