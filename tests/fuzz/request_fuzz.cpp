@@ -22,8 +22,9 @@ void check(bool ok) {
   if (!ok) __builtin_trap();
 }
 
-void check_sampling(const RequestSampling& s) {
-  check(!s.max_tokens || *s.max_tokens >= 1);
+// echo: a completion with echo, which may ask for no new token (max_tokens 0).
+void check_sampling(const RequestSampling& s, bool echo) {
+  check(!s.max_tokens || *s.max_tokens >= (echo ? 0 : 1));
   check(s.temperature >= 0 && s.temperature <= 2);
   check(s.top_p > 0 && s.top_p <= 1);
   check(s.top_k >= 0);
@@ -50,7 +51,8 @@ void check_encoders(Endpoint endpoint, std::string_view text) {
   Choice c;
   c.text = std::string(text);
   c.first_delta = true;
-  c.logprobs = std::vector<TokenLogprob>{{c.text, -1.5, {{c.text, -1.5}, {"x", -2.0}}}};
+  c.logprobs = std::vector<TokenLogprob>{{c.text, std::nullopt, {}, std::nullopt},
+                                         {c.text, -1.5, {{c.text, -1.5}, {"x", -2.0}}, 7}};
   r.choices = {c};
   r.usage = Usage{1, 2};
   check(nlohmann::json::accept(encode_response(r)));
@@ -64,7 +66,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
     const CompletionRequest r = decode_completion_request(body, kModel);
     check(!r.prompts.empty() && int64_t(r.prompts.size()) * r.sampling.n <= kMaxChoices);
-    check_sampling(r.sampling);
+    check_sampling(r.sampling, r.echo);
     check(r.sampling.max_tokens.has_value());
     check(!r.logprobs || (*r.logprobs >= 0 && *r.logprobs <= kMaxLogprobs));
     check(!r.include_usage || r.stream);
@@ -83,7 +85,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
     const ChatCompletionRequest r = decode_chat_request(body, kModel);
     check(!r.messages.empty());
-    check_sampling(r.sampling);
+    check_sampling(r.sampling, false);
     check(r.top_logprobs >= 0 && r.top_logprobs <= kMaxLogprobs);
     check(r.top_logprobs == 0 || r.logprobs);
     check(!r.include_usage || r.stream);
