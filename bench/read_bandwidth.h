@@ -1,7 +1,6 @@
 // What the decode benchmarks (bench_decode, bench_qlinear) measure their bound with: a streaming
 // sum (every thread sums its share with 8 independent vector accumulators) and the read
-// bandwidth it gives over a 1 GiB buffer, many times the last-level cache, allocated as origami
-// allocates weights (huge pages where the kernel gives them: runtime/device.cpp).
+// bandwidth it gives over a 1 GiB buffer, many times the last-level cache.
 #pragma once
 
 #include <omp.h>
@@ -12,8 +11,6 @@
 #include <cstring>
 #include <string>
 #include <vector>
-
-#include "runtime/device.h"
 
 namespace origami::bench {
 
@@ -44,18 +41,16 @@ inline float streaming_sum(const float* buf, size_t n, int threads) {
 inline double read_bandwidth(int threads) {
   using Clock = std::chrono::steady_clock;
   const size_t n = (size_t(1) << 30) / sizeof(float);
-  DeviceBackend& host = backend_for(Device::cpu());
-  float* buf = static_cast<float*>(host.allocate(n * sizeof(float), 0));
+  std::vector<float> buf(n);
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (size_t i = 0; i < n; ++i) buf[i] = float(i % 7);  // first touch by the reading thread
   std::vector<double> times;
   volatile float sink = 0;
   for (int pass = 0; pass < 5; ++pass) {
     const auto t0 = Clock::now();
-    sink = sink + streaming_sum(buf, n, threads);
+    sink = sink + streaming_sum(buf.data(), n, threads);
     times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
   }
-  host.deallocate(buf, 0);
   std::sort(times.begin(), times.end());
   return double(n * sizeof(float)) / times[times.size() / 2];
 }

@@ -3,7 +3,6 @@
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
-#include <sys/mman.h>
 
 #include <atomic>
 #include <cstdlib>
@@ -34,31 +33,9 @@ Device device_from_string(const std::string& s) {
 
 namespace {
 
-// Host buffers of kHugeFrom bytes and more (weights, KV cache, large activations) are whole 2 MiB
-// pages asked to be backed by transparent huge pages (madvise; the kernel's default THP mode
-// gives them only on request). A decode step streams every weight once, and with 4 KiB pages it
-// takes a TLB miss every 4 KiB: a 2 GiB streaming sum on two cores of the development machine read
-// 4-6% faster from huge pages. ORIGAMI_HUGE_PAGES=0 turns this off (to compare).
-constexpr size_t kHugePage = size_t(2) << 20, kHugeFrom = size_t(4) << 20;
-
-bool huge_pages_wanted() {
-  static const bool on = [] {
-    const char* v = std::getenv("ORIGAMI_HUGE_PAGES");
-    return v == nullptr || std::strcmp(v, "0") != 0;
-  }();
-  return on;
-}
-
 class CpuBackend final : public DeviceBackend {
  public:
   void* allocate(size_t bytes, int) override {
-    if (bytes >= kHugeFrom && huge_pages_wanted()) {
-      const size_t n = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-      void* p = std::aligned_alloc(kHugePage, n);
-      ORIGAMI_CHECK(p, "out of host memory allocating ", bytes, " bytes");
-      ::madvise(p, n, MADV_HUGEPAGE);  // advice only: without THP the pages stay 4 KiB
-      return p;
-    }
     // Round up so aligned_alloc's size rule holds; never ask for 0 bytes.
     const size_t n = (bytes + kAlignment - 1) / kAlignment * kAlignment;
     void* p = std::aligned_alloc(kAlignment, n ? n : kAlignment);
