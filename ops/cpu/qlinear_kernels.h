@@ -139,19 +139,6 @@ inline void reduce_add8(const __m512* v, int n, float* res) {
   for (int i = 0; i < n; ++i) res[i] = out[i];
 }
 
-// res [R][MB] = rows [n, n + R) of W against rows [m0, m0 + MB) of x, U vectors of columns per
-// step: R * MB * U independent accumulators (which R, MB and U: Bf16Tables below). The U
-// accumulators of a dot are added in order, then reduced by reduce_add8's tree.
-template <int R, int MB, int U>
-inline void zero_dots(__m512 (&acc)[R][MB][U]) {
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int m = 0; m < MB; ++m)
-#pragma GCC unroll 8
-      for (int u = 0; u < U; ++u) acc[r][m][u] = _mm512_setzero_ps();
-}
-
 // res [R][MB] = the dots of acc [R][MB][U]: the U accumulators of a dot added in order, then
 // reduced by reduce_add8's tree (by _mm512_reduce_add_ps's when there is one dot).
 template <int R, int MB, int U>
@@ -176,59 +163,72 @@ inline void sum_dots(const __m512 (&acc)[R][MB][U], float* res) {
   }
 }
 
-template <int R, int MB, int U>
-void bf16_block(const Bf16Problem& P, int64_t n, int64_t m0, float* res) {
-  const int64_t K = P.K;
-  const uint16_t* w = P.w + n * K;
-  const uint16_t* x = P.x + m0 * P.Kp;
+// How a dense block reads and multiplies its format: `cols` columns a step, W's tail columns masked
+// (bf16 x is zero past K, so it needs no mask; f32 x is masked too).
+struct Bf16Lanes {
+  using T = uint16_t;
+  using Vec = __m512i;
+  using Mask = __mmask32;
+  static constexpr int64_t cols = kB;
+  static Mask mask(int64_t n) { return n >= cols ? Mask(~0u) : Mask((1u << n) - 1); }
+  static Vec load_w(Mask m, const T* p) { return _mm512_maskz_loadu_epi16(m, p); }
+  static Vec load_x(Mask, const T* p) { return _mm512_loadu_si512(p); }
+  static __m512 mac(__m512 acc, Vec w, Vec x) { return dot_bf16(acc, w, x); }
+};
+struct F32Lanes {
+  using T = float;
+  using Vec = __m512;
+  using Mask = __mmask16;
+  static constexpr int64_t cols = kT;
+  static Mask mask(int64_t n) { return n >= cols ? Mask(0xFFFF) : Mask((1u << n) - 1); }
+  static Vec load_w(Mask m, const T* p) { return _mm512_maskz_loadu_ps(m, p); }
+  static Vec load_x(Mask m, const T* p) { return _mm512_maskz_loadu_ps(m, p); }
+  static __m512 mac(__m512 acc, Vec w, Vec x) { return _mm512_fmadd_ps(w, x, acc); }
+};
+
+// res [R][MB] = rows [n, n + R) of W against rows [m0, m0 + MB) of x (f32 or bf16 by Lanes), U
+// vectors of columns per step: R * MB * U independent accumulators (which R, MB and U:
+// Bf16Tables below). The U accumulators of a dot are added in order, then reduced by sum_dots.
+template <typename Lanes, int R, int MB, int U, typename Problem>
+void dense_block(const Problem& P, int64_t n, int64_t m0, float* res) {
+  using T = typename Lanes::T;
+  const int64_t K = P.K, C = Lanes::cols;
+  const T* w = P.w + n * K;
+  const T* x = P.x + m0 * P.Kp;
   __m512 acc[R][MB][U];
-  zero_dots<R, MB, U>(acc);
-  auto step = [&](int64_t k, int u, __mmask32 mask) {
-    __m512i wv[R];
 #pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) wv[r] = _mm512_maskz_loadu_epi16(mask, w + r * K + k);
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int m = 0; m < MB; ++m)
+#pragma GCC unroll 8
+      for (int u = 0; u < U; ++u) acc[r][m][u] = _mm512_setzero_ps();
+  auto step = [&](int64_t k, int u, typename Lanes::Mask mask) {
+    typename Lanes::Vec wv[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) wv[r] = Lanes::load_w(mask, w + r * K + k);
 #pragma GCC unroll 4
     for (int m = 0; m < MB; ++m) {
-      const __m512i xv = _mm512_loadu_si512(x + m * P.Kp + k);
+      const typename Lanes::Vec xv = Lanes::load_x(mask, x + m * P.Kp + k);
 #pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) acc[r][m][u] = dot_bf16(acc[r][m][u], wv[r], xv);
+      for (int r = 0; r < R; ++r) acc[r][m][u] = Lanes::mac(acc[r][m][u], wv[r], xv);
     }
   };
   int64_t k = 0;
-  for (; k + U * kB <= K; k += U * kB)
+  for (; k + U * C <= K; k += U * C)
 #pragma GCC unroll 8
-    for (int u = 0; u < U; ++u) step(k + u * kB, u, __mmask32(~0u));
-  for (; k < K; k += kB)  // x is zero past K, W is not read there
-    step(k, 0, K - k >= kB ? __mmask32(~0u) : __mmask32((1u << (K - k)) - 1));
+    for (int u = 0; u < U; ++u) step(k + u * C, u, Lanes::mask(C));
+  for (; k < K; k += C) step(k, 0, Lanes::mask(K - k));
   sum_dots<R, MB, U>(acc, res);
 }
 
-// The same for f32 W and x: 16 columns a step (FMA), the tail columns masked on both.
+template <int R, int MB, int U>
+void bf16_block(const Bf16Problem& P, int64_t n, int64_t m0, float* res) {
+  dense_block<Bf16Lanes, R, MB, U>(P, n, m0, res);
+}
+
 template <int R, int MB, int U>
 void f32_block(const F32Problem& P, int64_t n, int64_t m0, float* res) {
-  const int64_t K = P.K;
-  const float* w = P.w + n * K;
-  const float* x = P.x + m0 * P.Kp;
-  __m512 acc[R][MB][U];
-  zero_dots<R, MB, U>(acc);
-  auto step = [&](int64_t k, int u, __mmask16 mask) {
-    __m512 wv[R];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) wv[r] = _mm512_maskz_loadu_ps(mask, w + r * K + k);
-#pragma GCC unroll 4
-    for (int m = 0; m < MB; ++m) {
-      const __m512 xv = _mm512_maskz_loadu_ps(mask, x + m * P.Kp + k);
-#pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) acc[r][m][u] = _mm512_fmadd_ps(wv[r], xv, acc[r][m][u]);
-    }
-  };
-  int64_t k = 0;
-  for (; k + U * kT <= K; k += U * kT)
-#pragma GCC unroll 8
-    for (int u = 0; u < U; ++u) step(k + u * kT, u, __mmask16(0xFFFF));
-  for (; k < K; k += kT)
-    step(k, 0, K - k >= kT ? __mmask16(0xFFFF) : __mmask16((1u << (K - k)) - 1));
-  sum_dots<R, MB, U>(acc, res);
+  dense_block<F32Lanes, R, MB, U>(P, n, m0, res);
 }
 
 void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* xq, float* xs, float* xsum) {
