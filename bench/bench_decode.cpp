@@ -73,8 +73,24 @@ int main(int argc, char** argv) {
   std::vector<int64_t> batches = {1, 8, 32}, contexts = {128, 2048};
   int64_t hidden = 512, layers = 4, vocab = 32000, ffn = 1408, group = 128;
   std::string model_dir, weights = "dense";
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string k = argv[i], v = argv[i + 1];
+  const char* usage =
+      "usage: bench_decode [--dtype bf16|f32] [--threads N] [--steps N] [--repeats N]\n"
+      "                    [--batches 1,8,32] [--contexts 128,2048]\n"
+      "                    [--hidden 512 --layers 4 --vocab 32000 --ffn 1408]\n"
+      "                    [--model HF_DIR] [--weights dense|int8|int4] [--group-size 128]\n"
+      "Decode tokens/s of the generator against the read-bandwidth bound measured in the same\n"
+      "run (the header of bench/bench_decode.cpp says how each figure is computed).\n";
+  for (int i = 1; i < argc; i += 2) {
+    const std::string k = argv[i];
+    if (k == "--help" || k == "-h") {
+      std::fputs(usage, stdout);
+      return 0;
+    }
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "bench_decode: %s needs a value\n%s", k.c_str(), usage);
+      return 2;
+    }
+    const std::string v = argv[i + 1];
     if (k == "--dtype")
       dtype = v;
     else if (k == "--threads")
@@ -102,7 +118,7 @@ int main(int argc, char** argv) {
     else if (k == "--group-size")
       group = std::stoll(v);
     else {
-      std::fprintf(stderr, "bench_decode: unknown flag %s (see the header comment)\n", k.c_str());
+      std::fprintf(stderr, "bench_decode: unknown flag %s\n%s", k.c_str(), usage);
       return 2;
     }
   }

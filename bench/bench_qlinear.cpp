@@ -132,8 +132,22 @@ int main(int argc, char** argv) {
   std::vector<std::string> formats_s = {"bf16", "int8g128", "int4g128", "int4g32"};
   std::vector<std::string> shapes_s = {"2048x2048", "2048x256", "2048x5632", "5632x2048",
                                        "2048x32000"};
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string k = argv[i], v = argv[i + 1];
+  const char* usage =
+      "usage: bench_qlinear [--threads 2] [--repeats 100] [--rows 1,8,16]\n"
+      "                     [--formats f32,bf16,int8g128,int4g128,int4g32] [--shapes KxN,...]\n"
+      "Decode GEMMs with packed weights against the read-bandwidth bound and oneDNN, measured\n"
+      "in the same run (the header of bench/bench_qlinear.cpp says how).\n";
+  for (int i = 1; i < argc; i += 2) {
+    const std::string k = argv[i];
+    if (k == "--help" || k == "-h") {
+      std::fputs(usage, stdout);
+      return 0;
+    }
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "bench_qlinear: %s needs a value\n%s", k.c_str(), usage);
+      return 2;
+    }
+    const std::string v = argv[i + 1];
     if (k == "--threads")
       threads = std::stoi(v);
     else if (k == "--repeats")
@@ -145,7 +159,7 @@ int main(int argc, char** argv) {
     else if (k == "--shapes")
       shapes_s = split(v);
     else {
-      std::fprintf(stderr, "bench_qlinear: unknown flag %s (see the header comment)\n", k.c_str());
+      std::fprintf(stderr, "bench_qlinear: unknown flag %s\n%s", k.c_str(), usage);
       return 2;
     }
   }
