@@ -16,7 +16,8 @@
 //         g, one 64-byte vector per tile and group. Group g is packed columns [g*gs, (g+1)*gs).
 //   f32, bf16  W itself, [N][K] row-major (no tiles: a view of the caller's buffer).
 //
-// Decode (M <= 16), every output split over the threads in contiguous ranges of tiles (rows):
+// Decode (M <= 16), every output split over the threads in contiguous ranges of tiles (rows), taken
+// from a shared counter in shrinking pieces (split_units):
 //  - int formats: x's rows are quantized once per call to int8 per block of 32 packed columns,
 //    scale sx = max|x| / 127 and xq = round-to-nearest-even(x * (127 / max|x|)) (f32 arithmetic),
 //    with the sum of the block's xq. A tile then needs, per row m of x and block b, the integer
@@ -201,26 +202,50 @@ const Kernels& kernels() {
 // layer measured 18 us on one thread, 58 us on two).
 constexpr int64_t kMinParallelBytes = int64_t(512) << 10;
 
+// split_units' smallest piece of work: a take of about 64 KiB of W, long enough that the hardware
+// prefetcher's ramp-up at its start stays a small part of it (64 KiB and 256 KiB measured alike).
+constexpr int64_t kMinTakeBytes = int64_t(64) << 10;
+
 // Passes of the kernels over W for M rows of x, `per_pass` rows at a time: each pass reads all of W
 // (the first from memory, the others from cache), so it is the measure of a call's work.
 inline int64_t passes(int64_t M, int64_t per_pass) {
   return (M + per_pass - 1) / per_pass;
 }
 
-// fn(u0, u1) over contiguous, equal shares of `units` on the OpenMP threads; `bytes` of W read in
-// all (over every pass) decides whether more than one thread is worth waking.
+// fn(u0, u1) over `units` on the OpenMP threads, in pieces taken from a shared counter, guided:
+// each take is half of what is left divided by the threads, at least about kMinTakeBytes of W, a
+// multiple of `align` units. The first takes are long contiguous streams; the last are short, so a
+// thread that woke late or lost its core to another process for a while leaves less of the call to
+// wait for (with equal static shares the other thread spins at the end until the late one has done
+// its whole share). `bytes` of W read in all (over every pass) decides whether more than one thread
+// is worth waking. Which thread runs which units never changes a result (the kernels' sums do not
+// depend on where a range starts or ends).
 template <typename Fn>
-void split_units(int64_t units, int64_t bytes, const Fn& fn) {
+void split_units(int64_t units, int64_t bytes, const Fn& fn, int64_t align = 1) {
   const int64_t nt =
       bytes < kMinParallelBytes ? 1 : std::min<int64_t>(omp_get_max_threads(), units);
   if (nt <= 1) {
     fn(int64_t(0), units);
     return;
   }
+  // The smallest take: about kMinTakeBytes of W, whole multiples of `align`.
+  const int64_t per_unit = std::max<int64_t>(1, bytes / units);
+  const int64_t least =
+      std::max<int64_t>(1, (kMinTakeBytes / per_unit + align - 1) / align) * align;
+  std::atomic<int64_t> next{0};
 #pragma omp parallel num_threads(int(nt))
   {
-    const int64_t t = omp_get_thread_num(), n = omp_get_num_threads();
-    fn(units * t / n, units * (t + 1) / n);
+    const int64_t n = omp_get_num_threads();
+    int64_t u0 = next.load(std::memory_order_relaxed);
+    for (;;) {
+      if (u0 >= units) break;
+      const int64_t want = std::max(least, (units - u0) / (2 * n) / align * align);
+      const int64_t u1 = std::min(units, u0 + want);
+      if (next.compare_exchange_weak(u0, u1, std::memory_order_relaxed)) {
+        fn(u0, u1);
+        u0 = next.load(std::memory_order_relaxed);
+      }
+    }
   }
 }
 
@@ -462,12 +487,15 @@ void dense_members(Problem* P, std::span<const Tensor* const> x,
     first[i + 1] = first[i] + P[i].N;
     bytes += P[i].N * K * int64_t(sizeof(Elem)) * passes(M, kBf16RowsX);
   }
-  split_units(first[n], bytes, [&](int64_t u0, int64_t u1) {
-    for (size_t i = 0; i < n; ++i) {
-      const int64_t a = std::max(u0, first[i]), b = std::min(u1, first[i + 1]);
-      if (a < b) rows_fn(P[i], a - first[i], b - first[i]);
-    }
-  });
+  split_units(
+      first[n], bytes,
+      [&](int64_t u0, int64_t u1) {
+        for (size_t i = 0; i < n; ++i) {
+          const int64_t a = std::max(u0, first[i]), b = std::min(u1, first[i + 1]);
+          if (a < b) rows_fn(P[i], a - first[i], b - first[i]);
+        }
+      },
+      kT);  // whole strips of 16 rows
 }
 
 // The decode kernels over every member (one_region holds), in one parallel region.
