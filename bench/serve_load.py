@@ -384,7 +384,7 @@ def run_rate(server, workload, rate, rate_index, args):
                      if any(not r for r in results) else []),
     }
     if args.per_request:
-        res["requests"] = [{k: r[k] for k in ("ok", "error", "ttft", "e2e", "prompt_units",
+        res["requests"] = [{k: r[k] for k in ("ok", "error", "start", "ttft", "e2e", "prompt_units",
                                                "usage_prompt_tokens", "max_tokens",
                                                "content_chunks", "usage_completion_tokens",
                                                "chunk_times")} for r in results if r]

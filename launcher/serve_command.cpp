@@ -25,6 +25,7 @@
 #include "models/generator.h"
 #include "models/serving_runner.h"
 #include "parallel/communicator.h"
+#include "parallel/mpi_environment.h"
 #include "parallel/process_groups.h"
 #include "parallel/rank_groups.h"
 #include "parallel/startup_agreement.h"
@@ -154,6 +155,11 @@ int serve(int argc, char** argv) {
                  "compute every sequence the same way whatever else is in the batch, so that a "
                  "greedy or seeded request gives the same tokens under any load (see "
                  "docs/serving.md for the cost)");
+  flags.add_bool("bind-threads", true,
+                 "on the CPU, bind each OpenMP thread of a rank to a core of its own (this rank's "
+                 "share of the cores it may use; skipped when OMP_PROC_BIND or OMP_PLACES is set "
+                 "or there are fewer cores than threads): a thread woken after a pause then never "
+                 "waits behind another on one core");
   flags.add("dtype", "f32", "compute dtype: f32 or bf16");
   flags.add("device", "cpu", "cpu or cuda[:N]");
   add_inference_parallel_flags(flags);
@@ -294,6 +300,18 @@ int run_serve(const Flags& flags, bool multi_rank) {
   sa.sa_handler = on_stop_signal;
   sigemptyset(&sa.sa_mask);
   for (int sig : {SIGTERM, SIGINT, SIGUSR1}) sigaction(sig, &sa, nullptr);
+  // (Threads this one starts from here on inherit its one core.)
+  if (flags.get_bool("bind-threads") && go.device.is_cpu()) {
+    const std::vector<int> cpus = bind_openmp_threads();
+    if (root && !cpus.empty()) {
+      std::string list;
+      for (int c : cpus) list += (list.empty() ? "" : ",") + std::to_string(c);
+      std::printf(
+          "origami serve: OpenMP threads of rank 0 bound to CPUs %s (--no-bind-threads "
+          "leaves them to the OS)\n",
+          list.c_str());
+    }
+  }
   models::ParallelRunner runner(*gen, *world);
   if (!root) {
     try {

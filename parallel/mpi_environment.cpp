@@ -2,6 +2,7 @@
 
 #include <mpi.h>
 #include <omp.h>
+#include <pthread.h>
 #include <sched.h>
 #include <sys/prctl.h>
 #include <sys/uio.h>
@@ -9,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -141,6 +143,57 @@ std::vector<MpiSetting> prepare_mpi_environment() {
                    local, cores, threads);
   }
   return settings;
+}
+
+std::vector<int> openmp_thread_cpus(const Environment& env, const std::vector<int>& allowed,
+                                    int online, int local_rank, int local_size, int threads) {
+  for (const char* v : {"OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY"})
+    if (env.count(v)) return {};
+  const int n = int(allowed.size());
+  if (threads < 2 || threads > n) return {};
+  int first = 0;
+  if (n == online) {  // unbound: this rank's own share of the node
+    if (local_rank < 0 || local_size < 1 || int64_t(local_size) * threads > n) return {};
+    first = local_rank * threads;
+  }
+  return std::vector<int>(allowed.begin() + first, allowed.begin() + first + threads);
+}
+
+std::vector<int> bind_openmp_threads() {
+  cpu_set_t mask;
+  if (sched_getaffinity(0, sizeof mask, &mask) != 0) return {};
+  std::vector<int> allowed;
+  for (int c = 0; c < CPU_SETSIZE; ++c)
+    if (CPU_ISSET(c, &mask)) allowed.push_back(c);
+  const Environment env = current_environment();
+  int local_rank = 0, local_size = 1;
+  try {
+    const LaunchEnvironment le = read_launch_environment(env);
+    local_rank = le.local_rank.value_or(0);
+    local_size = le.local_size.value_or(1);
+  } catch (const std::exception&) {
+    return {};  // a malformed launch environment is reported where the world is read
+  }
+  const int threads = omp_get_max_threads();
+  const std::vector<int> cpus = openmp_thread_cpus(env, allowed, int(sysconf(_SC_NPROCESSORS_ONLN)),
+                                                   local_rank, local_size, threads);
+  if (cpus.empty()) return {};
+  std::atomic<int> bound{0};
+#pragma omp parallel num_threads(threads)
+  {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpus[size_t(omp_get_thread_num())], &one);
+    if (omp_get_num_threads() == threads &&
+        pthread_setaffinity_np(pthread_self(), sizeof one, &one) == 0)
+      ++bound;
+  }
+  if (bound != threads) {  // undo a partial binding: every thread may run anywhere again
+#pragma omp parallel num_threads(threads)
+    pthread_setaffinity_np(pthread_self(), sizeof mask, &mask);
+    return {};
+  }
+  return cpus;
 }
 
 }  // namespace origami

@@ -51,6 +51,28 @@ std::vector<MpiSetting> mpi_settings_needed(const Environment& env,
 // the README's 8-rank command 17x slower per step than 1 thread each.
 int openmp_threads_per_rank(const Environment& env, int local_size, int cores, int threads_now);
 
+// Pure: the CPUs the `threads` OpenMP threads of local rank `local_rank` (of `local_size` on this
+// node) should be bound to, one each (thread t to element t), from `allowed`: the CPUs this process
+// may run on, in order, of the `online` CPUs of the node. Empty (leave placement to the OS) when
+// `env` sets OMP_PROC_BIND, OMP_PLACES or GOMP_CPU_AFFINITY (the user chose), when threads < 2
+// (nothing to place), or when there are not enough CPUs for one each:
+//  - `allowed` is every online CPU (the launcher did not bind this rank): the rank takes its own
+//    consecutive `threads` of them, allowed[local_rank * threads ...], so that ranks sharing the
+//    node do not share CPUs; empty when local_size * threads exceeds them.
+//  - `allowed` is narrower (the launcher bound this rank to some CPUs): its first `threads`.
+// Why bind at all: a worker that has gone to sleep between requests is woken onto the CPU of the
+// thread that woke it, where that thread then spins at the region's barrier for the length of
+// OpenMP's spin count (about 8 ms with libgomp's defaults on the development machine) before the
+// worker gets to run: every first step after a pause took twice its time or more.
+std::vector<int> openmp_thread_cpus(const Environment& env, const std::vector<int>& allowed,
+                                    int online, int local_rank, int local_size, int threads);
+
+// Binds the OpenMP threads of the calling thread (it is thread 0; omp_get_max_threads() in all)
+// to the CPUs of openmp_thread_cpus for this process (this environment, affinity mask and launch
+// environment). Returns the CPUs, or an empty vector when it left the threads alone. Threads the
+// calling thread starts afterwards inherit its one CPU: start them before.
+std::vector<int> bind_openmp_threads();
+
 // Whether one process may read another's memory with process_vm_readv the way two ranks on a node
 // do: two sibling processes forked here, the target allowing any tracer (as Open MPI sets itself
 // up under Yama). True when the probe cannot run at all (fork fails): nothing is changed then.

@@ -1,11 +1,18 @@
 // The settings origami makes for Open MPI before MPI_Init (parallel/mpi_environment.h), decided
 // from maps and version strings; the real runs are tests/mpi/readme_np8.sh.
+#include <omp.h>
+#include <sched.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "parallel/mpi_environment.h"
+#include "parallel/world.h"
 #include "tests/support/test_support.h"
 
 namespace origami {
@@ -64,6 +71,66 @@ TEST(MpiEnvironment, OpenMpThreadsShareTheCores) {
   EXPECT_EQ(openmp_threads_per_rank({}, 4, 16, 2), 0);
   EXPECT_EQ(openmp_threads_per_rank({{"OMP_NUM_THREADS", "4"}}, 8, 2, 4), 0);
   EXPECT_EQ(openmp_threads_per_rank({}, 8, 0, 2), 0);  // bound by the launcher
+}
+
+TEST(MpiEnvironment, OpenMpThreadCpus) {
+  const std::vector<int> all8 = {0, 1, 2, 3, 4, 5, 6, 7};
+  // One rank, unbound: its threads on the first CPUs. Two ranks of 2 threads: CPUs 0-1 and 2-3.
+  EXPECT_EQ(openmp_thread_cpus({}, all8, 8, 0, 1, 2), (std::vector<int>{0, 1}));
+  EXPECT_EQ(openmp_thread_cpus({}, all8, 8, 1, 2, 2), (std::vector<int>{2, 3}));
+  EXPECT_EQ(openmp_thread_cpus({}, all8, 8, 3, 4, 2), (std::vector<int>{6, 7}));
+  // Bound by the launcher to CPUs 4-7 (of 8): its first ones, whatever its local rank.
+  EXPECT_EQ(openmp_thread_cpus({}, {4, 5, 6, 7}, 8, 1, 2, 3), (std::vector<int>{4, 5, 6}));
+  // Not enough CPUs for one each, one thread, or the user placed the threads: left alone.
+  EXPECT_TRUE(openmp_thread_cpus({}, all8, 8, 0, 4, 3).empty());
+  EXPECT_TRUE(openmp_thread_cpus({}, {4, 5}, 8, 0, 1, 3).empty());
+  EXPECT_TRUE(openmp_thread_cpus({}, all8, 8, 0, 1, 1).empty());
+  EXPECT_TRUE(openmp_thread_cpus({{"OMP_PROC_BIND", "false"}}, all8, 8, 0, 1, 2).empty());
+  EXPECT_TRUE(openmp_thread_cpus({{"OMP_PLACES", "cores"}}, all8, 8, 0, 1, 2).empty());
+}
+
+// On this machine: after binding, every thread of the calling thread's OpenMP team runs on the one
+// CPU it was given, in the next parallel regions too; the process's mask is restored at the end.
+TEST(MpiEnvironment, BindOpenMpThreadsHere) {
+  cpu_set_t before;
+  ASSERT_EQ(sched_getaffinity(0, sizeof before, &before), 0);
+  const int threads = std::min(2, CPU_COUNT(&before));
+  if (threads < 2 || std::getenv("OMP_PROC_BIND") || std::getenv("OMP_PLACES"))
+    GTEST_SKIP() << "fewer than 2 CPUs, or the environment places the OpenMP threads";
+  const int saved = omp_get_max_threads();
+  // In a thread of its own, so that the test process keeps its mask.
+  std::vector<int> cpus;
+  std::vector<std::vector<int>> seen(2);
+  std::thread([&] {
+    omp_set_num_threads(threads);
+    cpus = bind_openmp_threads();
+    for (int region = 0; region < 2; ++region) {
+#pragma omp parallel num_threads(threads)
+      {
+        cpu_set_t now;
+        std::vector<int>& mine = seen[size_t(omp_get_thread_num())];  // each thread its own
+        mine.clear();
+        if (sched_getaffinity(0, sizeof now, &now) == 0)
+          for (int c = 0; c < CPU_SETSIZE; ++c)
+            if (CPU_ISSET(c, &now)) mine.push_back(c);
+      }
+    }
+#pragma omp parallel num_threads(threads)
+    sched_setaffinity(0, sizeof before, &before);
+  }).join();
+  omp_set_num_threads(saved);
+  const LaunchEnvironment le = read_launch_environment(current_environment());
+  if (le.local_size.value_or(1) * threads > CPU_COUNT(&before) &&
+      CPU_COUNT(&before) == int(sysconf(_SC_NPROCESSORS_ONLN))) {
+    EXPECT_TRUE(cpus.empty());
+    return;
+  }
+  ASSERT_EQ(cpus.size(), 2u);
+  EXPECT_NE(cpus[0], cpus[1]);
+  for (int t = 0; t < 2; ++t) {
+    EXPECT_TRUE(CPU_ISSET(cpus[size_t(t)], &before)) << "CPU " << cpus[size_t(t)];
+    EXPECT_EQ(seen[size_t(t)], std::vector<int>{cpus[size_t(t)]}) << "thread " << t;
+  }
 }
 
 TEST(MpiEnvironment, ProbeRunsHere) {
