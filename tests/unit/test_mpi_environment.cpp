@@ -89,23 +89,32 @@ TEST(MpiEnvironment, OpenMpThreadCpus) {
   EXPECT_TRUE(openmp_thread_cpus({{"OMP_PLACES", "cores"}}, all8, 8, 0, 1, 2).empty());
 }
 
-// On this machine: after binding, every thread of the calling thread's OpenMP team runs on the one
-// CPU it was given, in the next parallel regions too; the process's mask is restored at the end.
+// On this machine: after binding, every thread of a team of 2 runs on the one CPU it was given, in
+// the next parallel regions too. Where binding must not happen (fewer than 2 CPUs, the environment
+// places the threads, or the node's ranks leave fewer than 2 CPUs each) nothing is bound and every
+// thread keeps the process's mask. The test's thread restores the mask at the end.
 TEST(MpiEnvironment, BindOpenMpThreadsHere) {
   cpu_set_t before;
   ASSERT_EQ(sched_getaffinity(0, sizeof before, &before), 0);
-  const int threads = std::min(2, CPU_COUNT(&before));
-  if (threads < 2 || std::getenv("OMP_PROC_BIND") || std::getenv("OMP_PLACES"))
-    GTEST_SKIP() << "fewer than 2 CPUs, or the environment places the OpenMP threads";
+  const int allowed = CPU_COUNT(&before);
+  std::vector<int> mask;
+  for (int c = 0; c < CPU_SETSIZE; ++c)
+    if (CPU_ISSET(c, &before)) mask.push_back(c);
+  const LaunchEnvironment le = read_launch_environment(current_environment());
+  const bool unbound = allowed == int(sysconf(_SC_NPROCESSORS_ONLN));
+  const bool placed =
+      std::getenv("OMP_PROC_BIND") || std::getenv("OMP_PLACES") || std::getenv("GOMP_CPU_AFFINITY");
+  const bool expect_bound =
+      !placed && allowed >= 2 && (!unbound || le.local_size.value_or(1) * 2 <= allowed);
   const int saved = omp_get_max_threads();
   // In a thread of its own, so that the test process keeps its mask.
   std::vector<int> cpus;
   std::vector<std::vector<int>> seen(2);
   std::thread([&] {
-    omp_set_num_threads(threads);
+    omp_set_num_threads(2);
     cpus = bind_openmp_threads();
     for (int region = 0; region < 2; ++region) {
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(2)
       {
         cpu_set_t now;
         std::vector<int>& mine = seen[size_t(omp_get_thread_num())];  // each thread its own
@@ -115,14 +124,13 @@ TEST(MpiEnvironment, BindOpenMpThreadsHere) {
             if (CPU_ISSET(c, &now)) mine.push_back(c);
       }
     }
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(2)
     sched_setaffinity(0, sizeof before, &before);
   }).join();
   omp_set_num_threads(saved);
-  const LaunchEnvironment le = read_launch_environment(current_environment());
-  if (le.local_size.value_or(1) * threads > CPU_COUNT(&before) &&
-      CPU_COUNT(&before) == int(sysconf(_SC_NPROCESSORS_ONLN))) {
+  if (!expect_bound) {
     EXPECT_TRUE(cpus.empty());
+    for (int t = 0; t < 2; ++t) EXPECT_EQ(seen[size_t(t)], mask) << "thread " << t;
     return;
   }
   ASSERT_EQ(cpus.size(), 2u);
