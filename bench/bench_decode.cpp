@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/flag_pairs.h"
 #include "bench/read_bandwidth.h"
 #include "models/generator.h"
 #include "models/hf_import.h"
@@ -80,17 +81,7 @@ int main(int argc, char** argv) {
       "                    [--model HF_DIR] [--weights dense|int8|int4] [--group-size 128]\n"
       "Decode tokens/s of the generator against the read-bandwidth bound measured in the same\n"
       "run (the header of bench/bench_decode.cpp says how each figure is computed).\n";
-  for (int i = 1; i < argc; i += 2) {
-    const std::string k = argv[i];
-    if (k == "--help" || k == "-h") {
-      std::fputs(usage, stdout);
-      return 0;
-    }
-    if (i + 1 >= argc) {
-      std::fprintf(stderr, "bench_decode: %s needs a value\n%s", k.c_str(), usage);
-      return 2;
-    }
-    const std::string v = argv[i + 1];
+  for (const auto& [k, v] : bench::flag_pairs(argc, argv, "bench_decode", usage)) {
     if (k == "--dtype")
       dtype = v;
     else if (k == "--threads")
@@ -117,10 +108,8 @@ int main(int argc, char** argv) {
       weights = v;
     else if (k == "--group-size")
       group = std::stoll(v);
-    else {
-      std::fprintf(stderr, "bench_decode: unknown flag %s\n%s", k.c_str(), usage);
-      return 2;
-    }
+    else
+      bench::unknown_flag("bench_decode", k, usage);
   }
   omp_set_num_threads(threads);
   // What the process holds before any model: its code and libraries (a CUDA build maps some

@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/flag_pairs.h"
 #include "bench/read_bandwidth.h"
 #include "ops/cpu/qlinear.h"
 #include "ops/gemm.h"
@@ -137,17 +138,7 @@ int main(int argc, char** argv) {
       "                     [--formats f32,bf16,int8g128,int4g128,int4g32] [--shapes KxN,...]\n"
       "Decode GEMMs with packed weights against the read-bandwidth bound and oneDNN, measured\n"
       "in the same run (the header of bench/bench_qlinear.cpp says how).\n";
-  for (int i = 1; i < argc; i += 2) {
-    const std::string k = argv[i];
-    if (k == "--help" || k == "-h") {
-      std::fputs(usage, stdout);
-      return 0;
-    }
-    if (i + 1 >= argc) {
-      std::fprintf(stderr, "bench_qlinear: %s needs a value\n%s", k.c_str(), usage);
-      return 2;
-    }
-    const std::string v = argv[i + 1];
+  for (const auto& [k, v] : bench::flag_pairs(argc, argv, "bench_qlinear", usage)) {
     if (k == "--threads")
       threads = std::stoi(v);
     else if (k == "--repeats")
@@ -158,10 +149,8 @@ int main(int argc, char** argv) {
       formats_s = split(v);
     else if (k == "--shapes")
       shapes_s = split(v);
-    else {
-      std::fprintf(stderr, "bench_qlinear: unknown flag %s\n%s", k.c_str(), usage);
-      return 2;
-    }
+    else
+      bench::unknown_flag("bench_qlinear", k, usage);
   }
   omp_set_num_threads(threads);
   const char* wait = std::getenv("OMP_WAIT_POLICY");

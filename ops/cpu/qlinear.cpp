@@ -236,11 +236,10 @@ void split_units(int64_t units, int64_t bytes, const Fn& fn, int64_t align = 1) 
 #pragma omp parallel num_threads(int(nt))
   {
     const int64_t n = omp_get_num_threads();
-    int64_t u0 = next.load(std::memory_order_relaxed);
-    for (;;) {
-      if (u0 >= units) break;
-      const int64_t want = std::max(least, (units - u0) / (2 * n) / align * align);
-      const int64_t u1 = std::min(units, u0 + want);
+    for (int64_t u0 = next.load(std::memory_order_relaxed); u0 < units;) {
+      // (a failed exchange reloads u0)
+      const int64_t u1 =
+          std::min(units, u0 + std::max(least, (units - u0) / (2 * n) / align * align));
       if (next.compare_exchange_weak(u0, u1, std::memory_order_relaxed)) {
         fn(u0, u1);
         u0 = next.load(std::memory_order_relaxed);
